@@ -1,0 +1,170 @@
+"""The `loom` command line. Runs in the `loom` process.
+
+Thin on purpose: parse flags with click, call the command module (imported lazily, so `loom check`
+never pays for `loom run`'s imports), map `LoomError` to one stderr line and an exit code.
+Human output goes to stderr; stdout carries data only (compile, config show, version, logs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from loomrun import __version__
+from loomrun.errors import ExitCode, LoomError
+
+
+def _invoke(prefix: str, fn: Callable[[], int]) -> NoReturn:
+    """Run a command body; every outcome ends in an exit code, never a traceback."""
+    try:
+        code = fn()
+    except LoomError as exc:
+        click.echo(f"{prefix}: {exc.message}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo(f"{prefix}: interrupted", err=True)
+        code = ExitCode.SIGINT
+    except OSError as exc:
+        click.echo(f"{prefix}: {_os_error_line(exc)}", err=True)
+        code = ExitCode.FAILED
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if os.environ.get("LOOM_DEBUG"):
+            raise
+        click.echo(f"{prefix}: internal error: {type(exc).__name__}: {exc}", err=True)
+        code = ExitCode.FAILED
+    sys.exit(int(code))
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="loom", message="%(prog)s %(version)s")
+def cli() -> None:
+    """loom: run CI workflows locally, each job in its own worker process."""
+
+
+@cli.command()
+def version() -> None:
+    """Print the loom version."""
+    click.echo(f"loom {__version__}")
+
+
+@cli.command()
+@click.option("--local", "local", is_flag=True, help="Run on this machine (required).")
+@click.option("--workflow", "workflow", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Workflow file (default .loom/workflow.yml).")
+@click.option("--stream", is_flag=True, help="Stream each job's output live, prefixed with the job name.")
+@click.option("-v", "--verbose", is_flag=True, help="Print run id, logs dir, workspace, provider, cache hits.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the receipt path and the final status line.")
+@click.option("--cache-diff", is_flag=True, help="Run twice (cache off, then on) and quarantine diverging keys.")
+@click.option("--docker-workspace-mount", type=click.Choice(["bind_mount", "ephemeral_volume"]), default=None,
+              help="How Docker jobs see the workspace (default ephemeral_volume).")
+@click.option("-j", "--jobs", "max_jobs", type=click.IntRange(min=1), default=None,
+              help="Maximum jobs running at once (default: number of CPUs).")
+@click.option("--job", "only_jobs", multiple=True, help="Run only this job and what it needs (repeatable).")
+def run(**kwargs: Any) -> None:
+    """Run the workflow locally."""
+    from loomrun.commands import run as run_cmd
+
+    _invoke("loom run", lambda: run_cmd.main(**kwargs))
+
+
+@cli.command()
+def check() -> None:
+    """Validate .loom/workflow.yml against schema v1."""
+    from loomrun.commands import check as check_cmd
+
+    _invoke("loom check", check_cmd.main)
+
+
+@cli.command("compile")
+@click.option("--workflow", "workflow", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Workflow file (default .loom/workflow.yml).")
+def compile_(workflow: str | None) -> None:
+    """Print the workflow's Graph IR as JSON on stdout."""
+    from loomrun.commands import compile as compile_cmd
+
+    _invoke("loom compile", lambda: compile_cmd.main(workflow))
+
+
+@cli.group()
+def config() -> None:
+    """Runtime configuration (.loom/config.yml, ~/.config/loom/config.yml)."""
+
+
+@config.command("init")
+@click.option("--user", is_flag=True, help="Write ~/.config/loom/config.yml instead of .loom/config.yml.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def config_init(user: bool, force: bool) -> None:
+    """Write a commented starter config."""
+    from loomrun.commands import config as config_cmd
+
+    _invoke("loom config init", lambda: config_cmd.init(user=user, force=force))
+
+
+@config.command("show")
+def config_show() -> None:
+    """Print the effective runtime config and the layer each value came from."""
+    from loomrun.commands import config as config_cmd
+
+    _invoke("loom config show", config_cmd.show)
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--job", "job", default=None, help="Print this job's output instead of the failing step's.")
+def logs(run_id: str | None, job: str | None) -> None:
+    """Print the failing step's output of the newest (or given) run."""
+    from loomrun.commands import logs as logs_cmd
+
+    _invoke("loom logs", lambda: logs_cmd.main(run_id, job))
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect the cache store and the quarantine list."""
+
+
+@cache.command("list")
+def cache_list() -> None:
+    """List cache entries."""
+    from loomrun.commands import cache as cache_cmd
+
+    _invoke("loom cache list", cache_cmd.list_entries)
+
+
+@cache.command("clear")
+@click.argument("key", required=False)
+def cache_clear(key: str | None) -> None:
+    """Remove one cache entry, or all of them."""
+    from loomrun.commands import cache as cache_cmd
+
+    _invoke("loom cache clear", lambda: cache_cmd.clear(key))
+
+
+@cache.command("quarantine")
+def cache_quarantine() -> None:
+    """List quarantined keys with their evidence."""
+    from loomrun.commands import cache as cache_cmd
+
+    _invoke("loom cache quarantine", cache_cmd.quarantine)
+
+
+@cache.command("release")
+@click.argument("key")
+def cache_release(key: str) -> None:
+    """Release a quarantined key so it can be restored again."""
+    from loomrun.commands import cache as cache_cmd
+
+    _invoke("loom cache release", lambda: cache_cmd.release(key))
+
+
+def main() -> None:
+    cli(prog_name="loom")

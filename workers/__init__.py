@@ -1,0 +1,1 @@
+"""Code that runs inside a per-job worker process (never in the supervisor or the writer)."""
