@@ -1,0 +1,1 @@
+"""The writer process: the only code that writes under `.loom/.runtime/logs` and `.../receipts`."""

@@ -1,0 +1,38 @@
+"""A short-lived writer process for commands that write one or two documents (`loom check`).
+
+Called in the `loom` process; the writing itself happens in a forked child, so the rule "only the
+writer process writes receipts" holds for every command. A failure comes back as one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from loomrun.errors import LoomError
+
+
+def write_documents(items: list[tuple[Path, Any]]) -> None:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer child
+        os.close(read_fd)
+        code = 0
+        try:
+            from loomrun.writer.files import write_document
+
+            for path, doc in items:
+                write_document(path, doc)
+        except BaseException as exc:  # reported as data to the parent, never a traceback
+            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            where = getattr(exc, "filename", None)
+            os.write(write_fd, f"{msg}{f' ({where})' if where else ''}".encode()[:4000])
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        err = fh.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise LoomError(f"cannot write {items[0][0].parent}: {err or 'writer process failed'}")
