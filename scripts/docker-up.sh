@@ -5,6 +5,7 @@
 # busybox-static when missing, starts dockerd in the background when the socket does not answer
 # (no systemd needed), waits for it, then builds the test images locally (no registry is used):
 #   loom-test/busybox:latest  FROM scratch + static busybox, applets installed in /bin, PATH=/bin
+#   loom-test/httpd:latest    the above running `httpd -f -p 80` (a service for the tests)
 # Prints one line per action. Environment: DOCKER_UP_WAIT (seconds to wait for the engine, 60),
 # DOCKERD_LOG (dockerd's log file, /var/log/loom-dockerd.log).
 set -euo pipefail
@@ -13,6 +14,7 @@ WAIT_S="${DOCKER_UP_WAIT:-60}"
 LOG="${DOCKERD_LOG:-/var/log/loom-dockerd.log}"
 SOCK="/var/run/docker.sock"
 IMAGE="loom-test/busybox:latest"
+HTTPD_IMAGE="loom-test/httpd:latest"
 
 say() { echo "docker-up: $*"; }
 die() { echo "docker-up: error: $*" >&2; exit 1; }
@@ -69,36 +71,54 @@ start_engine() {
     say "engine answers on $SOCK after ${waited}s"
 }
 
-build_busybox_image() {
-    local ctx digest have
-    digest="$(sha256sum /bin/busybox | cut -c1-16)"
-    have="$(DOCKER_HOST="unix://$SOCK" docker image inspect -f '{{ index .Config.Labels "loom.test.busybox" }}' \
-        "$IMAGE" 2>/dev/null || true)"
-    if [ "$have" = "$digest" ]; then
-        say "image $IMAGE up to date"
+image_label() {
+    DOCKER_HOST="unix://$SOCK" docker image inspect -f '{{ index .Config.Labels "loom.test.busybox" }}' \
+        "$1" 2>/dev/null || true
+}
+
+# build_image NAME CONTEXT: build CONTEXT/Dockerfile as NAME unless NAME already carries $DIGEST.
+build_image() {
+    local name="$1" ctx="$2"
+    if [ "$(image_label "$name")" = "$DIGEST" ]; then
+        say "image $name up to date"
         return
     fi
+    say "building $name"
+    # The classic builder: Debian's engine has no BuildKit front end and the build needs no registry.
+    if ! DOCKER_HOST="unix://$SOCK" DOCKER_BUILDKIT=0 docker build -q -t "$name" "$ctx" >"$ctx/build.log" 2>&1; then
+        cat "$ctx/build.log" >&2
+        die "building $name failed"
+    fi
+    say "built $name"
+}
+
+build_images() {
+    local ctx
+    DIGEST="$(sha256sum /bin/busybox | cut -c1-16)"
     ctx="$(mktemp -d)"
     trap 'rm -rf "$ctx"' RETURN
-    cp /bin/busybox "$ctx/busybox"
-    cat >"$ctx/Dockerfile" <<EOF
+    mkdir "$ctx/busybox" "$ctx/httpd"
+    cp /bin/busybox "$ctx/busybox/busybox"
+    cat >"$ctx/busybox/Dockerfile" <<EOF
 FROM scratch
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 ENV PATH=/bin
-LABEL loom.test.busybox=$digest
+LABEL loom.test.busybox=$DIGEST
 CMD ["/bin/sh"]
 EOF
-    say "building $IMAGE"
-    # The classic builder: Debian's engine has no BuildKit front end and the build needs no registry.
-    if ! DOCKER_HOST="unix://$SOCK" DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" "$ctx" >"$ctx/build.log" 2>&1; then
-        cat "$ctx/build.log" >&2
-        die "building $IMAGE failed"
-    fi
-    say "built $IMAGE"
+    build_image "$IMAGE" "$ctx/busybox"
+    # A service for the tests: busybox httpd serving one page on port 80.
+    cat >"$ctx/httpd/Dockerfile" <<EOF
+FROM $IMAGE
+RUN mkdir /www && echo loom-service-ok > /www/index.html
+LABEL loom.test.busybox=$DIGEST
+CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+EOF
+    build_image "$HTTPD_IMAGE" "$ctx/httpd"
 }
 
 install_packages
 start_engine
-build_busybox_image
+build_images
 say "ready"
