@@ -1,0 +1,312 @@
+"""Writing and safely unpacking cache archives (zstandard-compressed tar). Runs in the worker process.
+
+Unpacking trusts nothing in the archive. Every member is checked before anything is written, and
+the whole archive is first unpacked into a staging folder inside the workspace, then merged into
+place, so a refused archive leaves the workspace untouched and nothing is ever written outside it.
+Refused: absolute names, `..` components, devices, fifos and other special members, symlinks whose
+target is absolute or resolves outside the workspace, hard links to anything but an earlier regular
+member, and any member that would be written through a symlink. The merge never follows a symlink
+that already exists in the workspace: a link in the way is replaced, not written through.
+Set-uid and set-gid bits are dropped; other mode bits and mtimes are kept; owners are not.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import zstandard
+
+from loomrun.globs import check_pattern, match_paths
+
+# Level 3 measured best for the bench's mixed tree on 2 cores: level 1 saved ~5% of time and cost
+# ~10% of size, levels 6+ doubled the time for ~3% of size (see scripts/bench_cache.py).
+LEVEL = 3
+THREADS = -1  # zstd worker threads = CPU count; overlaps compression with the tar walk
+_BUF = 1 << 20
+_MODE_MASK = 0o1777  # no set-uid / set-gid from a cache
+
+
+class CacheEntryError(Exception):
+    """A cache entry that cannot be restored (corrupt, or refused as unsafe)."""
+
+
+class UnsafeArchiveError(CacheEntryError):
+    """An archive member that would escape the workspace or is of a refused kind."""
+
+
+@dataclass
+class PackStats:
+    files: list[dict[str, Any]] = field(default_factory=list)  # per-member metadata
+    total_size: int = 0  # bytes of regular-file content
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UnpackStats:
+    files: int = 0
+    total_size: int = 0
+    dirs: dict[str, tuple[int, float]] = field(default_factory=dict)  # rel -> (mode, mtime)
+    symlinks: list[str] = field(default_factory=list)
+
+
+class _HashingReader:
+    """Feeds tarfile while hashing what it reads, so content is read from disk once."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.sha = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.sha.update(data)
+        return data
+
+
+# ---- pack --------------------------------------------------------------------------------------
+
+
+def _real_dir(root: Path, real_root: str, rel: str) -> bool:
+    """`rel` is a directory reached without going through any symlink."""
+    full = os.path.join(root, rel)
+    return os.path.isdir(full) and os.path.realpath(full) == os.path.join(real_root, rel)
+
+
+def collect(workspace: Path, patterns: Sequence[str]) -> list[str]:
+    """Sorted members to archive: matched files and symlinks plus the real directories under matched
+    directories (so empty directories and directory modes survive). Parents sort before children."""
+    members = set(match_paths(workspace, patterns))
+    real_root = os.path.realpath(workspace)
+    for pattern in patterns:
+        for hit in glob.glob(check_pattern(pattern), root_dir=workspace, recursive=True, include_hidden=True):
+            rel = os.path.normpath(hit)
+            if rel == "." or not _real_dir(workspace, real_root, rel):
+                continue
+            members.add(rel)
+            for dirpath, dirnames, _files in os.walk(workspace / rel):
+                base = os.path.relpath(dirpath, workspace)
+                members.update(
+                    os.path.join(base, d) for d in dirnames if not os.path.islink(os.path.join(dirpath, d))
+                )
+    return sorted(members)
+
+
+def _add_member(tar: tarfile.TarFile, workspace: Path, rel: str, stats: PackStats) -> None:
+    full = os.path.join(workspace, rel)
+    st = os.lstat(full)
+    info = tarfile.TarInfo(rel)
+    info.mode = stat.S_IMODE(st.st_mode) & _MODE_MASK
+    info.mtime = st.st_mtime
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        stats.files.append({"path": rel, "type": "dir", "mode": info.mode})
+    elif stat.S_ISLNK(st.st_mode):
+        info.type = tarfile.SYMTYPE
+        info.linkname = os.readlink(full)
+        tar.addfile(info)
+        stats.files.append({"path": rel, "type": "symlink", "target": info.linkname})
+    elif stat.S_ISREG(st.st_mode):
+        with open(os.open(full, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
+            info.size = os.fstat(fh.fileno()).st_size
+            reader = _HashingReader(fh)
+            tar.addfile(info, reader)
+        stats.total_size += info.size
+        stats.files.append(
+            {"path": rel, "type": "file", "mode": info.mode, "size": info.size, "sha256": reader.sha.hexdigest()}
+        )
+    else:
+        stats.warnings.append(f"cache save: {rel} is not a file, directory or symlink; skipped")
+
+
+def pack(dest: IO[bytes], workspace: Path, patterns: Sequence[str], *, level: int = LEVEL,
+         threads: int = THREADS) -> PackStats:
+    """Write a zstd-compressed PAX tar of the matched paths to `dest`."""
+    stats = PackStats()
+    members = collect(workspace, patterns)
+    cctx = zstandard.ZstdCompressor(level=level, threads=threads)
+    with cctx.stream_writer(dest, closefd=False) as zw, tarfile.open(
+        fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_BUF
+    ) as tar:
+        for rel in members:
+            _add_member(tar, workspace, rel, stats)
+    return stats
+
+
+# ---- unpack ------------------------------------------------------------------------------------
+
+
+def _member_path(name: str) -> str | None:
+    """Normalised relative path of a member, None for the root itself; raise when unsafe."""
+    if name.startswith("/") or os.path.isabs(name):
+        raise UnsafeArchiveError(f"member {name!r} has an absolute path")
+    parts = PurePosixPath(name).parts
+    if ".." in parts:
+        raise UnsafeArchiveError(f"member {name!r} contains '..'")
+    return "/".join(parts) or None
+
+
+def _inside(rel: str) -> bool:
+    return rel != ".." and not rel.startswith("../") and not os.path.isabs(rel)
+
+
+def _check_symlink(rel: str, target: str) -> None:
+    if not target or os.path.isabs(target):
+        raise UnsafeArchiveError(f"symlink {rel!r} points to the absolute path {target!r}")
+    if not _inside(os.path.normpath(os.path.join(os.path.dirname(rel), target))):
+        raise UnsafeArchiveError(f"symlink {rel!r} points outside the workspace ({target!r})")
+
+
+def _check_parents(rel: str, links: set[str]) -> None:
+    parent = os.path.dirname(rel)
+    while parent:
+        if parent in links:
+            raise UnsafeArchiveError(f"member {rel!r} would be written through the symlink {parent!r}")
+        parent = os.path.dirname(parent)
+
+
+def _clear_way(dest: str, links: set[str], rel: str, *, for_dir: bool) -> None:
+    """A repeated member replaces the earlier one (tar semantics), never writes through it."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if not for_dir:
+            shutil.rmtree(dest)
+        return
+    os.unlink(dest)
+    links.discard(rel)
+
+
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
+    src = tar.extractfile(member)
+    if src is None:  # pragma: no cover - regular members always have data
+        raise CacheEntryError(f"member {member.name!r} has no data")
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with open(fd, "wb") as out:
+        shutil.copyfileobj(src, out, _BUF)
+        os.fchmod(fd, member.mode & _MODE_MASK)
+        os.utime(fd, (member.mtime, member.mtime))
+
+
+def _unpack_member(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: str, stats: UnpackStats,
+                   links: set[str], regular: set[str]) -> None:
+    rel = _member_path(member.name)
+    if rel is None:
+        return
+    _check_parents(rel, links)
+    dest = os.path.join(staging, rel)
+    if member.isdir():
+        _clear_way(dest, links, rel, for_dir=True)
+        os.makedirs(dest, exist_ok=True)
+        stats.dirs[rel] = (member.mode & _MODE_MASK, member.mtime)
+        return
+    if not (member.isfile() or member.issym() or member.islnk()):
+        raise UnsafeArchiveError(f"member {member.name!r} is a device, fifo or other special file")
+    if member.issym():
+        _check_symlink(rel, member.linkname)
+    elif member.islnk():
+        try:
+            target = _member_path(member.linkname)
+        except UnsafeArchiveError:
+            target = None
+        if target is None or target not in regular:
+            raise UnsafeArchiveError(f"hard link {rel!r} points outside the archive ({member.linkname!r})")
+    os.makedirs(os.path.dirname(dest) or staging, exist_ok=True)
+    _clear_way(dest, links, rel, for_dir=False)
+    if member.issym():
+        os.symlink(member.linkname, dest)
+        links.add(rel)
+        stats.symlinks.append(rel)
+    elif member.islnk():
+        os.link(os.path.join(staging, str(target)), dest, follow_symlinks=False)
+        stats.files += 1
+    else:
+        _write_file(tar, member, dest)
+        regular.add(rel)
+        stats.files += 1
+        stats.total_size += member.size
+
+
+def _check_resolved_links(staging: str, stats: UnpackStats) -> None:
+    """Chains of links can leave the tree even when each looks fine alone (`s -> .`, `t -> s/..`)."""
+    real = os.path.realpath(staging)
+    for rel in stats.symlinks:
+        resolved = os.path.realpath(os.path.join(staging, rel))
+        if resolved != real and not resolved.startswith(real + os.sep):
+            raise UnsafeArchiveError(f"symlink {rel!r} resolves outside the workspace")
+
+
+def _unpack(src: IO[bytes], staging: str) -> UnpackStats:
+    stats = UnpackStats()
+    links: set[str] = set()
+    regular: set[str] = set()
+    dctx = zstandard.ZstdDecompressor()
+    try:
+        with dctx.stream_reader(src, read_size=_BUF, closefd=False) as zr, tarfile.open(
+            fileobj=zr, mode="r|", bufsize=_BUF
+        ) as tar:
+            for member in tar:
+                _unpack_member(tar, member, staging, stats, links, regular)
+    except (tarfile.TarError, zstandard.ZstdError) as exc:
+        raise CacheEntryError(f"archive is corrupt ({exc})") from exc
+    _check_resolved_links(staging, stats)
+    return stats
+
+
+def _merge(src_dir: str, dst_dir: str) -> None:
+    """Move staged entries into place; a real directory is merged into, anything else replaced."""
+    with os.scandir(src_dir) as it:
+        entries = list(it)
+    for entry in entries:
+        dst = os.path.join(dst_dir, entry.name)
+        try:
+            st = os.lstat(dst)
+        except FileNotFoundError:
+            os.rename(entry.path, dst)
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if stat.S_ISDIR(st.st_mode):
+                _merge(entry.path, dst)
+                continue
+            os.unlink(dst)
+            os.rename(entry.path, dst)
+        else:
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(dst)
+            os.replace(entry.path, dst)
+
+
+def _apply_dir_modes(workspace: Path, dirs: dict[str, tuple[int, float]]) -> None:
+    for rel in sorted(dirs, reverse=True):  # children before parents: a 0555 parent is set last
+        mode, mtime = dirs[rel]
+        full = os.path.join(workspace, rel)
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(full).st_mode)
+        except FileNotFoundError:
+            continue
+        if is_dir:
+            os.chmod(full, mode)
+            os.utime(full, (mtime, mtime))
+
+
+def unpack(src: IO[bytes], workspace: Path) -> UnpackStats:
+    """Safely unpack an archive into `workspace` (all or nothing); raise `CacheEntryError`."""
+    staging = tempfile.mkdtemp(prefix=".loom-cache-restore-", dir=workspace)
+    try:
+        stats = _unpack(src, staging)
+        _merge(staging, str(workspace))
+        _apply_dir_modes(workspace, stats.dirs)
+        return stats
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""Atomic JSON documents for the cache store. Runs in whichever process touches the cache
+(worker, supervisor, `loom cache`); never under `.loom/.runtime/{logs,receipts}` (the writer's).
+
+Temp file in the same folder, fsync, rename: a reader sees the old document or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """The parsed document, or None when the file does not exist."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,250 @@
+"""The cache store in `.loom/.runtime/cache/` (spec §6.3). Runs in the worker process (restore, save),
+and in `loom cache` (list, clear).
+
+Layout::
+
+    cache/entries/<key dir>/meta.json        the commit point: names the live archive
+    cache/entries/<key dir>/<uuid>.tar.zst   zstandard-compressed PAX tar
+    cache/locks/<key dir>.lock               one FileLock per key
+    cache/tmp/                               archives being written
+    cache/quarantine.json                    see quarantine.py
+
+A save writes its archive in `tmp/` without any lock (two saves of one key compress in parallel),
+then, under the key's lock, renames it into the key dir, atomically replaces `meta.json`, and
+deletes the archive the old metadata named. A reader opens the archive `meta.json` names; if a
+concurrent save deleted it in between, it reads `meta.json` again. So concurrent saves of one key
+leave exactly one complete entry (the last to commit) and readers never see half of one.
+
+Keys never become paths as written: `key_dirname` percent-encodes every byte outside
+`[A-Za-z0-9_.-]` (and a leading `.`), which is injective, so `a/b`, `..` or `../../etc` are plain
+names. Over-long names keep a readable head plus the key's sha256. `meta.json` records the real key
+and is checked on every lookup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from filelock import FileLock
+
+from loomrun.cache import archive
+from loomrun.cache.atomic import read_json, write_json
+from loomrun.cache.quarantine import Quarantine
+
+SCHEMA = "loom.cache.entry.v1"
+META = "meta.json"
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_MAX_NAME = 180
+
+
+def key_dirname(key: str) -> str:
+    """A file-name-safe, injective encoding of `key`."""
+    name = "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in key)
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name) > _MAX_NAME:
+        name = f"{name[:120]}~{hashlib.sha256(key.encode()).hexdigest()}"
+    return name
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    key: str
+    files: int  # regular files, symlinks and directories archived
+    total_size: int  # bytes of regular-file content
+    archive_size: int  # bytes on disk, compressed
+    duration_s: float
+    warnings: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    status: str  # "hit" (the primary key) | "fallback_hit" | "miss"
+    key: str | None  # the key restored
+    fallback_index: int | None  # 0-based position among the fallback keys, for a fallback hit
+    tried: tuple[str, ...]
+    quarantined: tuple[str, ...]  # keys skipped because they are quarantined
+    refused: tuple[str, ...]  # "<key>: <why>" for entries that were corrupt or unsafe
+    files: int
+    total_size: int
+    archive_size: int
+    duration_s: float
+
+    @property
+    def hit(self) -> bool:
+        return self.key is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        for name in ("tried", "quarantined", "refused"):
+            doc[name] = list(doc[name])
+        return doc
+
+
+class CacheStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.quarantine = Quarantine(root)
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    def _entry_dir(self, key: str) -> Path:
+        return self.root / "entries" / key_dirname(key)
+
+    def _lock(self, key: str) -> FileLock:
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{key_dirname(key)}.lock"))
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """The metadata of `key`'s entry, or None."""
+        meta = read_json(self._entry_dir(key) / META)
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            return None
+        return meta
+
+    def list(self) -> list[dict[str, Any]]:
+        """Metadata of every entry, sorted by key."""
+        entries = self.root / "entries"
+        if not entries.is_dir():
+            return []
+        metas = [read_json(d / META) for d in entries.iterdir() if d.is_dir()]
+        return sorted((m for m in metas if isinstance(m, dict) and "key" in m), key=lambda m: str(m["key"]))
+
+    # ---- save --------------------------------------------------------------------------------
+
+    def save(self, key: str, workspace: Path, paths: Sequence[str], *, source_run: str) -> SaveResult:
+        """Archive the matched paths under `key`, replacing any earlier entry atomically."""
+        started = time.monotonic()
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        archive_name = f"{uuid.uuid4().hex}.tar.zst"
+        tmp = tmp_dir / f"{os.getpid()}-{archive_name}"
+        try:
+            with open(tmp, "xb") as fh:
+                stats = archive.pack(fh, workspace, paths)
+                fh.flush()
+                os.fsync(fh.fileno())
+            archive_size = tmp.stat().st_size
+            meta = {
+                "schema": SCHEMA,
+                "key": key,
+                "archive": archive_name,
+                "created_at": _now(),
+                "source_run": source_run,
+                "paths": list(paths),
+                "file_count": len(stats.files),
+                "total_size": stats.total_size,
+                "archive_size": archive_size,
+                "compression": {"codec": "zstd", "level": archive.LEVEL},
+                "files": stats.files,
+            }
+            self._commit(key, tmp, archive_name, meta)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return SaveResult(
+            key=key,
+            files=len(stats.files),
+            total_size=stats.total_size,
+            archive_size=archive_size,
+            duration_s=time.monotonic() - started,
+            warnings=tuple(stats.warnings),
+        )
+
+    def _commit(self, key: str, tmp: Path, archive_name: str, meta: dict[str, Any]) -> None:
+        entry_dir = self._entry_dir(key)
+        with self._lock(key):
+            entry_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, entry_dir / archive_name)
+            write_json(entry_dir / META, meta)
+            for stale in entry_dir.glob("*.tar.zst"):
+                if stale.name != archive_name:
+                    stale.unlink(missing_ok=True)
+
+    # ---- restore -----------------------------------------------------------------------------
+
+    def _open_archive(self, key: str) -> tuple[dict[str, Any], IO[bytes]] | None:
+        """(metadata, open archive file) or None when there is no entry."""
+        for _ in range(5):
+            meta = self.entry(key)
+            if meta is None:
+                return None
+            name = str(meta.get("archive", ""))
+            if not name or "/" in name or name.startswith("."):
+                raise archive.CacheEntryError(f"metadata names a bad archive {name!r}")
+            try:
+                return meta, open(self._entry_dir(key) / name, "rb")  # the caller closes it
+            except FileNotFoundError:
+                continue  # a concurrent save replaced the entry between our two reads
+        return None
+
+    def restore(self, keys: Sequence[str], workspace: Path) -> RestoreResult:
+        """Restore the first usable key of `keys` (primary, then fallbacks) into `workspace`."""
+        started = time.monotonic()
+        tried: list[str] = []
+        quarantined: list[str] = []
+        refused: list[str] = []
+        for index, key in enumerate(keys):
+            tried.append(key)
+            if self.quarantine.is_quarantined(key):
+                quarantined.append(key)
+                continue
+            try:
+                opened = self._open_archive(key)
+                if opened is None:
+                    continue
+                meta, fh = opened
+                with fh:
+                    stats = archive.unpack(fh, workspace)
+            except archive.CacheEntryError as exc:
+                refused.append(f"{key}: {exc}")
+                continue
+            return RestoreResult(
+                status="hit" if index == 0 else "fallback_hit",
+                key=key,
+                fallback_index=None if index == 0 else index - 1,
+                tried=tuple(tried),
+                quarantined=tuple(quarantined),
+                refused=tuple(refused),
+                files=stats.files,
+                total_size=stats.total_size,
+                archive_size=int(meta.get("archive_size", 0)),
+                duration_s=time.monotonic() - started,
+            )
+        return RestoreResult(
+            status="miss", key=None, fallback_index=None, tried=tuple(tried), quarantined=tuple(quarantined),
+            refused=tuple(refused), files=0, total_size=0, archive_size=0,
+            duration_s=time.monotonic() - started,
+        )
+
+    # ---- clear -------------------------------------------------------------------------------
+
+    def clear(self, key: str | None = None) -> int:
+        """Remove one entry (or all); the number removed. The quarantine list is left alone."""
+        keys = [key] if key is not None else [str(m["key"]) for m in self.list()]
+        removed = 0
+        for k in keys:
+            with self._lock(k):
+                if self.entry(k) is None:
+                    continue
+                shutil.rmtree(self._entry_dir(k))
+                removed += 1
+        return removed

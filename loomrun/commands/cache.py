@@ -1,0 +1,86 @@
+"""`loom cache list | clear [KEY] | quarantine | release KEY`. Runs in the `loom` process.
+
+Listings are data and go to stdout as aligned text; confirmations and "nothing here" go to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from loomrun.cache import CacheStore, cache_root
+from loomrun.errors import LoomError
+from loomrun.repo import discover_repo_root
+
+
+def _store() -> CacheStore:
+    return CacheStore(cache_root(discover_repo_root()))
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
+
+
+def _table(header: Sequence[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [list(header), *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [list(header), *rows]]
+    return "\n".join(lines)
+
+
+def list_entries() -> int:
+    store = _store()
+    entries = store.list()
+    if not entries:
+        print("no cache entries", file=sys.stderr)
+        return 0
+    rows = [
+        [
+            str(m["key"]),
+            _size(int(m.get("total_size", 0))),
+            _size(int(m.get("archive_size", 0))),
+            str(m.get("file_count", "")),
+            str(m.get("created_at", "")),
+            str(m.get("source_run", "")),
+            "quarantined" if store.quarantine.is_quarantined(str(m["key"])) else "",
+        ]
+        for m in entries
+    ]
+    print(_table(["KEY", "SIZE", "STORED", "FILES", "CREATED", "SOURCE RUN", "STATE"], rows))
+    return 0
+
+
+def clear(key: str | None) -> int:
+    store = _store()
+    if key is not None and store.entry(key) is None:
+        raise LoomError(f'no cache entry with key "{key}"')
+    removed = store.clear(key)
+    noun = "entry" if removed == 1 else "entries"
+    print(f"removed {removed} cache {noun}", file=sys.stderr)
+    return 0
+
+
+def quarantine() -> int:
+    records = _store().quarantine.list()
+    if not records:
+        print("no quarantined keys", file=sys.stderr)
+        return 0
+    for record in records:
+        print(f"{record.get('key')}")
+        print(f"  quarantined at: {record.get('quarantined_at')}")
+        print(f"  reason: {record.get('reason')}")
+        print(f"  runs: cache off {record.get('run_off')}, cache on {record.get('run_on')}")
+        for diff in record.get("differences", []):
+            print(f"  {diff.get('path')}: off {diff.get('off')} / on {diff.get('on')}")
+    return 0
+
+
+def release(key: str) -> int:
+    if not _store().quarantine.release(key):
+        raise LoomError(f'key "{key}" is not quarantined')
+    print(f'released "{key}"; it can be restored again', file=sys.stderr)
+    return 0
