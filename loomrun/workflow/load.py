@@ -1,0 +1,185 @@
+"""YAML with line/column marks. PURE; runs in the `loom` process.
+
+Parses through pyyaml's compose API (SafeLoader) into a small tree of `YNode`s that keep the file
+name, line and column of every value. Anchors, aliases and explicit tags are rejected (deterministic
+YAML); a non-mapping root, binary bytes, an empty file, a huge file or deep nesting all come back as
+diagnostics, never as exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+from loomrun.workflow.model import Diagnostic
+
+MAX_BYTES = 8 * 1024 * 1024  # a workflow is a few KB; past this it is a mistake, not a workflow
+MAX_DEPTH = 48  # the deepest legal workflow is ~6 levels; keeps every walk far from the stack limit
+
+_TAG_KINDS = {
+    "tag:yaml.org,2002:str": "string",
+    "tag:yaml.org,2002:int": "integer",
+    "tag:yaml.org,2002:float": "float",
+    "tag:yaml.org,2002:bool": "boolean",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:timestamp": "timestamp",
+}
+_CONSTRUCT = SafeConstructor()
+
+
+@dataclass(slots=True)
+class YNode:
+    """One YAML value with its place. `value` is a dict[str, YNode], a list[YNode] or a scalar."""
+
+    value: Any
+    kind: str  # mapping | sequence | string | integer | float | boolean | null | timestamp
+    line: int
+    column: int
+    file: str
+    keys: dict[str, YNode] | None = None  # mapping only: the key nodes (for "unknown key" lines)
+
+    def get(self, key: str) -> YNode | None:
+        return self.value.get(key) if self.kind == "mapping" else None
+
+
+class _Reject(Exception):
+    def __init__(self, message: str, mark: Any, hint: str) -> None:
+        super().__init__(message)
+        self.message, self.mark, self.hint = message, mark, hint
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors, aliases and explicit tags, and bounds nesting depth."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            raise _Reject(f"YAML alias \"*{event.anchor}\" is not allowed", event.start_mark,
+                          "write the value out in full; loom workflows are deterministic YAML")
+        if getattr(event, "anchor", None):
+            raise _Reject(f"YAML anchor \"&{event.anchor}\" is not allowed", event.start_mark,
+                          "remove the anchor; use default or extends to share job settings")
+        tag = getattr(event, "tag", None)
+        if tag is not None:
+            shown = tag.replace("tag:yaml.org,2002:", "!!", 1)
+            raise _Reject(f"explicit YAML tag \"{shown}\" is not allowed", event.start_mark,
+                          "remove the tag; quote the value if it must be a string")
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Reject(f"workflow is nested too deeply (more than {MAX_DEPTH} levels)",
+                          event.start_mark, "flatten the structure")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _diag(file: str, message: str, hint: str, line: int = 0, column: int = 0,
+          code: str = "WF_YAML") -> Diagnostic:
+    return Diagnostic(code=code, pointer="", line=line, column=column, message=message,
+                      hint=hint, file=file)
+
+
+def read_text(path: Path, label: str) -> tuple[str | None, list[Diagnostic]]:
+    """The file as text, or a diagnostic saying why it cannot be read."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return None, [_diag(label, f"cannot read {path}: {reason}", "check the path and its permissions",
+                            code="WF_IO")]
+    if len(data) > MAX_BYTES:
+        return None, [_diag(label, f"workflow file is too large (over {MAX_BYTES // (1024 * 1024)} MiB)",
+                            "a workflow is a small text file", line=1, column=1)]
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return None, [_diag(label, f"workflow is not UTF-8 text (invalid byte at offset {exc.start})",
+                            "save the file as UTF-8", line=line, column=1)]
+
+
+def parse_text(text: str, label: str) -> tuple[YNode | None, list[Diagnostic]]:
+    """Compose one YAML document into a `YNode` tree; the root must be a mapping."""
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        return None, [_diag(label, "workflow contains a NUL byte (binary data)", "save the file as text",
+                            line=line, column=1)]
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+    except _Reject as exc:
+        return None, [_diag(label, exc.message, exc.hint, exc.mark.line + 1, exc.mark.column + 1)]
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        return None, [_diag(label, f"invalid YAML: {problem}", "fix the YAML syntax", line, col)]
+    except yaml.YAMLError as exc:
+        return None, [_diag(label, f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else 'error'}",
+                            "fix the YAML syntax")]
+    except (RecursionError, MemoryError):
+        return None, [_diag(label, "workflow is too large or nested too deeply", "simplify the file")]
+    finally:
+        loader.dispose()
+    if node is None:
+        return None, [_diag(label, "workflow is empty; expected a mapping with version, stages and jobs",
+                            "start with `version: v1`", line=1, column=1, code="WF_SCHEMA_V1")]
+    errors: list[Diagnostic] = []
+    tree = _convert(node, label, errors)
+    if errors:
+        return None, errors
+    if tree.kind != "mapping":
+        return None, [Diagnostic("WF_SCHEMA_V1", "", tree.line, tree.column,
+                                 f"expected mapping at the top of the file, got {tree.kind}",
+                                 "a workflow is one YAML mapping", label)]
+    return tree, []
+
+
+def load_file(path: Path, label: str) -> tuple[YNode | None, list[Diagnostic]]:
+    text, diags = read_text(path, label)
+    if text is None:
+        return None, diags
+    return parse_text(text, label)
+
+
+def _convert(node: yaml.Node, file: str, errors: list[Diagnostic]) -> YNode:
+    line, col = node.start_mark.line + 1, node.start_mark.column + 1
+    if isinstance(node, yaml.MappingNode):
+        values: dict[str, YNode] = {}
+        keys: dict[str, YNode] = {}
+        for knode, vnode in node.value:
+            kline, kcol = knode.start_mark.line + 1, knode.start_mark.column + 1
+            if not isinstance(knode, yaml.ScalarNode):
+                errors.append(Diagnostic("WF_YAML", "", kline, kcol, "mapping keys must be plain strings",
+                                         "use a plain name as the key", file))
+                continue
+            key = str(knode.value)
+            if key in values:
+                errors.append(Diagnostic("WF_YAML", "", kline, kcol, f'duplicate key "{key}"',
+                                         "remove one of the two entries", file))
+                continue
+            keys[key] = YNode(key, "string", kline, kcol, file)
+            values[key] = _convert(vnode, file, errors)
+        return YNode(values, "mapping", line, col, file, keys)
+    if isinstance(node, yaml.SequenceNode):
+        return YNode([_convert(n, file, errors) for n in node.value], "sequence", line, col, file)
+    return _scalar(node, line, col, file)
+
+
+def _scalar(node: yaml.Node, line: int, col: int, file: str) -> YNode:
+    kind = _TAG_KINDS.get(node.tag, "string")
+    if kind in ("string", "timestamp"):
+        return YNode(str(node.value), kind, line, col, file)
+    try:
+        value = _CONSTRUCT.yaml_constructors[node.tag](_CONSTRUCT, node)
+    except (ValueError, OverflowError, yaml.YAMLError):
+        value = str(node.value)  # e.g. an integer past Python's digit limit: keep its text
+    return YNode(value, kind, line, col, file)
