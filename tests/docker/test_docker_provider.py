@@ -1,0 +1,152 @@
+"""DockerProvider against a real engine: steps, environment, mount modes, copies in and out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.docker.conftest import MakeJob, RunningStep, run_step
+from workers.providers.docker import DockerProvider
+
+pytestmark = pytest.mark.docker
+
+
+def test_steps_report_exit_code_and_output(provider: DockerProvider, make_job: MakeJob) -> None:
+    ctx = make_job()
+    provider.prepare(ctx)
+    first = run_step(provider, ctx, "echo one; echo two; echo oops >&2; pwd; exit 3")
+    assert first.code == 3
+    assert first.out == "one\ntwo\n/workspace\n"
+    assert first.err == "oops\n"
+    # Steps share the container: a later step sees what an earlier one left.
+    assert run_step(provider, ctx, "echo kept > state.txt").code == 0
+    assert run_step(provider, ctx, "cat state.txt; cat seed.txt").out == "kept\nseeded\n"
+
+
+def test_output_arrives_while_the_step_runs(provider: DockerProvider, make_job: MakeJob, workspace: Path) -> None:
+    ctx = make_job(mount_mode="bind_mount")
+    provider.prepare(ctx)
+    step = RunningStep(provider, ctx, "echo ready; while [ ! -e go ]; do sleep 0.05; done; echo done")
+    step.wait_for_output("ready\n")
+    assert step.handle.poll() is None  # it is blocked until `go` exists
+    (workspace / "go").touch()
+    result = step.finish()
+    assert (result.code, result.out) == (0, "ready\ndone\n")
+
+
+def test_a_step_silent_longer_than_the_client_timeout(make_job: MakeJob) -> None:
+    provider = DockerProvider(timeout_s=2)
+    ctx = make_job()
+    try:
+        provider.prepare(ctx)
+        result = run_step(provider, ctx, "sleep 4; echo late")
+        assert (result.code, result.out) == (0, "late\n")
+    finally:
+        provider.cleanup(ctx)
+
+
+def test_env_is_loom_variables_plus_image_env(
+    provider: DockerProvider, make_job: MakeJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOOM_TEST_HOST_ONLY", "must-not-leak")
+    ctx = make_job()
+    provider.prepare(ctx)
+    result = run_step(provider, ctx, "env")
+    seen = dict(line.split("=", 1) for line in result.out.splitlines())
+    for name, value in ctx.env.items():
+        assert seen[name] == value
+    assert seen["PATH"] == "/bin"  # from the image
+    assert "LOOM_TEST_HOST_ONLY" not in seen
+    engine_and_shell = {"PATH", "HOSTNAME", "HOME", "PWD", "SHLVL"}
+    assert set(seen) - set(ctx.env) <= engine_and_shell
+
+
+def test_trace_runs_steps_with_sh_x(provider: DockerProvider, make_job: MakeJob) -> None:
+    ctx = make_job()
+    ctx.trace = True
+    provider.prepare(ctx)
+    result = run_step(provider, ctx, "echo traced")
+    assert "+ echo traced" in result.err
+
+
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_mount_modes(provider: DockerProvider, make_job: MakeJob, workspace: Path, mode: str) -> None:
+    ctx = make_job(mount_mode=mode)
+    provider.prepare(ctx)
+    result = run_step(provider, ctx, "cat seed.txt && echo from-job > made-in-job.txt")
+    assert (result.code, result.out) == (0, "seeded\n")
+    assert (workspace / "made-in-job.txt").exists() == (mode == "bind_mount")
+    if mode == "bind_mount":
+        assert (workspace / "made-in-job.txt").read_text() == "from-job\n"
+
+
+def _tree(root: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = path.read_text()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_import_and_export_round_trip(provider: DockerProvider, make_job: MakeJob, tmp_path: Path, mode: str) -> None:
+    ctx = make_job(mount_mode=mode)
+    provider.prepare(ctx)
+    src = tmp_path / "restored"
+    (src / "deps" / "a").mkdir(parents=True)
+    (src / "deps" / "a" / "b.txt").write_text("restored b\n")
+    os.symlink("a/b.txt", src / "deps" / "link")
+    provider.import_tree(ctx, src)
+    check = run_step(provider, ctx, "cat deps/a/b.txt deps/link && readlink deps/link")
+    assert (check.code, check.out) == (0, "restored b\nrestored b\na/b.txt\n")
+
+    made = "mkdir -p dist/sub && echo x > dist/x.txt && echo y > dist/sub/y.txt && echo no > dist/skip.log"
+    assert run_step(provider, ctx, f"{made} && ln -s x.txt dist/alias && echo top > top.txt").code == 0
+
+    dest = tmp_path / "exported"
+    copied = provider.export_paths(ctx, ["dist"], ["dist/*.log"], dest)
+    assert copied == ["dist/alias", "dist/sub/y.txt", "dist/x.txt"]
+    assert _tree(dest) == {"dist/alias": "-> x.txt", "dist/sub/y.txt": "y\n", "dist/x.txt": "x\n"}
+
+    # A pattern that starts with a wildcard reaches the whole workspace.
+    dest2 = tmp_path / "exported2"
+    assert provider.export_paths(ctx, ["*.txt", "**/y.txt"], [], dest2) == ["dist/sub/y.txt", "seed.txt", "top.txt"]
+    assert (dest2 / "top.txt").read_text() == "top\n"
+    assert provider.export_paths(ctx, ["nothing-here/**"], [], tmp_path / "empty") == []
+
+
+def test_export_refuses_paths_outside_the_workspace(provider: DockerProvider, make_job: MakeJob, tmp_path: Path) -> None:
+    ctx = make_job()
+    provider.prepare(ctx)
+    for bad in ("../etc", "/etc/passwd"):
+        with pytest.raises(ValueError):
+            provider.export_paths(ctx, [bad], [], tmp_path / "out")
+
+
+def test_labels_on_everything_and_no_privileges(
+    provider: DockerProvider, make_job: MakeJob, engine: Any, run_id: str
+) -> None:
+    from loomrun.workflow.model import Service
+
+    ctx = make_job(services=(Service("loom-test/httpd:latest"),))
+    provider.prepare(ctx)
+    info = engine.inspect_container(ctx.state["container"])
+    assert info["Config"]["Labels"]["loom.run_id"] == run_id
+    assert info["Config"]["Labels"]["loom.job_id"] == "job"
+    assert info["HostConfig"]["Privileged"] is False
+    assert not any("docker.sock" in m.get("Source", "") for m in info["Mounts"])
+    assert engine.inspect_volume(ctx.state["volume"])["Labels"]["loom.run_id"] == run_id
+    assert engine.inspect_network(ctx.state["network"])["Labels"]["loom.run_id"] == run_id
+    for sid in ctx.state["services"]:
+        assert engine.inspect_container(sid)["Config"]["Labels"]["loom.job_id"] == "job"
+    provider.cleanup(ctx)
+    provider.cleanup(ctx)  # idempotent, never raises
+    from tests.docker.conftest import labelled
+
+    assert labelled(engine, run_id) == []
