@@ -270,7 +270,7 @@ def _target(chk: Checker, node: YNode, pointer: str) -> None:
 def _script(chk: Checker, node: YNode, pointer: str) -> None:
     def one_line(item: YNode, where: str) -> bool:
         if "\n" in item.value:
-            return chk.error(item, where, f'script entry {where.rsplit("/", 1)[-1]} contains a newline',
+            return chk.error(item, where, f'script entry {int(where.rsplit("/", 1)[-1]) + 1} contains a newline',
                              'write one step per entry (a folded ">-" scalar is fine)')
         return True
 
