@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.docker.conftest import MakeJob, RunningStep, run_step
+from tests.docker.helpers import MakeJob, RunningStep, run_step
 from workers.providers.docker import DockerProvider
 
 pytestmark = pytest.mark.docker
@@ -121,7 +121,9 @@ def test_import_and_export_round_trip(provider: DockerProvider, make_job: MakeJo
     assert provider.export_paths(ctx, ["nothing-here/**"], [], tmp_path / "empty") == []
 
 
-def test_export_refuses_paths_outside_the_workspace(provider: DockerProvider, make_job: MakeJob, tmp_path: Path) -> None:
+def test_export_refuses_paths_outside_the_workspace(
+    provider: DockerProvider, make_job: MakeJob, tmp_path: Path
+) -> None:
     ctx = make_job()
     provider.prepare(ctx)
     for bad in ("../etc", "/etc/passwd"):
@@ -147,6 +149,6 @@ def test_labels_on_everything_and_no_privileges(
         assert engine.inspect_container(sid)["Config"]["Labels"]["loom.job_id"] == "job"
     provider.cleanup(ctx)
     provider.cleanup(ctx)  # idempotent, never raises
-    from tests.docker.conftest import labelled
+    from tests.docker.helpers import labelled
 
     assert labelled(engine, run_id) == []

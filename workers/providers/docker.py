@@ -39,8 +39,9 @@ IDLE_ENTRYPOINT = [
     "/bin/sh",
     "-c",
     "trap 'kill -TERM -1 2>/dev/null; while kill -0 -1 2>/dev/null; do sleep 0.1; done; exit 0' TERM; "
-    "while :; do sleep 3600 & wait; done",
+    "echo loom-idle; while :; do sleep 3600 & wait; done",
 ]
+IDLE_MARK = b"loom-idle"
 CHUNK = 1 << 20
 GLOB_CHARS = frozenset("*?[")
 
@@ -393,16 +394,37 @@ class DockerProvider:
             raise ProviderError(f"cannot seed the workspace volume: {_reason(exc)}") from exc
 
     def _start(self, api: Any, ctx: JobContext) -> None:
+        """Start the job container and wait for its idle loop's first line (or its death)."""
+        cid = ctx.state["container"]
         try:
-            api.start(ctx.state["container"])
+            api.start(cid)
+            # The engine reports a failed exec of the entrypoint (exec format error, no /bin/sh) only
+            # as the container's output and exit; following the log tells up or down without polling.
+            logs = api.logs(cid, stdout=True, stderr=True, stream=True, follow=True)
+            try:
+                seen = b""
+                for chunk in logs:
+                    seen += chunk
+                    if IDLE_MARK in seen:
+                        return
+            finally:
+                logs.close()
         except APIError as exc:
-            reason = _reason(exc)
-            if "exec format error" in reason:
-                raise ProviderError(
-                    f"exec format error: image {ctx.job.image.name if ctx.job.image else ''!r} cannot run "
-                    f"/bin/sh on this machine (wrong platform or not a program): {reason}"
-                ) from exc
-            raise ProviderError(f"cannot start the job container: {reason}") from exc
+            seen = str(_reason(exc)).encode()
+        self._died_at_start(api, ctx, seen.decode(errors="replace").strip())
+
+    def _died_at_start(self, api: Any, ctx: JobContext, output: str) -> None:
+        image = ctx.job.image.name if ctx.job.image else ""
+        try:
+            code = api.inspect_container(ctx.state["container"])["State"].get("ExitCode")
+        except (APIError, DockerException):
+            code = None
+        if "exec format error" in output:
+            raise ProviderError(
+                f"exec format error: image {image!r} cannot run /bin/sh on this machine "
+                f"(built for another platform, or not a program): {output}"
+            )
+        raise ProviderError(f"the job container of image {image!r} did not start (exit code {code}): {output}")
 
     # -- steps --
 
