@@ -1,31 +1,23 @@
 """Job providers behind one Protocol (`base.Provider`), registered in a literal dict.
 
-`docker` is imported lazily so a host-only run never pays for the Docker SDK.
+Modules are imported on first use, so a host-only run never pays for the Docker SDK.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import cast
+
 from workers.providers.base import Provider
+
+PROVIDERS: dict[str, tuple[str, str]] = {
+    "host": ("workers.providers.host", "HostProvider"),
+    "docker": ("workers.providers.docker", "DockerProvider"),
+    "fake": ("workers.providers.fake", "FakeProvider"),
+}
 
 
 def get_provider(name: str) -> Provider:
-    if name == "host":
-        from workers.providers.host import HostProvider
-
-        return HostProvider()
-    if name == "docker":
-        from workers.providers.docker import DockerProvider
-
-        return DockerProvider()
-    if name == "fake":
-        from workers.providers.fake import FakeProvider
-
-        return FakeProvider()
-    raise KeyError(f"unknown provider {name!r}")
-
-
-PROVIDERS: dict[str, str] = {
-    "host": "workers.providers.host:HostProvider",
-    "docker": "workers.providers.docker:DockerProvider",
-    "fake": "workers.providers.fake:FakeProvider",
-}
+    module_name, class_name = PROVIDERS[name]
+    module = importlib.import_module(module_name)
+    return cast(Provider, getattr(module, class_name)())

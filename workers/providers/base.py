@@ -55,6 +55,7 @@ class JobContext:
     labels: dict[str, str] = field(default_factory=dict)  # loom.run_id, loom.job_id
     secret_mounts: dict[str, str] = field(default_factory=dict)  # host file -> path in the job
     state: dict[str, Any] = field(default_factory=dict)  # provider-private (container id, ...)
+    log: SectionLog | None = None  # lines for the `provider` section, open while prepare() runs
 
 
 class StepHandle(Protocol):
@@ -101,6 +102,14 @@ class Provider(Protocol):
 
     def memory_exceeded(self, ctx: JobContext) -> bool:
         """True when the provider knows the job was killed for memory (Docker: OOMKilled)."""
+        ...
+
+    def pids_exceeded(self, ctx: JobContext) -> bool:
+        """True when the job hit `limits.pids` (a fork was refused, or the count went over)."""
+        ...
+
+    def peak_memory(self, ctx: JobContext) -> int | None:
+        """Peak memory of the job's processes in bytes, when known."""
         ...
 
     def cleanup(self, ctx: JobContext) -> None:

@@ -1,0 +1,273 @@
+"""Process trees of a job: cgroups, TERM -> grace -> KILL, and naming a death.
+
+Imported by the worker (which creates the job's cgroup and stops its steps) and by the supervisor
+(which sweeps what a crashed worker left). Linux only.
+
+A job's processes are found three ways, strongest first: its cgroup (v1 or v2, when this process may
+create one: every descendant stays in it, even one that escaped into a new session); the worker's
+descendants (the worker is a child subreaper, so orphans re-parent to it rather than to init); and
+the `LOOM_RUN_ID`/`LOOM_JOB_ID` variables every step process carries in its environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import psutil
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def describe_status(status: int) -> str:
+    """`exit 2`, `SIGKILL`, `SIGSEGV` for a waitpid() status."""
+    if os.WIFSIGNALED(status):
+        return signal_name(os.WTERMSIG(status))
+    return f"exit {os.WEXITSTATUS(status)}"
+
+
+def signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def exit_code_of(returncode: int) -> int:
+    """Popen-style returncode (negative for a signal) -> shell-style exit code (128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class JobCgroup:
+    """One cgroup per job (memory, pids, cpu) when the host lets this process create them."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dirs: dict[str, Path] = {}
+        self.v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+
+    # -- creation ------------------------------------------------------------------------------
+    def create(self, memory: int | None, pids: int | None, cpus: float | None) -> bool:
+        try:
+            if self.v2:
+                self._create_v2(memory, pids, cpus)
+            else:
+                self._create_v1(memory, pids, cpus)
+        except OSError:
+            self.remove()
+            return False
+        return True
+
+    def _create_v1(self, memory: int | None, pids: int | None, cpus: float | None) -> None:
+        for ctl in ("memory", "pids", "cpu"):
+            base = CGROUP_ROOT / ctl
+            if not base.is_dir():
+                continue
+            path = base / "loom" / self.name
+            path.mkdir(parents=True, exist_ok=True)
+            self.dirs[ctl] = path
+        if memory is not None:
+            _write(self.dirs["memory"] / "memory.limit_in_bytes", str(memory))
+            swap = self.dirs["memory"] / "memory.memsw.limit_in_bytes"
+            if swap.exists():
+                _write(swap, str(memory))
+        if pids is not None:
+            _write(self.dirs["pids"] / "pids.max", str(pids))
+        if cpus is not None and "cpu" in self.dirs:
+            _write(self.dirs["cpu"] / "cpu.cfs_period_us", "100000")
+            _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(cpus * 100000))))
+
+    def _create_v2(self, memory: int | None, pids: int | None, cpus: float | None) -> None:
+        base = CGROUP_ROOT / "loom"
+        base.mkdir(exist_ok=True)
+        _write(base / "cgroup.subtree_control", "+memory +pids +cpu")
+        path = base / self.name
+        path.mkdir(exist_ok=True)
+        self.dirs["unified"] = path
+        if memory is not None:
+            _write(path / "memory.max", str(memory))
+            if (path / "memory.swap.max").exists():
+                _write(path / "memory.swap.max", "0")
+        if pids is not None:
+            _write(path / "pids.max", str(pids))
+        if cpus is not None:
+            _write(path / "cpu.max", f"{max(1000, int(cpus * 100000))} 100000")
+
+    def attach_existing(self) -> None:
+        """Find this job's cgroup as left by a worker that may have died (for the final sweep)."""
+        candidates = {"unified": CGROUP_ROOT / "loom" / self.name} if self.v2 else {
+            ctl: CGROUP_ROOT / ctl / "loom" / self.name for ctl in ("memory", "pids", "cpu")}
+        self.dirs = {ctl: path for ctl, path in candidates.items() if path.is_dir()}
+
+    # -- use -----------------------------------------------------------------------------------
+    def join_self(self) -> None:
+        """Move the calling process in (used in a step child between fork and exec)."""
+        for path in self.dirs.values():
+            _write(path / "cgroup.procs", "0")
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for path in self.dirs.values():
+            try:
+                found.update(int(x) for x in (path / "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+        return found
+
+    def oom_killed(self) -> bool:
+        if self.v2:
+            return _event(self.dirs.get("unified"), "memory.events", "oom_kill") > 0
+        mem = self.dirs.get("memory")
+        if mem is None:
+            return False
+        return _event(mem, "memory.oom_control", "oom_kill") > 0 or _int(mem / "memory.failcnt") > 0
+
+    def pids_exhausted(self) -> bool:
+        path = self.dirs.get("unified") or self.dirs.get("pids")
+        return _event(path, "pids.events", "max") > 0
+
+    def peak_memory(self) -> int | None:
+        if self.v2:
+            path = self.dirs.get("unified")
+            return _int(path / "memory.peak") if path is not None else None
+        mem = self.dirs.get("memory")
+        return _int(mem / "memory.max_usage_in_bytes") if mem is not None else None
+
+    def remove(self) -> None:
+        for path in self.dirs.values():
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        self.dirs.clear()
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def _int(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _event(folder: Path | None, name: str, key: str) -> int:
+    if folder is None:
+        return 0
+    try:
+        for line in (folder / name).read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == key:
+                return int(parts[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# ---- finding and stopping processes ----------------------------------------------------------
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def tagged(run_id: str, job_id: str | None = None) -> list[psutil.Process]:
+    """Processes whose environment carries LOOM_RUN_ID=run_id (and LOOM_JOB_ID=job_id)."""
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        if env.get("LOOM_RUN_ID") == run_id and (job_id is None or env.get("LOOM_JOB_ID") == job_id):
+            found.append(proc)
+    return found
+
+
+def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            continue
+
+
+def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
+                   should_hurry: Callable[[], bool] | None = None) -> str:
+    """TERM everything `find()` returns, wait up to `grace_s`, then KILL until nothing is left.
+
+    `find` is called again each round, so processes forked during the stop are caught too.
+    Returns what it did, for the logs ("nothing to stop", "TERM 3; all exited in 0.12s", ...).
+    """
+    procs = _alive(find())
+    if not procs:
+        return "nothing to stop"
+    n = len(procs)
+    _signal_all(procs, signal.SIGTERM)
+    start = time.monotonic()
+    deadline = start + grace_s
+    while time.monotonic() < deadline:
+        if should_hurry is not None and should_hurry():
+            break
+        procs = _alive(find())
+        if not procs:
+            return f"TERM {n}; all exited in {time.monotonic() - start:.2f}s"
+        _signal_all(procs, signal.SIGTERM)  # late forks get their TERM too
+        time.sleep(0.02)
+    killed = 0
+    for _ in range(500):
+        procs = _alive(find())
+        if not procs:
+            break
+        killed += len(procs)
+        _signal_all(procs, signal.SIGKILL)
+        time.sleep(0.01)
+    return f"TERM {n}; grace {grace_s:g}s ran out; KILL {killed}"
+
+
+def reap_zombie_children() -> None:
+    """Reap exited children of this process (it is a subreaper: orphans land here)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

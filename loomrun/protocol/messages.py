@@ -1,0 +1,246 @@
+"""Named messages. Commands are imperative (Cancel, AttachWorker), events past tense (StepFinished).
+
+Three channels:
+* supervisor <-> worker: a duplex multiprocessing Pipe per job (Cancel down; progress and
+  JobFinished up). EOF on it is itself an event: the worker died (or the supervisor did).
+* worker -> writer: a socket pair per job whose writer end the supervisor hands to the writer
+  (AttachWorker + SCM_RIGHTS). Phase, section and step records; each StepStarted is followed by the
+  read ends of the step's stdout/stderr pipes, so the writer reads step output directly.
+* supervisor <-> writer: run-level records down, WriterReady / RunWritten / WriterFailed up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---- failure kinds (spec §9.2) ----------------------------------------------------------------
+
+STEP_FAILED = "step_failed"
+TIMEOUT = "timeout"
+MEMORY_LIMIT = "memory_limit"
+PIDS_LIMIT = "pids_limit"
+WORKER_CRASHED = "worker_crashed"
+PROVIDER_ERROR = "provider_error"
+SECRETS_ERROR = "secrets_error"
+CANCELED = "canceled"
+DEPENDENCY_FAILED = "dependency_failed"
+
+# Reserved worker exit codes: the runner's own failures are never "the job failed".
+WORKER_EXIT_OK = 0
+WORKER_EXIT_BOOT_ERROR = 70  # the worker could not start its job (bootstrap failed)
+WORKER_EXIT_LOST_SUPERVISOR = 71  # the supervisor went away; the job was stopped and cleaned up
+
+
+# ---- supervisor -> worker -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop the job: TERM its processes, wait `grace_s`, KILL; then clean up and report."""
+
+    kind: str  # timeout | canceled
+    grace_s: float
+    reason: str = ""
+
+
+# ---- worker -> supervisor -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepBegan:
+    job_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class StepEnded:
+    job_id: str
+    index: int
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A line for the terminal in --verbose mode (cache hit/miss, image, workspace)."""
+
+    job_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job_id: str
+    status: str  # success | failed | canceled
+    exit_code: int | None
+    failure_kind: str | None
+    message: str  # one line; "" on success
+    resources: dict[str, Any] = field(default_factory=dict)
+    cache_hits: tuple[str, ...] = ()
+    outputs: dict[str, str] = field(default_factory=dict)  # relpath -> sha256+mode (for --cache-diff)
+
+
+# ---- worker -> writer ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhaseMark:
+    """A job phase started (status None) or finished (status success|failed|skipped)."""
+
+    job_id: str
+    phase_code: str
+    ts_ns: int
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class SectionBegan:
+    job_id: str
+    name: str
+    ts_ns: int
+
+
+@dataclass(frozen=True)
+class SectionLines:
+    job_id: str
+    name: str
+    lines: tuple[str, ...]
+    stream: str
+    ts_ns: int
+
+
+@dataclass(frozen=True)
+class SectionEnded:
+    job_id: str
+    name: str
+    status: str  # success | failed | skipped
+    ts_ns: int
+    error_code: str = ""
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. cache hit/miss, sizes
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    """Followed on the same socket by two fds: the read ends of the step's stdout and stderr."""
+
+    job_id: str
+    index: int
+    command: str
+    ts_ns: int
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    job_id: str
+    index: int
+    exit_code: int
+    duration_ms: int
+    ts_ns: int
+
+
+@dataclass(frozen=True)
+class ArtifactsStaged:
+    """Files copied out of the job into `staging_dir`; the writer moves them under the logs dir."""
+
+    job_id: str
+    staging_dir: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Redact:
+    """Secret values to replace with `[REDACTED:SECRET_<NAME>]` in everything the writer writes."""
+
+    values: tuple[tuple[str, str], ...]  # (name, value)
+
+
+# ---- supervisor -> writer -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    pipeline_id: str
+    repo_root: str
+    workflow_path: str
+    command: tuple[str, ...]
+    started_ns: int
+    stream: bool = False  # tee step output to the terminal, prefixed with the job name
+    color: bool = False
+
+
+@dataclass(frozen=True)
+class RunPhase:
+    phase_code: str  # run.bootstrap | run.pipeline_execute | pipeline.execute | run.finalize
+    ts_ns: int
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRoster:
+    """Jobs of the run in declaration order: (id, stage)."""
+
+    jobs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class AttachWorker:
+    """Followed on the same socket by one fd: the writer's end of the job's worker socket."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """The supervisor's final word on a job; the writer finalises its documents."""
+
+    job_id: str
+    stage: str
+    status: str  # success | failed | skipped | canceled
+    exit_code: int | None
+    failure_kind: str | None
+    message: str
+    provider: str
+    image: str | None
+    started_ns: int | None
+    finished_ns: int
+    resources: dict[str, Any] = field(default_factory=dict)
+    allow_failure: bool = False
+    crashed_step: int | None = None  # step in flight when the worker died
+    sweep: str = ""  # what the supervisor's own cleanup did when the worker could not (crash, kill)
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    status: str  # success | failure
+    exit_code: int
+    finished_ns: int
+    error: str | None
+    receipt: dict[str, Any]  # extra receipt fields (graph_ir, snapshot_path, cache_diff, ...)
+    write_pipeline: bool = True
+
+
+@dataclass(frozen=True)
+class MarkAbandoned:
+    """Mark a dead run's pipeline summary and receipt `failure` / `abandoned`."""
+
+    run_id: str
+
+
+# ---- writer -> supervisor -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriterReady:
+    logs_dir: str
+
+
+@dataclass(frozen=True)
+class RunWritten:
+    receipt_path: str
+
+
+@dataclass(frozen=True)
+class WriterFailed:
+    message: str  # one line, e.g. "No space left on device (/repo/.loom/.runtime/logs/...)"

@@ -1,0 +1,401 @@
+"""`loom run --local`: bootstrap, execute, finalize. Runs in the `loom` process (the supervisor).
+
+1. bootstrap: run id, run lock, writer process, abandoned runs, workflow, runtime config, snapshot
+2. execute: the event loop (`loop.Supervisor`) starts one worker per job
+3. finalize: `RunEnded` to the writer, which writes the pipeline documents and the receipt last;
+   the receipt path is printed before the error line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loomrun.errors import ExitCode, LoomError
+from loomrun.protocol import messages as m
+from loomrun.repo import DEFAULT_WORKFLOW, discover_repo_root, repo_root_for_workflow, runtime_dir
+from loomrun.supervisor import janitor, locks
+from loomrun.supervisor.env import job_env
+from loomrun.supervisor.loop import Outcome, Supervisor, WriterLost
+from loomrun.supervisor.terminal import Terminal
+from loomrun.workflow.model import Job, Workflow
+from loomrun.writer import process as writer_process
+from workers.job import WorkerSpec
+
+KEEP_SNAPSHOTS = 5
+GRACE_S = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
+
+
+@dataclass
+class RunOptions:
+    workflow: str | None = None
+    stream: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    cache_diff: bool = False
+    docker_workspace_mount: str | None = None
+    max_jobs: int | None = None
+    only_jobs: tuple[str, ...] = ()
+    cache_enabled: bool = True
+    command: tuple[str, ...] = ("loom", "run", "--local")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    exit_code: int
+    status: str
+    error: str | None
+    receipt_path: str | None
+    logs_dir: str | None
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+
+class _Failed(Exception):
+    """The run cannot go on; `message` becomes the receipt's error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def locate(workflow: str | None) -> tuple[Path, Path]:
+    """(workflow path, repo root). Falls back to the current folder so a failed start still has a home."""
+    if workflow is not None:
+        path = Path(workflow).absolute()
+        return path, repo_root_for_workflow(path)
+    try:
+        root = discover_repo_root()
+    except LoomError:
+        root = Path.cwd().resolve()
+    return root / DEFAULT_WORKFLOW, root
+
+
+class Run:
+    def __init__(self, opts: RunOptions, term: Terminal) -> None:
+        self.opts = opts
+        self.term = term
+        self.workflow_path, self.repo_root = locate(opts.workflow)
+        self.runtime = runtime_dir(self.repo_root)
+        self.started_ns = time.time_ns()
+        self.run_id = f"loom-run-local-{self.started_ns}"
+        self.pipeline_id = f"loom-local-{self.started_ns}"
+        self.receipt: dict[str, Any] = {}
+        self.wf: Workflow | None = None
+        self.janitors: list[janitor.Janitor] = []
+        self.snapshot_path: Path | None = None
+        self.head_sha: str | None = None
+        self.branch: str | None = None
+        self.mount_mode = "ephemeral_volume"
+        self.sup: Supervisor | None = None
+
+    # -- bootstrap ----------------------------------------------------------------------------
+    def start_writer(self) -> None:
+        abandoned = locks.find_abandoned(self.runtime)
+        try:
+            self.lock = locks.RunLock(self.runtime, self.run_id)
+        except OSError as exc:
+            raise LoomError(f"cannot use {self.runtime}: {exc.strerror or exc}") from exc
+        self.writer = writer_process.spawn()
+        self.writer.conn.send(m.RunStarted(
+            self.run_id, self.pipeline_id, str(self.repo_root), str(self.workflow_path),
+            self.opts.command, self.started_ns, stream=self.opts.stream))
+        reply = self._writer_reply(30.0)
+        if isinstance(reply, m.WriterFailed):
+            self._stop_writer()
+            self.lock.release()
+            raise LoomError(f"cannot write logs: {reply.message}")
+        self.logs_dir = reply.logs_dir
+        self.term.detail(f"run id {self.run_id}")
+        self.term.detail(f"logs {self.logs_dir}")
+        for dead in abandoned:
+            self._reap_abandoned(dead)
+
+    def _writer_reply(self, timeout_s: float) -> Any:
+        from multiprocessing.connection import wait
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready = wait([self.writer.conn, self.writer.sentinel], timeout=deadline - time.monotonic())
+            if self.writer.conn in ready:
+                try:
+                    return self.writer.conn.recv()
+                except (EOFError, OSError):
+                    pass
+            if ready:
+                return m.WriterFailed("writer process exited")
+        return m.WriterFailed("writer process did not answer")
+
+    def _reap_abandoned(self, dead: str) -> None:
+        from loomrun.proctree import JobCgroup, stop_processes, tagged
+
+        self.term.detail(f"run {dead} was abandoned; marking it and reaping what it left")
+        self.writer.conn.send(m.MarkAbandoned(dead))
+        stop_processes(lambda: tagged(dead), 0.0)
+        base = Path("/sys/fs/cgroup")
+        names = {p.name for p in base.glob(f"*/loom/{dead}.*")} | {p.name for p in base.glob(f"loom/{dead}.*")}
+        for name in names:
+            cg = JobCgroup(name)
+            cg.attach_existing()
+            stop_processes(_cgroup_finder(cg), 0.0)
+            cg.remove()
+        locks.forget(self.runtime, dead)
+        if _docker_configured():
+            alive = locks.alive_runs(self.runtime) | {self.run_id}
+            self.janitors.append(janitor.spawn("docker leftovers", lambda: janitor.docker_reap_leftovers(alive)))
+
+    def load(self) -> Workflow:
+        from loomrun.workflow.errors import WorkflowInvalid, format_diagnostic
+        from loomrun.workflow.resolve import load_workflow
+
+        self.writer.conn.send(m.RunPhase("run.bootstrap", time.time_ns()))
+        try:
+            wf = load_workflow(self.workflow_path, self.repo_root)
+        except WorkflowInvalid as exc:
+            for diag in exc.diagnostics:
+                self.term.event(format_diagnostic(diag))
+            self.receipt["workflow_errors"] = [d.as_receipt_item() for d in exc.diagnostics]
+            raise _Failed(exc.message) from exc
+        except LoomError as exc:
+            raise _Failed(exc.message) from exc
+        for warning in wf.warnings:
+            self.term.event(f"warning: {warning.message}")
+        self.wf = wf
+        return wf
+
+    def configure(self, wf: Workflow) -> list[Job]:
+        from loomrun.workflow.graph import graph_ir, select_jobs
+        from loomrun.workflow.rules import pipeline_runs
+
+        self.receipt["graph_ir"] = graph_ir(wf)
+        jobs = list(wf.jobs)
+        if any(j.provider == "docker" for j in jobs):
+            from loomrun.config import load_runtime_config
+
+            try:
+                cfg = load_runtime_config(self.repo_root, self.opts.docker_workspace_mount)
+            except LoomError as exc:
+                raise _Failed(exc.message) from exc
+            self.mount_mode = cfg.docker_workspace_mount
+        if not pipeline_runs(wf, os.environ):
+            return []
+        if self.opts.only_jobs:
+            try:
+                keep = set(select_jobs(wf, self.opts.only_jobs))
+            except LoomError as exc:
+                raise _Failed(exc.message) from exc
+            jobs = [j for j in jobs if j.name in keep]
+        return jobs
+
+    def snapshot(self) -> None:
+        from loomrun.workspace import make_snapshot, remove_snapshot
+
+        folder = self.runtime / "workspaces"
+        if folder.is_dir():  # keep the newest snapshots only
+            old = sorted(p for p in folder.iterdir() if p.name.startswith("loom-run-local-"))
+            for path in old[: max(0, len(old) - (KEEP_SNAPSHOTS - 1))]:
+                remove_snapshot(path)
+        try:
+            snap = make_snapshot(self.repo_root, folder / self.run_id)
+        except LoomError as exc:
+            raise _Failed(f"cannot snapshot the workspace: {exc.message}") from exc
+        except OSError as exc:
+            raise _Failed(f"cannot snapshot the workspace: {exc.strerror or exc} ({exc.filename})") from exc
+        self.snapshot_path, self.head_sha, self.branch = snap.path, snap.head_sha, snap.branch
+        self.receipt["snapshot_path"] = str(snap.path)
+        self.receipt["snapshot_head_sha"] = snap.head_sha
+        self.term.detail(f"workspace {snap.path} ({snap.files} files)")
+
+    # -- execute ------------------------------------------------------------------------------
+    def make_spec(self, deps: dict[str, tuple[str, ...]]) -> Any:
+        assert self.snapshot_path is not None
+        staging = self.runtime / "tmp" / self.run_id / "artifacts"
+
+        def make(job: Job) -> WorkerSpec:
+            project = "/workspace" if job.provider == "docker" else str(self.snapshot_path)
+            env = job_env(job, run_id=self.run_id, pipeline_id=self.pipeline_id, project_dir=project,
+                          head_sha=self.head_sha, branch=self.branch)
+            dep_art = tuple((d, str(staging / d)) for d in deps.get(job.name, ()))
+            assert self.snapshot_path is not None
+            return WorkerSpec(
+                run_id=self.run_id, pipeline_id=self.pipeline_id, job=job, workspace=self.snapshot_path,
+                runtime_dir=self.runtime, env=env, mount_mode=self.mount_mode,
+                trace=os.environ.get("LOOM_DEBUG_TRACE") == "1", grace_s=GRACE_S,
+                cache_enabled=self.opts.cache_enabled, head_sha=self.head_sha or "",
+                dependency_artifacts=dep_art,
+            )
+        return make
+
+    def execute(self, jobs: list[Job], wakeup_fd: int) -> Supervisor:
+        from loomrun.workflow.graph import dependencies
+
+        assert self.wf is not None
+        deps = dependencies(self.wf)
+        self.writer.conn.send(m.JobRoster(tuple((j.name, j.stage) for j in jobs)))
+        self.writer.conn.send(m.RunPhase("run.bootstrap", time.time_ns(), "success"))
+        self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns()))
+        self.writer.conn.send(m.RunPhase("pipeline.execute", time.time_ns()))
+        if any(j.provider == "docker" for j in jobs):
+            alive = locks.alive_runs(self.runtime) | {self.run_id}
+            self.janitors.append(janitor.spawn("docker leftovers", lambda: janitor.docker_reap_leftovers(alive)))
+        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
+                         writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
+                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd)
+        self.sup = sup
+        sup.execute()
+        status = "success" if not _failed_jobs(sup) else "failed"
+        self.writer.conn.send(m.RunPhase("pipeline.execute", time.time_ns(), status))
+        self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns(), status))
+        return sup
+
+    # -- finalize -----------------------------------------------------------------------------
+    def finalize(self, exit_code: int, error: str | None) -> RunResult:
+        status = "success" if exit_code == 0 else "failure"
+        receipt_path: str | None = None
+        try:
+            self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns()))
+            self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns(), status))
+            self.writer.conn.send(m.RunEnded(status, exit_code, time.time_ns(), error, self.receipt))
+            reply = self._writer_reply(120.0)
+            if isinstance(reply, m.RunWritten):
+                receipt_path = reply.receipt_path
+            elif isinstance(reply, m.WriterFailed):
+                error = f"{error + '; ' if error else ''}cannot write the receipt: {reply.message}"
+                exit_code = exit_code or ExitCode.FAILED
+        except OSError:
+            error = f"{error + '; ' if error else ''}the writer process is gone; no receipt was written"
+            exit_code = exit_code or ExitCode.FAILED
+        self._stop_writer()
+        for j in self.janitors:
+            j.wait(60.0)
+        shutil.rmtree(self.runtime / "tmp" / self.run_id, ignore_errors=True)
+        self.lock.release()
+        outcomes = self.sup.outcomes if self.sup else {}
+        return RunResult(self.run_id, exit_code, status, error, receipt_path, self.logs_dir, outcomes)
+
+    def _stop_writer(self) -> None:
+        with contextlib.suppress(OSError):
+            self.writer.conn.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(self.writer.pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                break
+            time.sleep(0.005)
+        with contextlib.suppress(OSError):
+            os.close(self.writer.sentinel)
+
+    def restart_writer(self, why: str) -> None:
+        """The writer died mid-run: a new one takes over to record the failure and the receipt."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.writer.pid, os.WNOHANG)
+        self.writer = writer_process.spawn()
+        self.writer.conn.send(m.RunStarted(
+            self.run_id, self.pipeline_id, str(self.repo_root), str(self.workflow_path),
+            self.opts.command, self.started_ns, stream=False))
+        reply = self._writer_reply(30.0)
+        if not isinstance(reply, m.WriterReady):
+            raise LoomError(f"{why}; a new writer could not start either")
+        if self.sup is not None:
+            self.sup.writer = self.writer
+            self.writer.conn.send(m.JobRoster(tuple((j, self.sup.jobs[j].stage) for j in self.sup.sched.order)))
+
+
+def _cgroup_finder(cg: Any) -> Any:
+    import psutil
+
+    def find() -> list[psutil.Process]:
+        procs = []
+        for pid in cg.pids():
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
+        return procs
+    return find
+
+
+def _docker_configured() -> bool:
+    return bool(os.environ.get("DOCKER_HOST")) or Path("/var/run/docker.sock").exists()
+
+
+def _failed_jobs(sup: Supervisor) -> list[str]:
+    return [n for n in sup.finish_order
+            if sup.outcomes[n].status == "failed" and not sup.jobs[n].allow_failure]
+
+
+def _error_for(sup: Supervisor) -> str | None:
+    failed = _failed_jobs(sup)
+    if not failed:
+        return None
+    first = sup.outcomes[failed[0]]
+    why = Supervisor._why(sup.jobs[first.name], first.status, first.exit_code, first.failure_kind, first.message)
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return f'job "{first.name}" failed ({why}){more}'
+
+
+def run_local(opts: RunOptions, term: Terminal | None = None) -> RunResult:
+    term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
+    run = Run(opts, term)
+    run.start_writer()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    exit_code, error = 0, None
+    try:
+        try:
+            wf = run.load()
+            jobs = run.configure(wf)
+            if not jobs and wf.jobs and not opts.only_jobs:
+                run.receipt["skipped_reason"] = "workflow.rules"
+                term.event("pipeline skipped by workflow.rules")
+            else:
+                run.snapshot()
+                sup = run.execute(jobs, wake_r)
+                exit_code, error = _verdict(sup)
+        except _Failed as exc:
+            exit_code, error = ExitCode.FAILED, exc.message
+        except WriterLost as exc:
+            exit_code, error = ExitCode.FAILED, str(exc)
+            if run.sup is not None:
+                run.restart_writer(error)
+                run.sup._cancel_all(m.CANCELED, error)
+                with contextlib.suppress(WriterLost):
+                    run.sup.execute()
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if (run.sup is not None and run.sup.interrupted is not None and exit_code != ExitCode.FAILED) or (
+            run.sup is not None and run.sup.interrupted is not None):
+        signum = run.sup.interrupted if run.sup else None
+        if signum is not None:
+            exit_code = ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
+            error = f"interrupted by {signal.Signals(signum).name}"
+    result = run.finalize(int(exit_code), error)
+    os.close(wake_r)
+    os.close(wake_w)
+    term.finished(result.exit_code == 0, result.receipt_path, result.error)
+    return result
+
+
+def _verdict(sup: Supervisor) -> tuple[int, str | None]:
+    if sup.writer_error is not None:
+        return ExitCode.FAILED, f"cannot write logs: {sup.writer_error}"
+    error = _error_for(sup)
+    return (ExitCode.FAILED, error) if error else (ExitCode.OK, None)
+
+
+def main_exit(result: RunResult) -> int:
+    sys.stderr.flush()
+    return result.exit_code

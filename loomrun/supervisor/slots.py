@@ -1,0 +1,91 @@
+"""A running job as the supervisor sees it: its worker process and a small state machine.
+
+Runs in the supervisor. `start_worker` forks the worker (cheap: the supervisor is single-threaded
+and the worker code is already imported), hands the writer its end of the job's socket, and closes
+every end the supervisor does not use, so EOF means what it says.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from multiprocessing import Pipe, reduction
+from multiprocessing.connection import Connection
+
+from loomrun.protocol import messages as m
+from loomrun.writer.process import WriterHandle
+from workers.job import WorkerSpec
+
+# Allowed transitions of the job lifecycle (supervisord-style): state -> states it may go to.
+TRANSITIONS = {
+    "running": {"stopping", "ended"},
+    "stopping": {"killing", "ended"},
+    "killing": {"ended"},
+    "ended": set(),
+}
+
+
+class BadTransition(RuntimeError):
+    pass
+
+
+@dataclass
+class JobSlot:
+    name: str
+    pid: int
+    conn: Connection | None
+    sentinel: int  # pidfd of the worker
+    started_ns: int
+    started_mono: float
+    state: str = "running"
+    step: int | None = None  # the step in flight, for a crash report
+    result: m.JobFinished | None = None
+    stop_kind: str | None = None  # timeout | canceled: the supervisor's reason for stopping it
+    stop_reason: str = ""
+    deadline: float | None = None  # monotonic: job timeout
+    kill_at: float | None = None  # monotonic: worker did not finish stopping by then
+    exit_status: int | None = None
+    sweep: str = ""
+
+    def transition(self, new: str) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise BadTransition(f"job {self.name}: {self.state} -> {new}")
+        self.state = new
+
+    def send(self, msg: object) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send(msg)
+            except OSError:
+                pass  # the worker is gone; its sentinel will tell
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_worker(spec: WorkerSpec, writer: WriterHandle, timeout_s: float | None) -> JobSlot:
+    sup_end, worker_end = Pipe(duplex=True)
+    writer_end, worker_writer_end = Pipe(duplex=True)
+    writer.conn.send(m.AttachWorker(spec.job.name))
+    with socket.fromfd(writer.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        reduction.sendfds(s, [writer_end.fileno()])
+    writer_end.close()
+    started_ns, started_mono = time.time_ns(), time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        from workers.main import worker_main
+
+        sup_end.close()
+        worker_main(spec, worker_end, worker_writer_end)
+    worker_end.close()
+    worker_writer_end.close()
+    slot = JobSlot(spec.job.name, pid, sup_end, os.pidfd_open(pid), started_ns, started_mono)
+    if timeout_s is not None:
+        slot.deadline = started_mono + timeout_s
+    return slot

@@ -1,0 +1,438 @@
+"""The state of one run's logs and every document built from it. Runs in the writer process.
+
+Layout (spec §5.1), all paths below `logs/<run_id>/`:
+events.jsonl, pipeline/{summary,manifest}.json, jobs/<id>/{summary,manifest}.json,
+jobs/<id>/user/script/<NN>/{summary.json,events.jsonl}, jobs/<id>/system/<section>/{...},
+jobs/<id>/artifacts/<path>. Paths inside documents are relative to the logs dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loomrun import __version__
+from loomrun.protocol import messages as m
+from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
+from loomrun.writer.files import LineFile, write_document
+
+
+def step_dir(index: int) -> str:
+    return f"user/script/{index:02d}" if index < 100 else f"user/script/{index:03d}"
+
+
+@dataclass
+class StepLog:
+    index: int
+    command: str
+    started_ns: int
+    events: LineFile
+    open_streams: int = 2
+    output_lines: int = 0
+    exit_code: int | None = None
+    duration_ms: int | None = None
+    finished_ns: int | None = None
+    written: bool = False
+    status: str = "running"
+    message: str = ""
+
+
+@dataclass
+class SectionLog:
+    name: str
+    started_ns: int
+    events: LineFile
+    status: str = "running"
+    finished_ns: int | None = None
+    error_code: str = ""
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobLog:
+    job_id: str
+    stage: str = ""
+    steps: dict[int, StepLog] = field(default_factory=dict)
+    sections: dict[str, SectionLog] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    ended: m.JobEnded | None = None
+
+
+class RunLog:
+    def __init__(self, start: m.RunStarted, redactions: list[tuple[str, str]]) -> None:
+        self.start = start
+        self.runtime = Path(start.repo_root) / ".loom" / ".runtime"
+        self.logs_dir = self.runtime / "logs" / start.run_id
+        self.receipts_dir = self.runtime / "receipts"
+        self.redactions = redactions
+        self.runtime.mkdir(parents=True, exist_ok=True)
+        gitignore = self.runtime / ".gitignore"
+        if not gitignore.exists():
+            gitignore.write_text("*\n")
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.receipts_dir.mkdir(parents=True, exist_ok=True)
+        self.events = LineFile(self.logs_dir / "events.jsonl")
+        self.roster: list[tuple[str, str]] = []
+        self.jobs: dict[str, JobLog] = {}
+        self.finish_order: list[str] = []
+
+    # -- helpers ---------------------------------------------------------------------------
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.logs_dir).as_posix()
+
+    def job(self, job_id: str) -> JobLog:
+        log = self.jobs.get(job_id)
+        if log is None:
+            log = self.jobs[job_id] = JobLog(job_id)
+        return log
+
+    def redact(self, text: str) -> str:
+        for name, value in self.redactions:
+            if value:
+                text = text.replace(value, f"[REDACTED:SECRET_{name}]")
+        return text
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.logs_dir / "jobs" / job_id
+
+    # -- run level -------------------------------------------------------------------------
+    def run_phase(self, msg: m.RunPhase) -> None:
+        scope = "pipeline" if msg.phase_code.startswith("pipeline.") else "run"
+        kind = "phase_started" if msg.status is None else "phase_finished"
+        extra = {} if msg.status is None else {"status": msg.status}
+        emit(self.events, msg.ts_ns, kind, scope, msg.phase_code, run_id=self.start.run_id, **extra)
+
+    def set_roster(self, msg: m.JobRoster) -> None:
+        self.roster = list(msg.jobs)
+        for job_id, stage in self.roster:
+            self.job(job_id).stage = stage
+
+    # -- job phases and sections -------------------------------------------------------------
+    def phase(self, msg: m.PhaseMark) -> None:
+        kind = "phase_started" if msg.status is None else "phase_finished"
+        extra = {} if msg.status is None else {"status": msg.status}
+        emit(self.events, msg.ts_ns, kind, "job", msg.phase_code, job_id=msg.job_id, **extra)
+
+    def section_began(self, msg: m.SectionBegan) -> None:
+        path = self.job_dir(msg.job_id) / "system" / msg.name / "events.jsonl"
+        sec = SectionLog(msg.name, msg.ts_ns, LineFile(path))
+        self.job(msg.job_id).sections[msg.name] = sec
+        emit(sec.events, msg.ts_ns, "phase_started", "section", SECTION_PHASE.get(msg.name),
+             job_id=msg.job_id, section=msg.name)
+
+    def section_lines(self, msg: m.SectionLines) -> None:
+        sec = self.job(msg.job_id).sections.get(msg.name)
+        if sec is None:
+            self.section_began(m.SectionBegan(msg.job_id, msg.name, msg.ts_ns))
+            sec = self.job(msg.job_id).sections[msg.name]
+        for line in msg.lines:
+            emit(sec.events, msg.ts_ns, "output", "section", SECTION_PHASE.get(msg.name),
+                 job_id=msg.job_id, section=msg.name, stream=msg.stream, line=self.redact(line))
+
+    def section_ended(self, msg: m.SectionEnded) -> None:
+        job = self.job(msg.job_id)
+        sec = job.sections.get(msg.name)
+        if sec is None:
+            self.section_began(m.SectionBegan(msg.job_id, msg.name, msg.ts_ns))
+            sec = job.sections[msg.name]
+        phase = SECTION_PHASE.get(msg.name)
+        if msg.error_code or (msg.message and msg.status == "failed"):
+            emit(sec.events, msg.ts_ns, "error", "section", phase, job_id=msg.job_id, section=msg.name,
+                 code=msg.error_code or "LOOM_SECTION_FAILED", message=self.redact(msg.message))
+        emit(sec.events, msg.ts_ns, "phase_finished", "section", phase, job_id=msg.job_id,
+             section=msg.name, status=msg.status)
+        sec.status, sec.finished_ns = msg.status, msg.ts_ns
+        sec.error_code, sec.message, sec.details = msg.error_code, self.redact(msg.message), dict(msg.details)
+        self._write_section(msg.job_id, sec)
+
+    def _write_section(self, job_id: str, sec: SectionLog) -> None:
+        end = sec.finished_ns or sec.started_ns
+        doc: dict[str, Any] = {
+            "schema_version": SCHEMA, "run_id": self.start.run_id, "job_id": job_id, "section": sec.name,
+            "status": sec.status, "started_at": rfc3339(sec.started_ns), "finished_at": rfc3339(end),
+            "duration_ms": (end - sec.started_ns) // 1_000_000,
+        }
+        if sec.error_code:
+            doc["error_code"] = sec.error_code
+        if sec.message:
+            doc["message"] = sec.message
+        doc.update(sec.details)
+        write_document(self.job_dir(job_id) / "system" / sec.name / "summary.json", doc)
+
+    # -- steps -----------------------------------------------------------------------------
+    def step_started(self, msg: m.StepStarted) -> StepLog:
+        path = self.job_dir(msg.job_id) / step_dir(msg.index) / "events.jsonl"
+        step = StepLog(msg.index, self.redact(msg.command), msg.ts_ns, LineFile(path))
+        self.job(msg.job_id).steps[msg.index] = step
+        emit(step.events, msg.ts_ns, "phase_started", "step", "job.execution", job_id=msg.job_id,
+             step=msg.index, command=step.command)
+        return step
+
+    def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int) -> None:
+        step.output_lines += len(lines)
+        emit_output(step.events, ts_ns, job_id, step.index, stream, lines)
+
+    def step_finished(self, msg: m.StepFinished) -> None:
+        step = self.job(msg.job_id).steps.get(msg.index)
+        if step is None:
+            return
+        step.exit_code, step.duration_ms, step.finished_ns = msg.exit_code, msg.duration_ms, msg.ts_ns
+        step.status = "success" if msg.exit_code == 0 else "failed"
+        self.maybe_write_step(msg.job_id, step)
+
+    def stream_closed(self, job_id: str, step: StepLog) -> None:
+        step.open_streams -= 1
+        self.maybe_write_step(job_id, step)
+
+    def maybe_write_step(self, job_id: str, step: StepLog, force: bool = False) -> None:
+        """A step's summary is written once its exit is known and both output streams hit EOF."""
+        if step.written or not (force or (step.exit_code is not None and step.open_streams <= 0)):
+            return
+        step.written = True
+        end = step.finished_ns or step.started_ns
+        if step.exit_code is not None:
+            emit(step.events, end, "step_finished", "step", "job.execution", job_id=job_id,
+                 step=step.index, exit_code=step.exit_code, status=step.status)
+            emit(self.events, end, "step_finished", "step", "job.execution", job_id=job_id,
+                 step=step.index, exit_code=step.exit_code)
+        else:
+            emit(step.events, end, "error", "step", "job.execution", job_id=job_id, step=step.index,
+                 code="LOOM_STEP_INTERRUPTED", message=step.message)
+        doc = {
+            "schema_version": SCHEMA, "run_id": self.start.run_id, "job_id": job_id, "index": step.index,
+            "command": step.command, "status": step.status, "exit_code": step.exit_code,
+            "started_at": rfc3339(step.started_ns), "finished_at": rfc3339(end),
+            "duration_ms": step.duration_ms if step.duration_ms is not None
+            else (end - step.started_ns) // 1_000_000,
+            "output_lines": step.output_lines,
+        }
+        if step.message:
+            doc["message"] = step.message
+        write_document(self.job_dir(job_id) / step_dir(step.index) / "summary.json", doc)
+        step.events.close()
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def adopt_artifacts(self, msg: m.ArtifactsStaged) -> None:
+        """Move staged files under jobs/<id>/artifacts/ (rename: same filesystem) and hash them."""
+        dest_root = self.job_dir(msg.job_id) / "artifacts"
+        staging = Path(msg.staging_dir)
+        job = self.job(msg.job_id)
+        for rel in msg.files:
+            src, dest = staging / rel, dest_root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            job.artifacts.append(_artifact_entry(rel, dest))
+        shutil.rmtree(staging, ignore_errors=True)
+
+    # -- job end -----------------------------------------------------------------------------
+    def job_ended(self, msg: m.JobEnded) -> None:
+        job = self.job(msg.job_id)
+        job.ended = msg
+        job.stage = msg.stage or job.stage
+        for step in job.steps.values():
+            if not step.written:
+                if step.exit_code is None:
+                    step.status = "failed" if msg.status == "failed" else "canceled"
+                    step.message = msg.message
+                    step.finished_ns = msg.finished_ns
+                self.maybe_write_step(msg.job_id, step, force=True)
+        if job.sections and "cleanup" not in job.sections:  # the worker died before its cleanup
+            self.section_began(m.SectionBegan(msg.job_id, "cleanup", msg.finished_ns))
+            self.section_lines(m.SectionLines(msg.job_id, "cleanup", (f"supervisor sweep: {msg.sweep}",),
+                                              "stdout", msg.finished_ns))
+            self.section_ended(m.SectionEnded(msg.job_id, "cleanup", "success", msg.finished_ns))
+        for sec in job.sections.values():
+            if sec.status == "running":
+                sec.status, sec.finished_ns = "failed", msg.finished_ns
+                sec.message = sec.message or msg.message
+                emit(sec.events, msg.finished_ns, "phase_finished", "section", SECTION_PHASE.get(sec.name),
+                     job_id=msg.job_id, section=sec.name, status="failed")
+                self._write_section(msg.job_id, sec)
+            sec.events.close()
+        if msg.status == "failed":
+            self.finish_order.append(msg.job_id)
+        write_document(self.job_dir(msg.job_id) / "summary.json", self._job_summary(msg))
+        write_document(self.job_dir(msg.job_id) / "manifest.json", self._job_manifest(job, msg))
+
+    def _job_summary(self, msg: m.JobEnded) -> dict[str, Any]:
+        started = msg.started_ns
+        doc: dict[str, Any] = {
+            "schema_version": SCHEMA, "run_id": self.start.run_id, "pipeline_id": self.start.pipeline_id,
+            "job_id": msg.job_id, "stage": msg.stage, "status": msg.status, "exit_code": msg.exit_code,
+            "failure_kind": msg.failure_kind, "provider": msg.provider, "image": msg.image,
+            "allow_failure": msg.allow_failure,
+            "started_at": rfc3339(started) if started else None, "finished_at": rfc3339(msg.finished_ns),
+            "duration_ms": (msg.finished_ns - started) // 1_000_000 if started else 0,
+            "resources": msg.resources,
+        }
+        if msg.message:
+            doc["message"] = self.redact(msg.message)
+        return doc
+
+    def _job_manifest(self, job: JobLog, msg: m.JobEnded) -> dict[str, Any]:
+        base = self.job_dir(job.job_id)
+        steps = [
+            {"index": s.index, "dir": self.rel(base / step_dir(s.index)), "status": s.status,
+             "exit_code": s.exit_code, "summary_path": self.rel(base / step_dir(s.index) / "summary.json"),
+             "events_path": self.rel(base / step_dir(s.index) / "events.jsonl")}
+            for s in sorted(job.steps.values(), key=lambda s: s.index)
+        ]
+        sections = [
+            {"name": s.name, "status": s.status,
+             "summary_path": self.rel(base / "system" / s.name / "summary.json"),
+             "events_path": self.rel(base / "system" / s.name / "events.jsonl")}
+            for s in job.sections.values()
+        ]
+        failing_section, failing_step = _failing_place(job, msg)
+        return {
+            "schema_version": SCHEMA, "run_id": self.start.run_id, "job_id": job.job_id,
+            "status": msg.status, "steps": steps, "system_sections": sections,
+            "failing_section": failing_section,
+            "failing_step_events_path": (self.rel(base / step_dir(failing_step) / "events.jsonl")
+                                         if failing_step is not None else None),
+            "artifacts": job.artifacts,
+        }
+
+    # -- run end -----------------------------------------------------------------------------
+    def receipt_path(self) -> Path:
+        return self.receipts_dir / f"{self.start.run_id}.json"
+
+    def run_ended(self, msg: m.RunEnded) -> Path:
+        start = self.start
+        duration_ms = (msg.finished_ns - start.started_ns) // 1_000_000
+        jobs_out = []
+        counts = {"total": 0, "success": 0, "failed": 0, "skipped": 0, "canceled": 0}
+        manifest_jobs = []
+        for job_id, stage in self.roster:
+            job = self.jobs.get(job_id)
+            ended = job.ended if job else None
+            status = ended.status if ended else "canceled"
+            counts["total"] += 1
+            counts[status] = counts.get(status, 0) + 1
+            jobs_out.append({
+                "id": job_id, "status": status, "exit_code": ended.exit_code if ended else None,
+                "failure_kind": ended.failure_kind if ended else m.CANCELED,
+                "duration_ms": ((ended.finished_ns - ended.started_ns) // 1_000_000
+                                if ended and ended.started_ns else 0),
+            })
+            manifest_jobs.append({
+                "id": job_id, "stage": stage, "status": status,
+                "summary_path": f"jobs/{job_id}/summary.json", "manifest_path": f"jobs/{job_id}/manifest.json",
+            })
+        failing = next((j for j in self.finish_order if not _allowed(self.jobs[j].ended)), None)
+        error = self.redact(msg.error) if msg.error else None
+        if msg.write_pipeline:
+            summary: dict[str, Any] = {
+                "schema_version": SCHEMA, "run_id": start.run_id, "pipeline_id": start.pipeline_id,
+                "status": msg.status, "exit_code": msg.exit_code, "started_at": rfc3339(start.started_ns),
+                "finished_at": rfc3339(msg.finished_ns), "duration_ms": duration_ms, "jobs": counts,
+            }
+            if error:
+                summary["error"] = error
+            manifest: dict[str, Any] = {"schema_version": SCHEMA, "run_id": start.run_id, "jobs": manifest_jobs}
+            if msg.status == "failure":
+                manifest["failing_job_id"] = failing
+                manifest["failing_job_manifest_path"] = f"jobs/{failing}/manifest.json" if failing else None
+            write_document(self.logs_dir / "pipeline" / "summary.json", summary)
+            write_document(self.logs_dir / "pipeline" / "manifest.json", manifest)
+        self.events.close()
+        os.sync()  # every log document is durable before the receipt, which is written last
+        receipt: dict[str, Any] = {
+            "schema_version": "v1", "kind": "loom-run-local", "run_id": start.run_id,
+            "pipeline_id": start.pipeline_id, "command": list(start.command), "loom_version": __version__,
+            "repo_root": start.repo_root, "workflow_path": start.workflow_path,
+            "started_at": rfc3339(start.started_ns), "finished_at": rfc3339(msg.finished_ns),
+            "duration_ms": duration_ms, "status": msg.status, "exit_code": msg.exit_code,
+        }
+        if error:
+            receipt["error"] = error
+        receipt.update({
+            "logs_dir": str(self.logs_dir), "events_jsonl_path": str(self.logs_dir / "events.jsonl"),
+            "pipeline_summary_path": str(self.logs_dir / "pipeline" / "summary.json"),
+            "pipeline_manifest_path": str(self.logs_dir / "pipeline" / "manifest.json"),
+        })
+        receipt.update(msg.receipt)
+        receipt["jobs"] = jobs_out
+        path = self.receipt_path()
+        write_document(path, _redact_doc(receipt, self))
+        return path
+
+
+def _allowed(ended: m.JobEnded | None) -> bool:
+    return ended is not None and ended.allow_failure
+
+
+def _redact_doc(doc: Any, log: RunLog) -> Any:
+    if not log.redactions:
+        return doc
+    if isinstance(doc, str):
+        return log.redact(doc)
+    if isinstance(doc, list):
+        return [_redact_doc(x, log) for x in doc]
+    if isinstance(doc, dict):
+        return {k: _redact_doc(v, log) for k, v in doc.items()}
+    return doc
+
+
+def _failing_place(job: JobLog, msg: m.JobEnded) -> tuple[str | None, int | None]:
+    if msg.status in ("success", "skipped"):
+        return None, None
+    for step in sorted(job.steps.values(), key=lambda s: s.index):
+        if step.status in ("failed", "canceled"):
+            return "user", step.index
+    failed = [s for s in job.sections.values() if s.status == "failed"]
+    if failed:  # the innermost (last begun) failed section names the cause: image_build over provider
+        causes = [s for s in failed if s.name != "cleanup"] or failed
+        return max(causes, key=lambda s: s.started_ns).name, None
+    if msg.crashed_step is not None and msg.crashed_step in job.steps:
+        return "user", msg.crashed_step
+    if job.sections:
+        return list(job.sections)[-1], None
+    return None, None
+
+
+def _artifact_entry(rel: str, path: Path) -> dict[str, Any]:
+    if path.is_symlink():
+        target = os.readlink(path)
+        return {"path": rel, "size": 0, "sha256": hashlib.sha256(target.encode()).hexdigest(), "symlink": target}
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"path": rel, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def mark_abandoned(runtime: Path, run_id: str) -> Path | None:
+    """Rewrite a dead run's pipeline summary and receipt as failure/abandoned. Returns the receipt."""
+    import json
+
+    logs_dir = runtime / "logs" / run_id
+    summary_path = logs_dir / "pipeline" / "summary.json"
+    summary: dict[str, Any] = {}
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            summary = {}
+    summary.update({"schema_version": SCHEMA, "run_id": run_id, "status": "failure", "exit_code": 1,
+                    "error": "abandoned"})
+    write_document(summary_path, summary)
+    receipt_path = runtime / "receipts" / f"{run_id}.json"
+    receipt: dict[str, Any] = {}
+    if receipt_path.exists():
+        try:
+            receipt = json.loads(receipt_path.read_text())
+        except (OSError, ValueError):
+            receipt = {}
+    receipt.update({"schema_version": "v1", "kind": "loom-run-local", "run_id": run_id,
+                    "loom_version": __version__, "status": "failure", "exit_code": 1, "error": "abandoned",
+                    "logs_dir": str(logs_dir), "pipeline_summary_path": str(summary_path),
+                    "pipeline_manifest_path": str(logs_dir / "pipeline" / "manifest.json"),
+                    "events_jsonl_path": str(logs_dir / "events.jsonl")})
+    write_document(receipt_path, receipt)
+    return receipt_path

@@ -1,0 +1,237 @@
+"""One job, phase by phase: provider_prepare -> cache_restore -> artifact_restore -> execution ->
+cache_save (+ artifact_extract) -> cleanup. Runs in the worker process.
+
+The worker waits on exactly two things while a step runs: the step's sentinel and the supervisor's
+pipe (a Cancel, or EOF when the supervisor died). With limits set it also wakes every 100 ms to
+check them. Stopping is the provider's `stop()`: TERM, grace, KILL of everything the job started.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from loomrun.protocol import messages as m
+from loomrun.workflow.model import Job
+from workers.providers import get_provider
+from workers.providers.base import JobContext, Provider, ProviderError, StepHandle
+from workers.report import Reporter, SectionFailed
+
+LIMIT_TICK_S = 0.1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, handed over by fork (no serialisation)."""
+
+    run_id: str
+    pipeline_id: str
+    job: Job
+    workspace: Path
+    runtime_dir: Path
+    env: dict[str, str]
+    mount_mode: str = "ephemeral_volume"
+    trace: bool = False
+    grace_s: float = 5.0
+    cache_enabled: bool = True
+    head_sha: str = ""
+    dependency_artifacts: tuple[tuple[str, str], ...] = ()  # (job id, staged artifacts folder)
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+class Canceled(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class JobRunner:
+    def __init__(self, spec: WorkerSpec, rep: Reporter) -> None:
+        self.spec = spec
+        self.rep = rep
+        self.sup: Connection = rep.supervisor
+        self.job = spec.job
+        self.cancel: m.Cancel | None = None
+        self.lost_supervisor = False
+        self.limit_kind: str | None = None
+        self.cache_hits: list[str] = []
+        self.provider: Provider = get_provider(self.job.provider)
+        self.ctx = JobContext(
+            run_id=spec.run_id, pipeline_id=spec.pipeline_id, job=self.job, workspace=spec.workspace,
+            env=dict(spec.env), sections=rep, mount_mode=spec.mount_mode, trace=spec.trace,
+            grace_s=spec.grace_s, labels={"loom.run_id": spec.run_id, "loom.job_id": self.job.name},
+        )
+        self.ctx.state["hurry"] = self._hurry
+
+    # -- the job ---------------------------------------------------------------------------
+    def run(self) -> m.JobFinished:
+        status, kind, message = "success", None, ""
+        code: int | None = 0
+        try:
+            self._prepare()
+            self._restore()
+            code = self._execute()
+            if code != 0:
+                status, kind = "failed", m.STEP_FAILED
+                message = f"exit code {code}"
+        except Canceled as exc:
+            status = "canceled" if exc.kind == m.CANCELED else "failed"
+            kind, message, code = exc.kind, exc.reason, self._last_code
+        except SectionFailed as exc:
+            status, kind, message, code = "failed", exc.failure_kind, exc.message, None
+        except ProviderError as exc:
+            status, kind, message, code = "failed", m.PROVIDER_ERROR, exc.message, None
+        if self.limit_kind is not None and status != "success":
+            kind = self.limit_kind
+            message = {m.MEMORY_LIMIT: "exceeded limits.memory", m.PIDS_LIMIT: "exceeded limits.pids"}[kind]
+        try:
+            self._save(status)
+        except (SectionFailed, ProviderError, OSError) as exc:
+            if status == "success":
+                status, kind, code = "failed", m.PROVIDER_ERROR, None
+                message = getattr(exc, "message", str(exc))
+        self._cleanup()
+        return m.JobFinished(self.job.name, status, code, kind, message, self._resources(),
+                             tuple(self.cache_hits))
+
+    _last_code: int | None = None
+
+    def _prepare(self) -> None:
+        with self.rep.phase("job.provider_prepare"), self.rep.section("provider") as sec:
+            sec.line(f"provider {self.provider.name}"
+                     + (f", image {self.job.image.name}" if self.job.image else ""))
+            self.ctx.log = sec
+            self.provider.prepare(self.ctx)
+
+    def _restore(self) -> None:
+        deps = [(j, Path(d)) for j, d in self.spec.dependency_artifacts if Path(d).is_dir()]
+        if not deps:
+            return
+        with self.rep.phase("job.artifact_restore"), self.rep.section("artifact_restore") as sec:
+            for dep, folder in deps:
+                self.provider.import_tree(self.ctx, folder)
+                sec.line(f"restored artifacts of {dep}")
+
+    def _execute(self) -> int:
+        with self.rep.phase("job.execution"):
+            for index, command in enumerate(self.job.script, start=1):
+                code = self._step(index, command)
+                if code != 0:
+                    return code
+        return 0
+
+    def _step(self, index: int, command: str) -> int:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.rep.step_started(index, command, out_r, err_r)
+        os.close(out_r)
+        os.close(err_r)
+        started = time.monotonic()
+        try:
+            handle = self.provider.start_step(self.ctx, index, command, out_w, err_w)
+        except OSError as exc:  # a spawn failure is an outcome, not a crash
+            self.rep.step_finished(index, 127, 0)
+            raise SectionFailed(f"step {index} could not start: {exc.strerror or exc}", m.STEP_FAILED) from exc
+        try:
+            code = self._wait(handle)
+        finally:
+            handle.close()
+        self._last_code = code
+        self.rep.step_finished(index, code, int((time.monotonic() - started) * 1000))
+        if self.cancel is not None:
+            raise Canceled(self.cancel.kind, self.cancel.reason or self.cancel.kind)
+        if self.lost_supervisor:
+            raise Canceled(m.CANCELED, "the supervisor went away")
+        if code != 0 and self.job.limits.memory_bytes is not None:
+            self._limits_breached()  # a kernel OOM kill shows up only after the step died
+        return code
+
+    def _wait(self, handle: StepHandle) -> int:
+        watch_limits = not self.job.limits.empty
+        stopping = False
+        while True:
+            code = handle.poll()
+            if code is not None:
+                return code
+            ready = wait([handle.sentinel, *([] if self.lost_supervisor else [self.sup])],
+                         timeout=LIMIT_TICK_S if watch_limits else None)
+            if self.sup in ready:
+                self._read_supervisor()
+            if not stopping and (self.cancel is not None or self.lost_supervisor):
+                stopping = True
+                grace = self.cancel.grace_s if self.cancel is not None else self.spec.grace_s
+                self.provider.stop(self.ctx, grace)
+            elif not stopping and watch_limits and self._limits_breached():
+                stopping = True
+                self.provider.stop(self.ctx, self.spec.grace_s)
+
+    def _limits_breached(self) -> bool:
+        if self.limit_kind is None:
+            if self.provider.memory_exceeded(self.ctx):
+                self.limit_kind = m.MEMORY_LIMIT
+            elif self.provider.pids_exceeded(self.ctx):
+                self.limit_kind = m.PIDS_LIMIT
+        return self.limit_kind is not None
+
+    def _read_supervisor(self) -> None:
+        try:
+            msg = self.sup.recv()
+        except (EOFError, OSError):
+            self.lost_supervisor = True
+            return
+        if isinstance(msg, m.Cancel):
+            if self.cancel is not None and msg.grace_s < self.cancel.grace_s:
+                self.ctx.state["hurried"] = True
+            if self.cancel is None:
+                self.cancel = msg
+
+    def _hurry(self) -> bool:
+        """Polled during a stop's grace period: a second ^C (Cancel with grace 0) ends it early."""
+        if not self.lost_supervisor and self.sup.poll(0):
+            self._read_supervisor()
+        return bool(self.ctx.state.get("hurried")) or self.lost_supervisor
+
+    # -- after the steps -----------------------------------------------------------------------
+    def _save(self, status: str) -> None:
+        art = self.job.artifacts
+        if art is None or not art.paths:
+            return
+        wanted = {"on_success": status == "success", "on_failure": status != "success", "always": True}
+        if not wanted.get(art.when, False):
+            return
+        staging = self.spec.runtime_dir / "tmp" / self.spec.run_id / "artifacts" / self.job.name
+        with self.rep.phase("job.cache_save"), self.rep.section("artifact_extract") as sec:
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+            try:
+                files = self.provider.export_paths(self.ctx, art.paths, art.exclude, staging)
+            except ValueError as exc:
+                raise SectionFailed(str(exc), m.PROVIDER_ERROR, "LOOM_ARTIFACT_PATH") from exc
+            sec.details["files"] = len(files)
+            for rel in files:
+                sec.line(rel)
+            link_dir = staging.with_name(self.job.name + ".adopt")
+            shutil.copytree(staging, link_dir, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
+            self.rep.writer.send(m.ArtifactsStaged(self.job.name, str(link_dir), tuple(files)))
+
+    def _cleanup(self) -> None:
+        with self.rep.phase("job.cleanup"), self.rep.section("cleanup") as sec:
+            self.provider.cleanup(self.ctx)
+            for line in self.ctx.state.get("stop_log", []):
+                sec.line(f"stop: {line}")
+
+    def _resources(self) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak = self.ctx.state.get("final_peak") or self.provider.peak_memory(self.ctx) or 0
+        return {
+            "peak_rss_bytes": max(int(peak), usage.ru_maxrss * 1024),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+        }

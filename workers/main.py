@@ -1,0 +1,62 @@
+"""Worker entry: runs in the forked per-job process. Own session, own fds, one job, then exit.
+
+Exit codes are reserved for the runner's own failures: 0 means "the job's result was reported"
+(whatever it was), 70 means the worker could not start the job, 71 that it lost its supervisor.
+An error here crosses to the supervisor as data (JobFinished with a message), never as a pickle
+of an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import traceback
+from multiprocessing.connection import Connection
+from typing import NoReturn
+
+from loomrun.proctree import reap_zombie_children, set_child_subreaper
+from loomrun.protocol import messages as m
+from workers.job import JobRunner, WorkerSpec
+from workers.report import Reporter
+
+
+def _isolate(keep: set[int]) -> None:
+    os.setsid()  # a terminal ^C reaches only the supervisor, which decides
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    low = 3
+    for fd in sorted(keep):  # close every inherited fd (other workers' pipes, the run lock, ...)
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+    set_child_subreaper()
+
+
+def worker_main(spec: WorkerSpec, sup: Connection, writer: Connection) -> NoReturn:
+    code = m.WORKER_EXIT_BOOT_ERROR
+    try:
+        _isolate({sup.fileno(), writer.fileno()})
+        rep = Reporter(spec.job.name, writer, sup)
+        runner = JobRunner(spec, rep)
+        result = runner.run()
+        code = m.WORKER_EXIT_LOST_SUPERVISOR if runner.lost_supervisor else m.WORKER_EXIT_OK
+        try:
+            sup.send(result)
+        except OSError:
+            code = m.WORKER_EXIT_LOST_SUPERVISOR
+    except BaseException as exc:  # reported as data; the supervisor names it worker_crashed
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        with contextlib.suppress(Exception):
+            sup.send(m.JobFinished(spec.job.name, "failed", None, m.WORKER_CRASHED,
+                                   f"worker error: {text}", {}, ()))
+    finally:
+        try:
+            reap_zombie_children()
+        finally:
+            os._exit(code)

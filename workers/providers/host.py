@@ -1,0 +1,170 @@
+"""The host provider: each step is `sh -c` in the workspace, in its own process group. Worker process.
+
+Every step process joins the job's cgroup (memory/pids/cpu limits enforced by the kernel; every
+descendant found, even one that escaped into a new session) when the host allows creating one;
+otherwise the job's processes are the worker's descendants (the worker is a child subreaper) and
+limits are enforced by polling them with psutil.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import psutil
+
+from loomrun.globs import match_paths
+from loomrun.proctree import JobCgroup, descendants, exit_code_of, stop_processes
+from workers.providers.base import JobContext, ProviderError
+
+F_SETPIPE_SZ = 1031
+
+
+class HostStep:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self._pidfd = os.pidfd_open(proc.pid)
+
+    @property
+    def sentinel(self) -> int:
+        return self._pidfd
+
+    def poll(self) -> int | None:
+        code = self.proc.poll()
+        return None if code is None else exit_code_of(code)
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+class HostProvider:
+    name: ClassVar[str] = "host"
+
+    def prepare(self, ctx: JobContext) -> None:
+        if not ctx.workspace.is_dir():
+            raise ProviderError(f"workspace {ctx.workspace} does not exist")
+        limits = ctx.job.limits
+        cgroup = JobCgroup(f"{ctx.run_id}.{ctx.job.name}")
+        if cgroup.create(limits.memory_bytes, limits.pids, limits.cpus):
+            ctx.state["cgroup"] = cgroup
+            _say(ctx, f"cgroup {'v2' if cgroup.v2 else 'v1'} loom/{cgroup.name}")
+        else:
+            _say(ctx, "no cgroup available; limits enforced by polling the process tree")
+            if limits.cpus is not None:
+                n = max(1, min(os.cpu_count() or 1, int(-(-limits.cpus // 1))))
+                ctx.state["affinity"] = set(sorted(os.sched_getaffinity(0))[:n])
+        ctx.state["base_env"] = {**os.environ, **ctx.env}
+
+    def start_step(self, ctx: JobContext, index: int, command: str, stdout_fd: int, stderr_fd: int) -> HostStep:
+        for fd in (stdout_fd, stderr_fd):
+            with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups for chatty steps
+                fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
+        cgroup: JobCgroup | None = ctx.state.get("cgroup")
+        affinity: set[int] | None = ctx.state.get("affinity")
+
+        def enter() -> None:  # between fork and exec, in the step's process
+            if cgroup is not None:
+                cgroup.join_self()
+            if affinity:
+                os.sched_setaffinity(0, affinity)
+
+        argv = ["sh", "-xc" if ctx.trace else "-c", command]
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=ctx.workspace, env=ctx.state["base_env"], stdin=subprocess.DEVNULL,
+                stdout=stdout_fd, stderr=stderr_fd, process_group=0, close_fds=True,
+                preexec_fn=enter if (cgroup is not None or affinity) else None,
+            )
+        finally:
+            os.close(stdout_fd)
+            os.close(stderr_fd)
+        return HostStep(proc)
+
+    def job_processes(self, ctx: JobContext) -> list[psutil.Process]:
+        me = os.getpid()
+        cgroup: JobCgroup | None = ctx.state.get("cgroup")
+        procs = {p.pid: p for p in descendants(me)}
+        if cgroup is not None:
+            for pid in cgroup.pids():
+                if pid != me and pid not in procs:
+                    try:
+                        procs[pid] = psutil.Process(pid)
+                    except psutil.Error:
+                        continue
+        return list(procs.values())
+
+    def stop(self, ctx: JobContext, grace_s: float) -> None:
+        hurry = ctx.state.get("hurry")
+        what = stop_processes(lambda: self.job_processes(ctx), grace_s, hurry)
+        ctx.state.setdefault("stop_log", []).append(what)
+
+    def import_tree(self, ctx: JobContext, src: Path) -> None:
+        shutil.copytree(src, ctx.workspace, symlinks=True, dirs_exist_ok=True)
+
+    def export_paths(self, ctx: JobContext, patterns: Sequence[str], exclude: Sequence[str], dest: Path) -> list[str]:
+        files = match_paths(ctx.workspace, patterns, exclude)
+        for rel in files:
+            src, target = ctx.workspace / rel, dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_symlink():
+                os.symlink(os.readlink(src), target)
+            else:
+                shutil.copy2(src, target)
+        return files
+
+    def memory_exceeded(self, ctx: JobContext) -> bool:
+        cgroup: JobCgroup | None = ctx.state.get("cgroup")
+        limit = ctx.job.limits.memory_bytes
+        if cgroup is not None:
+            return limit is not None and cgroup.oom_killed()
+        if limit is None:
+            return False
+        rss = _tree_rss(self.job_processes(ctx))
+        ctx.state["peak_rss"] = max(rss, ctx.state.get("peak_rss", 0))
+        return rss > limit
+
+    def pids_exceeded(self, ctx: JobContext) -> bool:
+        cgroup: JobCgroup | None = ctx.state.get("cgroup")
+        limit = ctx.job.limits.pids
+        if limit is None:
+            return False
+        if cgroup is not None:
+            return cgroup.pids_exhausted()
+        return len(self.job_processes(ctx)) > limit
+
+    def peak_memory(self, ctx: JobContext) -> int | None:
+        cgroup: JobCgroup | None = ctx.state.get("cgroup")
+        if cgroup is not None:
+            return cgroup.peak_memory()
+        peak = ctx.state.get("peak_rss")
+        return int(peak) if peak else None
+
+    def cleanup(self, ctx: JobContext) -> None:
+        self.stop(ctx, ctx.grace_s)
+        cgroup: JobCgroup | None = ctx.state.pop("cgroup", None)
+        if cgroup is not None:
+            ctx.state["final_peak"] = cgroup.peak_memory()
+            cgroup.remove()
+
+
+def _say(ctx: JobContext, text: str) -> None:
+    if ctx.log is not None:
+        ctx.log.line(text)
+
+
+def _tree_rss(procs: list[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total

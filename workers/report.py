@@ -1,0 +1,97 @@
+"""How a worker reports: phases and sections to the writer, progress to the supervisor. Worker process."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import reduction
+from multiprocessing.connection import Connection
+from typing import Any
+
+from loomrun.protocol import messages as m
+from workers.providers.base import ProviderError
+
+
+class SectionFailed(Exception):
+    """A system section failed in a way that fails the job (with `failure_kind`)."""
+
+    def __init__(self, message: str, failure_kind: str, code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.failure_kind = failure_kind
+        self.code = code
+
+
+@dataclass
+class OpenSection:
+    job_id: str
+    name: str
+    writer: Connection
+    details: dict[str, Any] = field(default_factory=dict)
+    status: str = "success"
+
+    def line(self, text: str, stream: str = "stdout") -> None:
+        self.writer.send(m.SectionLines(self.job_id, self.name, (text,), stream, time.time_ns()))
+
+
+class Reporter:
+    """Implements `workers.providers.base.Sections`; owns the worker's two connections."""
+
+    def __init__(self, job_id: str, writer: Connection, supervisor: Connection) -> None:
+        self.job_id = job_id
+        self.writer = writer
+        self.supervisor = supervisor
+        self.current_section: str | None = None
+
+    @contextmanager
+    def section(self, name: str) -> Iterator[OpenSection]:
+        sec = OpenSection(self.job_id, name, self.writer)
+        self.current_section = name
+        self.writer.send(m.SectionBegan(self.job_id, name, time.time_ns()))
+        try:
+            yield sec
+        except BaseException as exc:
+            code, message = _error_of(exc)
+            self.writer.send(m.SectionEnded(self.job_id, name, "failed", time.time_ns(), code, message,
+                                            sec.details))
+            raise
+        finally:
+            self.current_section = None
+        self.writer.send(m.SectionEnded(self.job_id, name, sec.status, time.time_ns(), details=sec.details))
+
+    @contextmanager
+    def phase(self, code: str) -> Iterator[None]:
+        self.writer.send(m.PhaseMark(self.job_id, code, time.time_ns()))
+        try:
+            yield
+        except BaseException:
+            self.writer.send(m.PhaseMark(self.job_id, code, time.time_ns(), "failed"))
+            raise
+        self.writer.send(m.PhaseMark(self.job_id, code, time.time_ns(), "success"))
+
+    def step_started(self, index: int, command: str, out_fd: int, err_fd: int) -> None:
+        self.writer.send(m.StepStarted(self.job_id, index, command, time.time_ns()))
+        with socket.fromfd(self.writer.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            reduction.sendfds(s, [out_fd, err_fd])
+        self.supervisor.send(m.StepBegan(self.job_id, index))
+
+    def step_finished(self, index: int, exit_code: int, duration_ms: int) -> None:
+        self.writer.send(m.StepFinished(self.job_id, index, exit_code, duration_ms, time.time_ns()))
+        self.supervisor.send(m.StepEnded(self.job_id, index, exit_code))
+
+    def notice(self, text: str) -> None:
+        self.supervisor.send(m.Notice(self.job_id, text))
+
+
+def _error_of(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, SectionFailed):
+        return exc.code, exc.message
+    if isinstance(exc, ProviderError):
+        return "LOOM_PROVIDER_ERROR", exc.message
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return "LOOM_OS_ERROR", f"{exc.strerror or exc}{where}"
+    return "LOOM_ERROR", f"{type(exc).__name__}: {exc}"
