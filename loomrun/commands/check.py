@@ -14,7 +14,7 @@ from typing import Any
 
 from loomrun import __version__
 from loomrun.repo import DEFAULT_WORKFLOW, discover_repo_root, runtime_dir
-from loomrun.workflow.errors import format_diagnostic
+from loomrun.workflow.errors import format_diagnostic, one_line
 from loomrun.workflow.model import Diagnostic
 
 
@@ -26,7 +26,7 @@ def main() -> int:
     wf, errors = check_workflow(workflow, root)
     warnings = list(wf.warnings) if wf is not None else []
     for warning in warnings:
-        _say(f"warning: {warning.message}")
+        _say(f"warning: {one_line(warning.message)}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     receipt = runtime_dir(root) / "receipts" / f"{stamp}-check-{os.getpid()}.json"
     doc = _receipt(workflow, errors, warnings)

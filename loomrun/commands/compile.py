@@ -10,7 +10,7 @@ import json
 import sys
 
 from loomrun.repo import resolve_workflow_path
-from loomrun.workflow.errors import format_diagnostic
+from loomrun.workflow.errors import format_diagnostic, one_line
 
 
 def main(workflow: str | None) -> int:
@@ -24,6 +24,6 @@ def main(workflow: str | None) -> int:
             print(format_diagnostic(diag), file=sys.stderr)
         return 1
     for warning in wf.warnings:
-        print(f"warning: {warning.message}", file=sys.stderr)
+        print(f"warning: {one_line(warning.message)}", file=sys.stderr)
     sys.stdout.write(json.dumps(graph_ir(wf), indent=2, ensure_ascii=False) + "\n")
     return 0

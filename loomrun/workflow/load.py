@@ -112,8 +112,9 @@ def parse_text(text: str, label: str) -> tuple[YNode | None, list[Diagnostic]]:
         line = text[: text.index("\x00")].count("\n") + 1
         return None, [_diag(label, "workflow contains a NUL byte (binary data)", "save the file as text",
                             line=line, column=1)]
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
     except _Reject as exc:
         return None, [_diag(label, exc.message, exc.hint, exc.mark.line + 1, exc.mark.column + 1)]
@@ -122,13 +123,18 @@ def parse_text(text: str, label: str) -> tuple[YNode | None, list[Diagnostic]]:
         problem = exc.problem or exc.context or "invalid YAML"
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         return None, [_diag(label, f"invalid YAML: {problem}", "fix the YAML syntax", line, col)]
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        return None, [_diag(label, f"invalid YAML: unacceptable character {exc.character!r}",
+                            "remove control characters from the file", line, 1)]
     except yaml.YAMLError as exc:
         return None, [_diag(label, f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else 'error'}",
                             "fix the YAML syntax")]
     except (RecursionError, MemoryError):
         return None, [_diag(label, "workflow is too large or nested too deeply", "simplify the file")]
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         return None, [_diag(label, "workflow is empty; expected a mapping with version, stages and jobs",
                             "start with `version: v1`", line=1, column=1, code="WF_SCHEMA_V1")]

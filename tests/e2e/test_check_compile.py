@@ -469,3 +469,31 @@ def test_check_path_never_imports_heavy_modules(tmp_path: Path) -> None:
                          check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_config_init_and_show(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, H + J)
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env.pop("LOOM_DOCKER_WORKSPACE_MOUNT", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "loomrun", *args], cwd=repo, capture_output=True, text=True,
+                              timeout=60, env=env, check=False)
+
+    assert run("config", "init").returncode == 0
+    assert "workspaceMount: ephemeral_volume" in (repo / ".loom" / "config.yml").read_text()
+    again = run("config", "init")
+    assert again.returncode == 1 and "already exists; use --force" in again.stderr
+    assert run("config", "init", "--force").returncode == 0
+    assert run("config", "init", "--user").returncode == 0
+    assert (tmp_path / "home" / ".config" / "loom" / "config.yml").exists()
+    (repo / ".loom" / "config.yml").write_text("runtime: {docker: {workspaceMount: bind_mount}}\n")
+    show = run("config", "show")
+    assert show.returncode == 0
+    assert show.stdout.splitlines()[:3] == [
+        "runtime:", "  docker:", f"    workspaceMount: bind_mount  # from {repo / '.loom' / 'config.yml'}"]
+    env["LOOM_DOCKER_WORKSPACE_MOUNT"] = "nope"
+    bad = run("config", "show")
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == ("loom config show: invalid workspaceMount 'nope' from environment variable "
+                                  "LOOM_DOCKER_WORKSPACE_MOUNT; expected bind_mount or ephemeral_volume")
