@@ -187,11 +187,52 @@ def _event(folder: Path | None, name: str, key: str) -> int:
 # ---- finding and stopping processes ----------------------------------------------------------
 
 
-def descendants(pid: int) -> list[psutil.Process]:
+def child_pids(pid: int) -> list[int] | None:
+    """Direct children from /proc/<pid>/task/*/children (cheap); None where the kernel lacks it."""
     try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return []
+    found: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                found.extend(int(x) for x in fh.read().split())
+        except FileNotFoundError:
+            if tid == str(pid):
+                return None  # no CONFIG_PROC_CHILDREN
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def descendant_pids(pid: int) -> list[int] | None:
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = child_pids(todo.pop())
+        if kids is None:
+            return None
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every live descendant; reading /proc's children lists avoids scanning the whole process table."""
+    pids = descendant_pids(pid)
+    if pids is None:
+        try:
+            return psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            return []
+    procs = []
+    for p in pids:
+        try:
+            procs.append(psutil.Process(p))
+        except psutil.Error:
+            continue
+    return procs
 
 
 def tagged(run_id: str, job_id: str | None = None) -> list[psutil.Process]:

@@ -9,6 +9,7 @@ of an exception.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import traceback
@@ -22,6 +23,7 @@ from workers.report import Reporter
 
 
 def _isolate(keep: set[int]) -> None:
+    gc.disable()  # short-lived: not collecting avoids copy-on-write faults on inherited pages
     os.setsid()  # a terminal ^C reaches only the supervisor, which decides
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):

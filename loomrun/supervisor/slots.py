@@ -7,6 +7,7 @@ every end the supervisor does not use, so EOF means what it says.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -77,6 +78,7 @@ def start_worker(spec: WorkerSpec, writer: WriterHandle, timeout_s: float | None
         reduction.sendfds(s, [writer_end.fileno()])
     writer_end.close()
     started_ns, started_mono = time.time_ns(), time.monotonic()
+    gc.freeze()  # keep the collector from touching (and so copying) the parent's pages in the child
     pid = os.fork()
     if pid == 0:
         from workers.main import worker_main

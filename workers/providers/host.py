@@ -53,7 +53,11 @@ class HostProvider:
             raise ProviderError(f"workspace {ctx.workspace} does not exist")
         limits = ctx.job.limits
         cgroup = JobCgroup(f"{ctx.run_id}.{ctx.job.name}")
-        if cgroup.create(limits.memory_bytes, limits.pids, limits.cpus):
+        # A cgroup costs a few ms to create and remove: only jobs with limits get one. Without it the
+        # job's processes are still found: the worker is a subreaper, and steps carry LOOM_RUN_ID.
+        if limits.empty:
+            _say(ctx, "no limits: the job's processes are tracked as the worker's descendants")
+        elif cgroup.create(limits.memory_bytes, limits.pids, limits.cpus):
             ctx.state["cgroup"] = cgroup
             _say(ctx, f"cgroup {'v2' if cgroup.v2 else 'v1'} loom/{cgroup.name}")
         else:
