@@ -83,9 +83,9 @@ def main(run_id: str | None, job: str | None) -> int:
     section = manifest.get("failing_section")
     events = manifest.get("failing_step_events_path")
     if events:
-        step: dict[str, Any] = next((s for s in manifest["steps"] if s["events_path"] == events), {})
-        print(f'run {receipt["run_id"]}: job "{job_id}" failed in step {step.get("index")} '
-              f'(exit code {step.get("exit_code")})', file=sys.stderr)
+        failed: dict[str, Any] = next((s for s in manifest["steps"] if s["events_path"] == events), {})
+        print(f'run {receipt["run_id"]}: job "{job_id}" failed in step {failed.get("index")} '
+              f'(exit code {failed.get("exit_code")})', file=sys.stderr)
         _emit(event_lines(logs_dir / events))
         return 0
     sec = next((s for s in manifest.get("system_sections", []) if s["name"] == section), None)
