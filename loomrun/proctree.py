@@ -284,8 +284,10 @@ def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
     _signal_all(procs, signal.SIGTERM)
     start = time.monotonic()
     deadline = start + grace_s
+    hurried = False
     while time.monotonic() < deadline:
         if should_hurry is not None and should_hurry():
+            hurried = True
             break
         procs = _alive(find())
         if not procs:
@@ -300,7 +302,8 @@ def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
         killed += len(procs)
         _signal_all(procs, signal.SIGKILL)
         time.sleep(0.01)
-    return f"TERM {n}; grace {grace_s:g}s ran out; KILL {killed}"
+    why = "grace cut short" if hurried else f"grace {grace_s:g}s ran out"
+    return f"TERM {n}; {why}; KILL {killed}"
 
 
 def reap_zombie_children() -> None:

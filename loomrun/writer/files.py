@@ -45,6 +45,9 @@ class LineFile:
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.seq = 0
+        if os.fstat(self.fd).st_size:  # a writer taking over after a crash continues the numbering
+            with open(path, "rb") as fh:
+                self.seq = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
 
     def write(self, data: bytes) -> None:
         start = os.lseek(self.fd, 0, os.SEEK_END)

@@ -1,0 +1,163 @@
+"""Helpers for tests that run the real `loom` command on real workflows (process and e2e tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+LOOM = [sys.executable, "-m", "loomrun"]
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+    repo: Path
+
+    @property
+    def receipt_path(self) -> Path:
+        for line in self.stderr.splitlines():
+            if line.startswith("receipt: "):
+                return Path(line[len("receipt: "):])
+        raise AssertionError(f"no receipt line in:\n{self.stderr}")
+
+    @property
+    def receipt(self) -> dict[str, Any]:
+        return load(self.receipt_path)
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(self.receipt["logs_dir"])
+
+    def job_summary(self, job: str) -> dict[str, Any]:
+        return load(self.logs_dir / "jobs" / job / "summary.json")
+
+    def job_manifest(self, job: str) -> dict[str, Any]:
+        return load(self.logs_dir / "jobs" / job / "manifest.json")
+
+    def step_lines(self, job: str, index: int) -> list[str]:
+        return output_lines(self.logs_dir / "jobs" / job / "user" / "script" / f"{index:02d}" / "events.jsonl")
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def output_lines(events: Path) -> list[str]:
+    lines: list[str] = []
+    for raw in events.read_text().splitlines():
+        ev = json.loads(raw)  # every line must be complete JSON
+        if ev["type"] == "output":
+            lines.extend(ev["lines"] if "lines" in ev else [ev["line"]])
+    return lines
+
+
+def make_repo(root: Path, workflow: str, git: bool = True) -> Path:
+    (root / ".loom").mkdir(parents=True, exist_ok=True)
+    (root / ".loom" / "workflow.yml").write_text(textwrap.dedent(workflow).lstrip())
+    if git:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t"}
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+        subprocess.run(["git", "commit", "-qm", "init"], cwd=root, check=True, env=env)
+    return root
+
+
+def loom_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+    env.update({"LOOM_STOP_GRACE_S": "1", "NO_COLOR": "1"})
+    env.update(extra)
+    return env
+
+
+def run_loom(repo: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90) -> Result:
+    proc = subprocess.run([*LOOM, *args], cwd=repo, capture_output=True, text=True, timeout=timeout,
+                          env=env or loom_env())
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return Result(proc.returncode, proc.stdout, proc.stderr, repo)
+
+
+class Background:
+    """`loom run` started in the background, for signals sent while jobs run."""
+
+    def __init__(self, repo: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.repo = repo
+        self.proc = subprocess.Popen([*LOOM, *args], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env or loom_env())
+
+    def wait_for_file(self, path: Path, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline, f"{path} never appeared"
+            time.sleep(0.02)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 60) -> Result:
+        out, err = self.proc.communicate(timeout=timeout)
+        assert "Traceback" not in err, err
+        return Result(self.proc.returncode, out, err, self.repo)
+
+
+def run_processes(run_id: str) -> list[psutil.Process]:
+    """Processes still carrying this run's id in their environment."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("LOOM_RUN_ID") == run_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def processes_matching(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def walk_ladder(receipt: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    """receipt -> pipeline manifest -> failing job manifest -> failing step events, by pointers only."""
+    logs = Path(receipt["logs_dir"])
+    pipeline = load(Path(receipt["pipeline_manifest_path"]))
+    job_manifest = load(logs / pipeline["failing_job_manifest_path"])
+    events = job_manifest.get("failing_step_events_path")
+    return job_manifest, (logs / events if events else None)
+
+
+def assert_logs_valid(result: Result) -> None:
+    """Every document parses, every JSONL line is whole JSON with ts/seq/type/scope, seq runs from 1."""
+    for path in result.logs_dir.rglob("*"):
+        if path.suffix == ".json":
+            load(path)
+        elif path.suffix == ".jsonl":
+            text = path.read_text()
+            assert text == "" or text.endswith("\n"), f"half line at the end of {path}"
+            for seq, raw in enumerate(text.splitlines(), start=1):
+                ev = json.loads(raw)
+                assert {"ts", "seq", "type", "scope"} <= ev.keys(), (path, ev)
+                assert ev["seq"] == seq, (path, ev)
+
+
+def sigkill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)

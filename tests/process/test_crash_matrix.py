@@ -1,0 +1,149 @@
+"""The crash matrix: real workers, real signals, real limits. Each case checks the failure kind, that
+the bystander job finished normally, that the logs hold what was printed, that the receipt and the
+pointer documents are valid, and (psutil) that no process of the run remains."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from loomrun.proctree import JobCgroup
+from tests.process.runner import (
+    assert_logs_valid,
+    make_repo,
+    processes_matching,
+    run_loom,
+    run_processes,
+    walk_ladder,
+)
+
+BYSTANDER = """
+bystander:
+  stage: s
+  target: linux
+  script:
+    - for i in 1 2 3; do echo "bystander $i"; sleep 0.2; done
+"""
+
+
+def run_case(tmp_path: Path, job: str, *, jobs: int = 2) -> tuple[object, dict[str, object]]:
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [s]\n" + job + BYSTANDER)
+    result = run_loom(repo, "run", "--local", "-j", str(jobs))
+    assert result.code == 1, result.stderr
+    assert result.job_summary("bystander")["status"] == "success"
+    assert result.step_lines("bystander", 1) == ["bystander 1", "bystander 2", "bystander 3"]
+    assert_logs_valid(result)
+    assert run_processes(result.receipt["run_id"]) == []
+    receipt = result.receipt
+    assert receipt["status"] == "failure" and receipt["exit_code"] == 1
+    manifest, _ = walk_ladder(receipt)
+    assert manifest["job_id"] == "victim"
+    return result, result.job_summary("victim")
+
+
+def test_worker_sigkill_mid_output_keeps_every_line(tmp_path: Path) -> None:
+    result, summary = run_case(tmp_path, """
+victim:
+  stage: s
+  target: linux
+  script:
+    - >-
+      i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo "line $i";
+      if [ $i = 2000 ]; then kill -KILL $PPID; fi; done; sleep 3001
+""")
+    assert summary["failure_kind"] == "worker_crashed"
+    assert "SIGKILL" in summary["message"]
+    lines = result.step_lines("victim", 1)
+    assert lines[:2000] == [f"line {i}" for i in range(1, 2001)]
+    assert processes_matching("sleep 3001") == []
+    manifest, events = walk_ladder(result.receipt)
+    assert manifest["failing_section"] == "user"
+    assert events is not None and events.name == "events.jsonl" and "victim/user/script/01" in str(events)
+
+
+def test_worker_sigsegv(tmp_path: Path) -> None:
+    result, summary = run_case(tmp_path, """
+victim:
+  stage: s
+  target: linux
+  script:
+    - echo before the crash
+    - echo step two; kill -SEGV $PPID; sleep 3002
+""")
+    assert summary["failure_kind"] == "worker_crashed"
+    assert "SIGSEGV" in summary["message"]
+    assert result.step_lines("victim", 1) == ["before the crash"]
+    assert result.step_lines("victim", 2) == ["step two"]
+    assert processes_matching("sleep 3002") == []
+    assert 'job "victim" failed' in result.stderr and "SIGSEGV" in result.stderr
+
+
+def test_step_ignoring_sigterm_past_its_timeout(tmp_path: Path) -> None:
+    result, summary = run_case(tmp_path, """
+victim:
+  stage: s
+  target: linux
+  timeout: 1s
+  script:
+    - trap '' TERM; echo ignoring TERM; sleep 3003; echo never
+""")
+    assert summary["failure_kind"] == "timeout"
+    assert result.step_lines("victim", 1) == ["ignoring TERM"]
+    assert processes_matching("sleep 3003") == []
+    cleanup = (result.logs_dir / "jobs/victim/system/cleanup/events.jsonl").read_text()
+    assert "KILL" in cleanup  # TERM was ignored, so the grace ran out
+
+
+def test_grandchild_escaping_into_new_session_is_reaped(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", """
+    version: v1
+    stages: [s]
+    escape:
+      stage: s
+      target: linux
+      script:
+        - setsid sh -c 'sleep 3004' > /dev/null 2>&1 < /dev/null & echo forked
+    """)
+    result = run_loom(repo, "run", "--local")
+    assert result.code == 0, result.stderr
+    assert result.step_lines("escape", 1) == ["forked"]
+    assert processes_matching("sleep 3004") == []
+    assert run_processes(result.receipt["run_id"]) == []
+
+
+def _cgroups_available() -> bool:
+    probe = JobCgroup(f"probe-{os.getpid()}")
+    ok = probe.create(None, 10, None)
+    probe.remove()
+    return ok
+
+
+def test_memory_hog_over_limit(tmp_path: Path) -> None:
+    result, summary = run_case(tmp_path, """
+victim:
+  stage: s
+  target: linux
+  limits: {memory: 64m}
+  script:
+    - echo start
+    - python3 -c "import time; b=[]; [b.append(bytearray(8 << 20)) or time.sleep(0.02) for _ in range(200)]"
+""")
+    assert summary["failure_kind"] == "memory_limit"
+    assert result.step_lines("victim", 1) == ["start"]
+
+
+def test_fork_bomb_under_pids_limit(tmp_path: Path) -> None:
+    if not _cgroups_available():
+        pytest.skip("no cgroup can be created here (not root?): a fork bomb would not be contained")
+    _, summary = run_case(tmp_path, """
+victim:
+  stage: s
+  target: linux
+  limits: {pids: 40}
+  script:
+    - echo bombing; b() { b | b & }; b; sleep 3005
+""")
+    assert summary["failure_kind"] == "pids_limit"
+    assert processes_matching("sleep 3005") == []
