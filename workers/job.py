@@ -15,13 +15,16 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loomrun.protocol import messages as m
 from loomrun.workflow.model import Job
 from workers.providers import get_provider
 from workers.providers.base import JobContext, Provider, ProviderError, StepHandle
 from workers.report import Reporter, SectionFailed
+
+if TYPE_CHECKING:
+    from workers.caching import JobCaches
 
 LIMIT_TICK_S = 0.1
 
@@ -42,6 +45,7 @@ class WorkerSpec:
     cache_enabled: bool = True
     head_sha: str = ""
     dependency_artifacts: tuple[tuple[str, str], ...] = ()  # (job id, staged artifacts folder)
+    fingerprint_outputs: bool = False  # --cache-diff: hash the declared outputs after the job
     secrets: dict[str, str] = field(default_factory=dict)
 
 
@@ -61,7 +65,6 @@ class JobRunner:
         self.cancel: m.Cancel | None = None
         self.lost_supervisor = False
         self.limit_kind: str | None = None
-        self.cache_hits: list[str] = []
         self.provider: Provider = get_provider(self.job.provider)
         self.ctx = JobContext(
             run_id=spec.run_id, pipeline_id=spec.pipeline_id, job=self.job, workspace=spec.workspace,
@@ -69,6 +72,12 @@ class JobRunner:
             grace_s=spec.grace_s, labels={"loom.run_id": spec.run_id, "loom.job_id": self.job.name},
         )
         self.ctx.state["hurry"] = self._hurry
+        self.caches: JobCaches | None = None
+        if spec.cache_enabled and self.job.caches:
+            from workers.caching import JobCaches  # zstd and tarfile only for jobs with a cache
+
+            self.caches = JobCaches(self.ctx, self.provider, rep, spec.runtime_dir, spec.head_sha)
+        self.outputs: dict[str, str] = {}
 
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> m.JobFinished:
@@ -76,6 +85,8 @@ class JobRunner:
         code: int | None = 0
         try:
             self._prepare()
+            if self.caches is not None:
+                self.caches.restore()
             self._restore()
             code = self._execute()
             if code != 0:
@@ -92,14 +103,18 @@ class JobRunner:
             kind = self.limit_kind
             message = {m.MEMORY_LIMIT: "exceeded limits.memory", m.PIDS_LIMIT: "exceeded limits.pids"}[kind]
         try:
+            if self.spec.fingerprint_outputs:
+                self.outputs = self._fingerprint()
+            if self.caches is not None:
+                self.caches.save(status)
             self._save(status)
         except (SectionFailed, ProviderError, OSError) as exc:
             if status == "success":
                 status, kind, code = "failed", m.PROVIDER_ERROR, None
                 message = getattr(exc, "message", str(exc))
         self._cleanup()
-        return m.JobFinished(self.job.name, status, code, kind, message, self._resources(),
-                             tuple(self.cache_hits))
+        hits = tuple(self.caches.hits) if self.caches is not None else ()
+        return m.JobFinished(self.job.name, status, code, kind, message, self._resources(), hits, self.outputs)
 
     _last_code: int | None = None
 
@@ -221,6 +236,25 @@ class JobRunner:
             link_dir = staging.with_name(self.job.name + ".adopt")
             shutil.copytree(staging, link_dir, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
             self.rep.writer.send(m.ArtifactsStaged(self.job.name, str(link_dir), tuple(files)))
+
+    def _fingerprint(self) -> dict[str, str]:
+        """sha256 + exec bit of every declared output (artifacts.paths and cache.paths)."""
+        from loomrun.cache.compare import fingerprint
+
+        art = self.job.artifacts
+        patterns = [*(art.paths if art else ()), *(p for c in self.job.caches if not c.disabled for p in c.paths)]
+        if not patterns:
+            return {}
+        exclude = art.exclude if art else ()
+        if self.job.provider == "host" or self.spec.mount_mode == "bind_mount":
+            return fingerprint(self.spec.workspace, patterns, exclude)
+        staging = self.spec.runtime_dir / "tmp" / self.spec.run_id / "outputs" / self.job.name
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            self.provider.export_paths(self.ctx, patterns, exclude, staging)
+            return fingerprint(staging, patterns, exclude)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _cleanup(self) -> None:
         with self.rep.phase("job.cleanup"), self.rep.section("cleanup") as sec:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class RunOptions:
     max_jobs: int | None = None
     only_jobs: tuple[str, ...] = ()
     cache_enabled: bool = True
+    fingerprint_outputs: bool = False
     command: tuple[str, ...] = ("loom", "run", "--local")
 
 
@@ -198,10 +200,12 @@ class Run:
         from loomrun.workspace import make_snapshot, remove_snapshot
 
         folder = self.runtime / "workspaces"
-        if folder.is_dir():  # keep the newest snapshots only
-            old = sorted(p for p in folder.iterdir() if p.name.startswith("loom-run-local-"))
+        if folder.is_dir():  # keep the newest snapshots only, and never one of a run still going
+            alive = locks.alive_runs(self.runtime)
+            old = sorted(p for p in folder.iterdir() if p.name.startswith("loom-run-local-") and p.name not in alive)
             for path in old[: max(0, len(old) - (KEEP_SNAPSHOTS - 1))]:
-                remove_snapshot(path)
+                with contextlib.suppress(LoomError, OSError):  # a concurrent run may be pruning it too
+                    remove_snapshot(path)
         try:
             snap = make_snapshot(self.repo_root, folder / self.run_id)
         except LoomError as exc:
@@ -229,7 +233,7 @@ class Run:
                 runtime_dir=self.runtime, env=env, mount_mode=self.mount_mode,
                 trace=os.environ.get("LOOM_DEBUG_TRACE") == "1", grace_s=GRACE_S,
                 cache_enabled=self.opts.cache_enabled, head_sha=self.head_sha or "",
-                dependency_artifacts=dep_art,
+                dependency_artifacts=dep_art, fingerprint_outputs=self.opts.fingerprint_outputs,
             )
         return make
 
@@ -344,7 +348,12 @@ def _error_for(sup: Supervisor) -> str | None:
     return f'job "{first.name}" failed ({why}){more}'
 
 
-def run_local(opts: RunOptions, term: Terminal | None = None) -> RunResult:
+Amend = Callable[["Run", int, "str | None"], tuple[int, "str | None"]]
+
+
+def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | None = None) -> RunResult:
+    """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
+    the receipt is written."""
     term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
     run = Run(opts, term)
     run.start_writer()
@@ -382,6 +391,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None) -> RunResult:
         if signum is not None:
             exit_code = ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
             error = f"interrupted by {signal.Signals(signum).name}"
+    if amend is not None:
+        exit_code, error = amend(run, int(exit_code), error)
     result = run.finalize(int(exit_code), error)
     os.close(wake_r)
     os.close(wake_w)

@@ -13,10 +13,13 @@ COLORS = {"green": "32", "red": "31", "yellow": "33", "dim": "2"}
 
 
 class Terminal:
-    def __init__(self, verbose: bool = False, quiet: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(self, verbose: bool = False, quiet: bool = False, stream: TextIO | None = None,
+                 prefix: str = "", final: bool = True) -> None:
         self.out = stream or sys.stderr
         self.verbose = verbose and not quiet
         self.quiet = quiet
+        self.prefix = prefix  # "[cache off] " for a --cache-diff pass
+        self.final = final  # print the closing status and receipt lines
         self.color = self.out.isatty() and "NO_COLOR" not in os.environ
 
     def paint(self, text: str, color: str) -> str:
@@ -31,11 +34,11 @@ class Terminal:
 
     def event(self, text: str) -> None:
         if not self.quiet:
-            self.line(text)
+            self.line(self.prefix + text)
 
     def detail(self, text: str) -> None:
         if self.verbose:
-            self.line(self.paint(text, "dim"))
+            self.line(self.prefix + self.paint(text, "dim"))
 
     def job_started(self, name: str, provider: str, image: str | None) -> None:
         self.event(f'job "{name}" started ({provider})')
@@ -49,6 +52,8 @@ class Terminal:
         self.event(f'job "{name}" {self.paint(word, color)}{took}{f" ({why})" if why else ""}')
 
     def finished(self, passed: bool, receipt: str | None, error: str | None) -> None:
+        if not self.final:
+            return
         status = self.paint("passed", "green") if passed else self.paint("failed", "red")
         self.line(f"loom run {status}")
         if receipt:
