@@ -441,7 +441,10 @@ class DockerProvider:
         return DockerStep(api, exec_id, stream, stdout_fd, stderr_fd)
 
     def stop(self, ctx: JobContext, grace_s: float) -> None:
-        api = self.api()
+        try:
+            api = self.api()
+        except ProviderError:
+            return  # no engine, nothing of ours can be running there any more
         ids = [ctx.state.get("container"), *ctx.state.get("services", [])]
         for cid in ids:
             if not cid:
