@@ -1,0 +1,88 @@
+"""Shared checks for the `loom run --local` end-to-end tests (host provider): the on-disk contract of
+spec §5 asserted field by field. Runs in the test process; the runs themselves are real processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.process.runner import Result, load
+
+SCHEMA = "loom.runtime.logs.v2"
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+DURATION = re.compile(r" in \d+\.\d\ds")
+EVENT_TYPES = {"phase_started", "phase_finished", "output", "step_finished", "error"}
+SCOPES = {"run", "pipeline", "job", "step", "section"}
+PHASE_CODES = {
+    "run.bootstrap", "run.pipeline_execute", "pipeline.execute", "run.finalize", "job.provider_prepare",
+    "job.cache_restore", "job.artifact_restore", "job.execution", "job.cache_save", "job.cleanup",
+}
+
+
+def terminal(result: Result) -> list[str]:
+    """stderr lines with job durations normalised to ` in N.NNs`."""
+    return [DURATION.sub(" in N.NNs", line) for line in result.stderr.splitlines()]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def check_event(path: Path, seq: int, ev: dict[str, Any]) -> None:
+    where = f"{path}:{seq} {ev}"
+    assert ev["seq"] == seq, where
+    assert TS.match(ev["ts"]), where
+    assert ev["type"] in EVENT_TYPES, where
+    assert ev["scope"] in SCOPES, where
+    if "phase_code" in ev:
+        assert ev["phase_code"] in PHASE_CODES, where
+        assert ev["phase_family"] == ev["phase_code"].split(".")[0], where
+    if ev["type"] == "phase_finished":
+        assert ev["status"] in ("success", "failed", "failure", "canceled", "skipped"), where
+    elif ev["type"] == "output":
+        assert ev["stream"] in ("stdout", "stderr"), where
+        assert isinstance(ev.get("line"), str) or isinstance(ev.get("lines"), list), where
+    elif ev["type"] == "step_finished":
+        assert isinstance(ev["exit_code"], int), where
+    elif ev["type"] == "error":
+        assert ev["code"] and isinstance(ev["message"], str), where
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    raw = path.read_bytes()
+    assert raw == b"" or raw.endswith(b"\n"), f"half line at the end of {path}"
+    out = [json.loads(line) for line in raw.decode("utf-8").splitlines()]
+    for seq, ev in enumerate(out, start=1):
+        check_event(path, seq, ev)
+    return out
+
+
+def check_logs_dir(logs: Path) -> None:
+    """Every document inside logs/ (artifacts excepted) carries the v2 schema; every JSONL is valid."""
+    docs = 0
+    for path in sorted(logs.rglob("*")):
+        if "artifacts" in path.relative_to(logs).parts:
+            continue
+        if path.suffix == ".json":
+            assert load(path)["schema_version"] == SCHEMA, path
+            docs += 1
+        elif path.suffix == ".jsonl":
+            events(path)
+    assert docs >= 2, f"no documents in {logs}"
+
+
+def step_doc(result: Result, job: str, index: int) -> dict[str, Any]:
+    return load(result.logs_dir / "jobs" / job / "user" / "script" / f"{index:02d}" / "summary.json")
+
+
+def output_events(path: Path) -> list[tuple[str, str]]:
+    """(stream, line) for every output line of one events file, in order."""
+    out: list[tuple[str, str]] = []
+    for ev in events(path):
+        if ev["type"] == "output":
+            for line in ev["lines"] if "lines" in ev else [ev["line"]]:
+                out.append((ev["stream"], line))
+    return out
