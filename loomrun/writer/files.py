@@ -35,6 +35,63 @@ def write_document(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
+class Documents:
+    """Documents made durable in batches: each is written to a temp file at once, then one syncfs()
+    makes every pending temp file durable and the renames follow. A reader sees either the previous
+    document or the complete new one; a crash loses only documents not yet renamed, never the order
+    (the receipt, written last with its own fsync, comes after a flush)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []
+        self.counter = 0
+
+    def write(self, path: Path, doc: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+        self.counter += 1
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{self.counter}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        self.pending.append((tmp, path))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        _syncfs(self.pending[0][0].parent)
+        for tmp, path in self.pending:
+            os.replace(tmp, path)
+        self.pending.clear()
+
+
+def _syncfs(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _load_libc() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
 class LineFile:
     """An append-only JSONL file written a whole batch of lines per write()."""
 

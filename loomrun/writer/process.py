@@ -9,7 +9,6 @@ supervisor finishes what it was given (drains worker sockets and output pipes) b
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import selectors
 import signal
@@ -77,7 +76,6 @@ class Writer:
         self.streams: dict[int, OutputStream] = {}
         self.redactions: list[tuple[str, str]] = []
         self.sup_open = True
-        self.failed_reported = False
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -100,15 +98,21 @@ class Writer:
                     self._report_os_error(exc)
                 except Exception as exc:  # a bad record must not take the writer down
                     self._bad_record(exc)
+            self._flush()
+        self._flush()
         return 0
+
+    def _flush(self) -> None:
+        """One syncfs for every document written in this round, then their renames."""
+        if self.log is not None:
+            try:
+                self.log.docs.flush()
+            except OSError as exc:
+                self._report_os_error(exc)
 
     def _report_os_error(self, exc: OSError) -> None:
         where = f" ({exc.filename})" if exc.filename else ""
-        message = f"{exc.strerror or exc}{where}"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO) \
-                and not self.failed_reported:
-            self.failed_reported = True
-        self._send(m.WriterFailed(message))
+        self._send(m.WriterFailed(f"{exc.strerror or exc}{where}"))
 
     def _bad_record(self, exc: Exception) -> None:
         if self.log is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from loomrun import __version__
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
-from loomrun.writer.files import LineFile, write_document
+from loomrun.writer.files import Documents, LineFile, write_document
 
 
 def step_dir(index: int) -> str:
@@ -77,6 +77,7 @@ class RunLog:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.receipts_dir.mkdir(parents=True, exist_ok=True)
         self.events = LineFile(self.logs_dir / "events.jsonl")
+        self.docs = Documents()
         self.roster: list[tuple[str, str]] = []
         self.jobs: dict[str, JobLog] = {}
         self.finish_order: list[str] = []
@@ -162,7 +163,7 @@ class RunLog:
         if sec.message:
             doc["message"] = sec.message
         doc.update(sec.details)
-        write_document(self.job_dir(job_id) / "system" / sec.name / "summary.json", doc)
+        self.docs.write(self.job_dir(job_id) / "system" / sec.name / "summary.json", doc)
 
     # -- steps -----------------------------------------------------------------------------
     def step_started(self, msg: m.StepStarted) -> StepLog:
@@ -213,7 +214,7 @@ class RunLog:
         }
         if step.message:
             doc["message"] = step.message
-        write_document(self.job_dir(job_id) / step_dir(step.index) / "summary.json", doc)
+        self.docs.write(self.job_dir(job_id) / step_dir(step.index) / "summary.json", doc)
         step.events.close()
 
     # -- artifacts ---------------------------------------------------------------------------
@@ -256,8 +257,8 @@ class RunLog:
             sec.events.close()
         if msg.status == "failed":
             self.finish_order.append(msg.job_id)
-        write_document(self.job_dir(msg.job_id) / "summary.json", self._job_summary(msg))
-        write_document(self.job_dir(msg.job_id) / "manifest.json", self._job_manifest(job, msg))
+        self.docs.write(self.job_dir(msg.job_id) / "summary.json", self._job_summary(msg))
+        self.docs.write(self.job_dir(msg.job_id) / "manifest.json", self._job_manifest(job, msg))
 
     def _job_summary(self, msg: m.JobEnded) -> dict[str, Any]:
         started = msg.started_ns
@@ -338,10 +339,11 @@ class RunLog:
             if msg.status == "failure":
                 manifest["failing_job_id"] = failing
                 manifest["failing_job_manifest_path"] = f"jobs/{failing}/manifest.json" if failing else None
-            write_document(self.logs_dir / "pipeline" / "summary.json", summary)
-            write_document(self.logs_dir / "pipeline" / "manifest.json", manifest)
+            self.docs.write(self.logs_dir / "pipeline" / "summary.json", summary)
+            self.docs.write(self.logs_dir / "pipeline" / "manifest.json", manifest)
         self.events.close()
-        os.sync()  # every log document is durable before the receipt, which is written last
+        self.docs.flush()
+        os.sync()  # every log line and document is durable before the receipt, which is written last
         receipt: dict[str, Any] = {
             "schema_version": "v1", "kind": "loom-run-local", "run_id": start.run_id,
             "pipeline_id": start.pipeline_id, "command": list(start.command), "loom_version": __version__,

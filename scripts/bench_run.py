@@ -1,0 +1,155 @@
+"""`python scripts/bench.py run`: the execution core's speed targets (issue 3), each next to a
+baseline measured in the same run.
+
+* 100 jobs each `true`, one stage, --jobs 2  vs  100 `sh -c true` through `xargs -P2`
+* one job printing 3,000,000 lines  vs  `seq > file` and a one-process Python JSON-per-line loop;
+  every line must be in the step's events; supervisor and writer peak RSS sampled with psutil
+* 1,000 jobs in a needs DAG: supervisor peak RSS
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+LOOM = [sys.executable, "-m", "loomrun"]
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}, "NO_COLOR": "1"}
+
+
+def repo_with(root: Path, workflow: str) -> Path:
+    (root / ".loom").mkdir(parents=True)
+    (root / ".loom" / "workflow.yml").write_text(workflow)
+    return root
+
+
+def timed(cmd: list[str] | str, cwd: Path | None = None, shell: bool = False) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, shell=shell, check=True, env=ENV, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+class PeakRss:
+    """Samples the RSS of the loom process (supervisor) and its writer child while a run goes on."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.supervisor = 0
+        self.writer = 0
+        self.done = False
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        try:
+            proc = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self.done:
+            try:
+                self.supervisor = max(self.supervisor, proc.memory_info().rss)
+                for child in proc.children():
+                    if os.getpgid(child.pid) == child.pid and os.getsid(child.pid) != child.pid:
+                        self.writer = max(self.writer, child.memory_info().rss)
+            except (psutil.Error, ProcessLookupError):
+                pass
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.done = True
+        self.thread.join()
+
+
+def run_loom(repo: Path, *args: str) -> tuple[float, PeakRss, subprocess.CompletedProcess[str]]:
+    start = time.perf_counter()
+    proc = subprocess.Popen([*LOOM, "run", "--local", "-q", *args], cwd=repo, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = PeakRss(proc.pid)
+    out, err = proc.communicate()
+    elapsed = time.perf_counter() - start
+    peak.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"loom run failed:\n{err}")
+    return elapsed, peak, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def receipt_of(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("receipt: "))
+    return dict(json.loads(Path(line[len("receipt: "):]).read_text()))
+
+
+def bench_100_jobs(tmp: Path, reps: int) -> None:
+    jobs = "".join(f"j{i:03d}:\n  stage: s\n  target: linux\n  script: [\"true\"]\n" for i in range(100))
+    repo = repo_with(tmp / "hundred", "version: v1\nstages: [s]\n" + jobs)
+    loom, base = [], []
+    for _ in range(reps):
+        base.append(timed("seq 100 | xargs -P2 -I{} sh -c true", shell=True))
+        loom.append(run_loom(repo, "-j", "2")[0])
+    b, m = statistics.median(base), statistics.median(loom)
+    print(f"100 jobs `true`, -j 2: loom {m:.3f}s  xargs -P2 {b:.3f}s  overhead {m - b:+.3f}s "
+          f"({(m - b) / 100 * 1000:.1f} ms/job; target: at most +0.5s)")
+
+
+def bench_3m_lines(tmp: Path, reps: int) -> None:
+    repo = repo_with(tmp / "seq", "version: v1\nstages: [s]\nseq:\n  stage: s\n  target: linux\n"
+                     "  script: [\"seq 1 3000000\"]\n")
+    naive = ("import json,sys\nw=sys.stdout.write\nfor line in sys.stdin:\n"
+             "    w(json.dumps({'type':'output','stream':'stdout','line':line.rstrip('\\n')})+'\\n')\n")
+    loom, plain, loop = [], [], []
+    peaks: list[PeakRss] = []
+    lines = 0
+    for _ in range(reps):
+        plain.append(timed(f"seq 1 3000000 > {tmp}/seq.out", shell=True))
+        loop.append(timed(f"seq 1 3000000 | {sys.executable} -c \"{naive}\" > {tmp}/naive.out", shell=True))
+        elapsed, peak, result = run_loom(repo)
+        loom.append(elapsed)
+        peaks.append(peak)
+        step = Path(str(receipt_of(result)["logs_dir"])) / "jobs/seq/user/script/01"
+        lines = json.loads((step / "summary.json").read_text())["output_lines"]
+        got = 0
+        expect = 1
+        with open(step / "events.jsonl") as fh:
+            for raw in fh:
+                ev = json.loads(raw)
+                if ev["type"] == "output":
+                    for ln in ev["lines"] if "lines" in ev else [ev["line"]]:
+                        assert ln == str(expect), (ln, expect)
+                        expect += 1
+                        got += 1
+        assert got == 3_000_000 == lines, (got, lines)
+    m, p, n = statistics.median(loom), statistics.median(plain), statistics.median(loop)
+    sup = max(pk.supervisor for pk in peaks) / 2**20
+    wri = max(pk.writer for pk in peaks) / 2**20
+    print(f"3,000,000 lines: loom {m:.2f}s  seq>file {p:.2f}s  naive JSON loop {n:.2f}s  "
+          f"(loom/naive {m / n:.2f}x; targets: <= 3 s and faster than the loop); all {lines} lines in order")
+    print(f"   peak RSS: supervisor {sup:.0f} MB + writer {wri:.0f} MB = {sup + wri:.0f} MB (target <= 100 MB)")
+
+
+def bench_1000_dag(tmp: Path) -> None:
+    parts = ["version: v1\nstages: [s]\n"]
+    for i in range(1000):
+        needs = [f"j{d:04d}" for d in (i - 1, i // 2, i // 3) if 0 <= d < i]
+        need = f"  needs: [{', '.join(sorted(set(needs)))}]\n" if needs else "  needs: []\n"
+        parts.append(f"j{i:04d}:\n  stage: s\n  target: linux\n{need}  script: [\"true\"]\n")
+    repo = repo_with(tmp / "dag", "".join(parts))
+    elapsed, peak, _ = run_loom(repo, "-j", "2")
+    print(f"1,000 jobs in a needs DAG: {elapsed:.2f}s, supervisor peak RSS {peak.supervisor / 2**20:.0f} MB "
+          f"(target <= 150 MB), writer {peak.writer / 2**20:.0f} MB")
+
+
+def main(argv: list[str]) -> int:
+    reps = int(argv[0]) if argv else 3
+    with tempfile.TemporaryDirectory(prefix="loom-bench-") as tmp:
+        bench_100_jobs(Path(tmp), reps)
+        bench_3m_lines(Path(tmp), reps)
+        bench_1000_dag(Path(tmp))
+    return 0
