@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Cache store speed: `python scripts/bench.py cache [--mb 100] [--repeat 3] [--levels 1,3,6]`.
+
+Generates a mixed tree (many small text-like files, some medium ones, a few large random and
+text-like ones), then times `CacheStore.save` / `restore` next to `tar -c | zstd` and
+`zstd -d | tar -x` on the same tree in the same run, at the same zstd level. Prints the best of
+`--repeat` for each and the ratios (target: <= 1.5x). `--levels` also times the save at other levels
+and thread settings, which is how `archive.LEVEL` / `archive.THREADS` were chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loomrun.cache import archive  # noqa: E402
+from loomrun.cache.store import CacheStore  # noqa: E402
+
+WORDS = ("const let function return import export default module require async await class "
+         "interface type string number boolean null undefined true false if else for while "
+         "node_modules package version dependencies lodash react build dist src index").split()
+
+
+def _text(rng: random.Random, size: int) -> bytes:
+    out: list[str] = []
+    length = 0
+    while length < size:
+        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + f" {rng.randint(0, 99999)}\n"
+        out.append(line)
+        length += len(line)
+    return "".join(out).encode()[:size]
+
+
+def generate(root: Path, total_mb: int) -> int:
+    """A tree of ~total_mb MB: 25% small text files, 15% medium mixed, 60% large (half random)."""
+    rng = random.Random(42)
+    budget = total_mb * 1_000_000
+    written = 0
+    small = int(budget * 0.25)
+    for i in range(small // 5000):
+        d = root / f"pkg{i % 97:02d}" / f"sub{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"file{i}.js").write_bytes(_text(rng, rng.randint(1000, 9000)))
+        written += 5000
+    for i in range(int(budget * 0.15) // 100_000):
+        data = os.urandom(100_000) if i % 3 == 0 else _text(rng, 100_000)
+        (root / f"pkg{i % 97:02d}" / f"medium{i}.bin").write_bytes(data)
+        written += 100_000
+    large = (budget - written) // 6
+    for i in range(6):
+        data = os.urandom(large) if i % 2 == 0 else _text(rng, large)
+        (root / f"large{i}.dat").write_bytes(data)
+    os.symlink("large0.dat", root / "link-to-large")
+    os.chmod(root / "large1.dat", 0o755)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def best(repeat: int, fn: Callable[[], None], before: Callable[[], None] | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        os.sync()  # start each timing with no writeback (or discard) from the last one in flight
+        time.sleep(0.2)
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _fresh(path: Path) -> Callable[[], None]:
+    def reset() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    return reset
+
+
+def _sh(cmd: str) -> None:
+    subprocess.run(["sh", "-c", cmd], check=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.py cache")
+    parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--levels", default="", help="extra save timings, e.g. 1,3,6 (threads -1 and 0)")
+    args = parser.parse_args(argv)
+    if shutil.which("zstd") is None or shutil.which("tar") is None:
+        print("bench cache: needs the zstd and tar commands (apt-get install zstd)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="loom-bench-cache-") as tmp_name:
+        tmp = Path(tmp_name)
+        ws = tmp / "ws"
+        size = generate(ws / "tree", args.mb)
+        files = sum(1 for _ in (ws / "tree").rglob("*"))
+        print(f"tree: {size / 1e6:.1f} MB, {files} entries, zstd level {archive.LEVEL}, "
+              f"threads {archive.THREADS}")
+        store = CacheStore(tmp / "cache")
+        out = tmp / "baseline.tar.zst"
+        level = archive.LEVEL
+
+        t_save = best(args.repeat, lambda: store.save("bench", ws, ["tree"], source_run="bench"))
+        t_tar = best(args.repeat, lambda: _sh(
+            f"tar -C '{ws}' -cf - tree | zstd -q -f -{level} -T0 -o '{out}'"))
+        ours = store.entry("bench")
+        assert ours is not None
+        print(f"save     loom {t_save:7.3f}s  tar|zstd {t_tar:7.3f}s  ratio {t_save / t_tar:5.2f}x  "
+              f"size loom {ours['archive_size'] / 1e6:.1f} MB vs {out.stat().st_size / 1e6:.1f} MB")
+
+        dst, dst2 = tmp / "dst", tmp / "dst2"
+        t_restore = best(args.repeat, lambda: store.restore(["bench"], dst), _fresh(dst))
+        t_untar = best(args.repeat, lambda: _sh(f"zstd -q -d -c '{out}' | tar -C '{dst2}' -xf -"), _fresh(dst2))
+        print(f"restore  loom {t_restore:7.3f}s  zstd|tar {t_untar:7.3f}s  ratio {t_restore / t_untar:5.2f}x")
+
+        for spec in filter(None, args.levels.split(",")):
+            for threads in (-1, 0):
+                with open(tmp / "level.tar.zst", "wb") as fh:
+                    start = time.perf_counter()
+                    archive.pack(fh, ws, ["tree"], level=int(spec), threads=threads)
+                    took = time.perf_counter() - start
+                print(f"  level {spec:>2} threads {threads:>2}: save {took:6.3f}s  "
+                      f"size {(tmp / 'level.tar.zst').stat().st_size / 1e6:.1f} MB")
+    ok = t_save / t_tar <= 1.5 and t_restore / t_untar <= 1.5
+    print("target <= 1.5x: " + ("met" if ok else "NOT met"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
