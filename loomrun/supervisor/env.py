@@ -1,6 +1,13 @@
-"""The predefined variables of a job (spec §2.5). Runs in the supervisor; pure."""
+"""The predefined variables of a job (spec §2.5). Runs in the supervisor; reads only `os.environ`.
+
+A host job starts from the `loom` process environment (§4.1), so `$NAME` in a workflow variable
+expands from it too (`PATH: "$PATH:/opt/bin"` must extend the caller's PATH, not hide it). A Docker
+job gets only the predefined and workflow variables, so its values expand from those alone.
+"""
 
 from __future__ import annotations
+
+import os
 
 from loomrun.workflow.model import Job
 from loomrun.workflow.variables import expand
@@ -25,6 +32,12 @@ def predefined(job: Job, *, run_id: str, pipeline_id: str, project_dir: str, hea
 
 
 def job_env(job: Job, **kwargs: str | None) -> dict[str, str]:
-    """Predefined variables, then the workflow's (root, default, extends chain, job), expanded in order."""
+    """Predefined variables, then the workflow's (root, default, extends chain, job), expanded in order.
+
+    Only those names are returned; the host provider lays them over the process environment.
+    """
     base = predefined(job, **kwargs)  # type: ignore[arg-type]
-    return expand(job.variables, base)
+    known = {**os.environ, **base} if job.provider == "host" else base
+    resolved = expand(job.variables, known)
+    names = set(base) | {name for name, _ in job.variables}
+    return {name: value for name, value in resolved.items() if name in names}
