@@ -20,10 +20,11 @@ pytestmark = pytest.mark.docker
 def test_services_are_reachable_by_name_and_alias(provider: DockerProvider, make_job: MakeJob) -> None:
     ctx = make_job(services=(Service("loom-test/httpd:latest"), Service("loom-test/httpd:latest", alias="web")))
     provider.prepare(ctx)
-    fetch = "for i in $(seq 100); do wget -q -O - http://{0}/ && exit 0; sleep 0.1; done; exit 1"
+    # The services start in the background: retry (a bound on tries, not a timing assertion).
+    fetch = "for i in $(seq 600); do wget -q -O - http://{0}/ && exit 0; sleep 0.1; done; exit 1"
     for host in ("httpd", "web"):
         result = run_step(provider, ctx, fetch.format(host))
-        assert (result.code, result.out) == (0, "loom-service-ok\n"), result.err
+        assert (result.code, result.out) == (0, "loom-service-ok\n"), (host, result.out, result.err[-2000:])
 
 
 def test_over_the_memory_limit_is_reported_from_the_engine(provider: DockerProvider, make_job: MakeJob) -> None:
