@@ -25,6 +25,18 @@ def _read(path: Path) -> Any:
         raise LoomError(f"cannot read {path}: {exc}") from exc
 
 
+def find_runtime() -> Path:
+    """The repo's runtime dir; a run that failed to start (no workflow) still left its receipt there."""
+    try:
+        return runtime_dir(discover_repo_root())
+    except LoomError:
+        here = Path.cwd().resolve()
+        for folder in (here, *here.parents):
+            if (runtime_dir(folder) / "receipts").is_dir():
+                return runtime_dir(folder)
+        raise
+
+
 def find_receipt(runtime: Path, run_id: str | None) -> Path:
     receipts = runtime / "receipts"
     if run_id is not None:
@@ -59,7 +71,7 @@ def _emit(lines: list[str]) -> None:
 
 
 def main(run_id: str | None, job: str | None) -> int:
-    runtime = runtime_dir(discover_repo_root())
+    runtime = find_runtime()
     receipt = _read(find_receipt(runtime, run_id))
     logs_dir = Path(receipt["logs_dir"])
     pipeline = _read(Path(receipt["pipeline_manifest_path"]))
@@ -68,6 +80,11 @@ def main(run_id: str | None, job: str | None) -> int:
         if entry is None:
             raise LoomError(f'run {receipt["run_id"]} has no job "{job}"')
         manifest = _read(logs_dir / entry["manifest_path"])
+        if not manifest.get("steps"):  # skipped or canceled before it ran: say why
+            summary = _read(logs_dir / entry["summary_path"])
+            why = summary.get("message")
+            print(f'job "{job}" {summary.get("status")}{f" ({why})" if why else ""}; it ran no step',
+                  file=sys.stderr)
         for step in manifest.get("steps", []):
             print(f'job "{job}" step {step["index"]} ({step["status"]}, exit code {step["exit_code"]})',
                   file=sys.stderr)

@@ -493,3 +493,95 @@ def test_receipt_is_printed_even_for_a_run_outside_the_repo_root(passing: Result
     receipt_line = proc.stderr.splitlines()[-1]
     assert receipt_line.startswith(f"receipt: {passing.repo.resolve() / '.loom' / '.runtime' / 'receipts'}/")
     assert os.listdir(tmp_path) == []
+
+
+def run_on_tty(repo: Path, env: dict[str, str]) -> str:
+    """`loom run --local` with stderr on a pseudo-terminal; returns what reached the terminal."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([*LOOM, "run", "--local"], cwd=repo, stderr=follower, stdout=subprocess.PIPE,
+                              env=env, timeout=90)
+        os.close(follower)
+        follower = -1
+        data = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0
+    return data.decode()
+
+
+def test_colour_only_on_a_tty_without_no_color(passing: Result) -> None:
+    env = {k: v for k, v in loom_env().items() if k != "NO_COLOR"}
+    coloured = run_on_tty(passing.repo, env)
+    assert "\x1b[32mpassed\x1b[0m" in coloured and "loom run \x1b[32mpassed\x1b[0m" in coloured
+    plain = run_on_tty(passing.repo, {**env, "NO_COLOR": "1"})
+    assert "\x1b[" not in plain and "loom run passed" in plain
+    piped = run_loom(passing.repo, "run", "--local", env=env)  # stderr is a pipe: no colour
+    assert "\x1b[" not in piped.stderr
+
+
+def test_failing_job_is_the_first_to_fail_by_finish_time(tmp_path: Path) -> None:
+    """`late` is declared first but fails only once `early`'s failure is recorded in the logs."""
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        default:
+          target: linux
+        late:
+          stage: s
+          script:
+            - >-
+              f="$CI_PROJECT_DIR/../../logs/$LOOM_RUN_ID/jobs/early/summary.json"; i=0;
+              while [ ! -e "$f" ] && [ $i -lt 400 ]; do i=$((i+1)); sleep 0.05; done; test -e "$f"; exit 6
+        early:
+          stage: s
+          script: [exit 5]
+    """)
+    result = run_loom(repo, "run", "--local", "-j", "2")
+    assert result.code == 1, result.stderr
+    assert result.job_summary("late")["exit_code"] == 6  # it really waited for `early`
+    manifest = load(Path(result.receipt["pipeline_manifest_path"]))
+    assert (manifest["failing_job_id"], manifest["failing_job_manifest_path"]) == (
+        "early", "jobs/early/manifest.json")
+    assert [j["id"] for j in manifest["jobs"]] == ["late", "early"]
+    assert result.receipt["error"] == 'job "early" failed (exit code 5) (and 1 more)'
+    assert result.stderr.splitlines()[-1] == 'loom run: job "early" failed (exit code 5) (and 1 more)'
+
+
+def test_loom_logs_for_a_skipped_job_and_from_a_subfolder(failing: Result) -> None:
+    run_id = failing.receipt["run_id"]
+    skipped = loom_logs(failing.repo, run_id, "--job", "deploy")
+    assert skipped.returncode == 0
+    assert (skipped.stdout, skipped.stderr) == (
+        "", 'job "deploy" skipped (needs "test", which failed); it ran no step\n')
+    sub = failing.repo / "some" / "folder"
+    sub.mkdir(parents=True, exist_ok=True)
+    from_sub = loom_logs(sub, run_id)
+    assert (from_sub.returncode, from_sub.stdout) == (0, "before\n")
+
+
+def test_loom_logs_after_a_run_that_found_no_workflow(tmp_path: Path) -> None:
+    result = run_loom(tmp_path, "run", "--local")
+    assert result.code == 1
+    missing = tmp_path / ".loom" / "workflow.yml"
+    error = f"invalid workflow: workflow.yml: cannot read {missing}: No such file or directory"
+    assert result.stderr.splitlines()[-3:] == [
+        "loom run failed", f"receipt: {result.receipt_path}", f"loom run: {error}"]
+    assert result.receipt["error"] == error
+    logs = loom_logs(tmp_path)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stderr == f"run {result.receipt['run_id']}: failure: {error}\n"
+    nothing = loom_logs(tmp_path / ".loom")  # still inside the folder that holds the runtime dir
+    assert nothing.returncode == 0
