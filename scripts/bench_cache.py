@@ -5,7 +5,7 @@ Generates a mixed tree (many small text-like files, some medium ones, a few larg
 text-like ones), then times `CacheStore.save` / `restore` next to `tar -c | zstd` and
 `zstd -d | tar -x` on the same tree in the same run, at the same zstd level. Prints the best of
 `--repeat` for each and the ratios (target: <= 1.5x). `--levels` also times the save at other levels
-and thread settings, which is how `archive.LEVEL` / `archive.THREADS` were chosen.
+and thread settings, which is how `pack.LEVEL` / `pack.THREADS` were chosen.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loomrun.cache import archive  # noqa: E402
-from loomrun.cache.store import CacheStore  # noqa: E402
+from loomrun.cache import pack
+from loomrun.cache.store import CacheStore
 
-WORDS = ("const let function return import export default module require async await class "
-         "interface type string number boolean null undefined true false if else for while "
-         "node_modules package version dependencies lodash react build dist src index").split()
+WORDS = [
+    "const", "let", "function", "return", "import", "export", "default", "module", "require",
+    "async", "await", "class", "interface", "type", "string", "number", "boolean", "null",
+    "undefined", "true", "false", "if", "else", "for", "while", "node_modules", "package",
+    "version", "dependencies", "lodash", "react", "build", "dist", "src", "index",
+]
 
 
 def _text(rng: random.Random, size: int) -> bytes:
@@ -103,11 +106,11 @@ def main(argv: list[str]) -> int:
         ws = tmp / "ws"
         size = generate(ws / "tree", args.mb)
         files = sum(1 for _ in (ws / "tree").rglob("*"))
-        print(f"tree: {size / 1e6:.1f} MB, {files} entries, zstd level {archive.LEVEL}, "
-              f"threads {archive.THREADS}")
+        print(f"tree: {size / 1e6:.1f} MB, {files} entries, zstd level {pack.LEVEL}, "
+              f"threads {pack.THREADS}")
         store = CacheStore(tmp / "cache")
         out = tmp / "baseline.tar.zst"
-        level = archive.LEVEL
+        level = pack.LEVEL
 
         t_save = best(args.repeat, lambda: store.save("bench", ws, ["tree"], source_run="bench"))
         t_tar = best(args.repeat, lambda: _sh(
@@ -126,7 +129,7 @@ def main(argv: list[str]) -> int:
             for threads in (-1, 0):
                 with open(tmp / "level.tar.zst", "wb") as fh:
                     start = time.perf_counter()
-                    archive.pack(fh, ws, ["tree"], level=int(spec), threads=threads)
+                    pack.pack(fh, ws, ["tree"], level=int(spec), threads=threads)
                     took = time.perf_counter() - start
                 print(f"  level {spec:>2} threads {threads:>2}: save {took:6.3f}s  "
                       f"size {(tmp / 'level.tar.zst').stat().st_size / 1e6:.1f} MB")

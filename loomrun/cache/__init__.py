@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loomrun.cache.archive import CacheEntryError, UnsafeArchiveError
 from loomrun.cache.compare import JobOutcome, compare_passes, diff_fingerprints, fingerprint
 from loomrun.cache.keys import CacheKeyError, compute_key, expand_fallbacks
 from loomrun.cache.quarantine import Quarantine
 from loomrun.cache.store import CacheStore, RestoreResult, SaveResult
+from loomrun.cache.unpack import CacheEntryError, UnsafeArchiveError
 
 
 def cache_root(repo_root: Path) -> Path:

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from filelock import FileLock
 
-from loomrun.cache import archive
+from loomrun.cache import pack, unpack
 from loomrun.cache.atomic import read_json, write_json
 from loomrun.cache.quarantine import Quarantine
 
@@ -143,7 +143,7 @@ class CacheStore:
             # behind committed metadata, but zstd's frame checksum makes the restore refuse it as
             # corrupt, which is a miss. The metadata itself is written durably.
             with open(tmp, "xb") as fh:
-                stats = archive.pack(fh, workspace, paths)
+                stats = pack.pack(fh, workspace, paths)
             archive_size = tmp.stat().st_size
             meta = {
                 "schema": SCHEMA,
@@ -155,7 +155,7 @@ class CacheStore:
                 "file_count": len(stats.files),
                 "total_size": stats.total_size,
                 "archive_size": archive_size,
-                "compression": {"codec": "zstd", "level": archive.LEVEL},
+                "compression": {"codec": "zstd", "level": pack.LEVEL},
                 "files": stats.files,
             }
             self._commit(key, tmp, archive_name, meta)
@@ -190,7 +190,7 @@ class CacheStore:
                 return None
             name = str(meta.get("archive", ""))
             if not name or "/" in name or name.startswith("."):
-                raise archive.CacheEntryError(f"metadata names a bad archive {name!r}")
+                raise unpack.CacheEntryError(f"metadata names a bad archive {name!r}")
             try:
                 return meta, open(self._entry_dir(key) / name, "rb")  # the caller closes it
             except FileNotFoundError:
@@ -214,8 +214,8 @@ class CacheStore:
                     continue
                 meta, fh = opened
                 with fh:
-                    stats = archive.unpack(fh, workspace)
-            except archive.CacheEntryError as exc:
+                    stats = unpack.unpack(fh, workspace)
+            except unpack.CacheEntryError as exc:
                 refused.append(f"{key}: {exc}")
                 continue
             return RestoreResult(

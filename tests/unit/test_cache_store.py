@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from loomrun.cache.archive import CacheEntryError, UnsafeArchiveError, unpack
 from loomrun.cache.store import CacheStore
+from loomrun.cache.unpack import CacheEntryError, UnsafeArchiveError, unpack
 
 
 def _tree(ws: Path) -> None:
@@ -320,3 +320,26 @@ def test_an_existing_workspace_symlink_is_never_written_through(tmp_path: Path) 
     assert list(target.iterdir()) == []
     assert not (ws / "deps").is_symlink()
     assert (ws / "deps/x").read_bytes() == b"cached\n"
+
+
+def test_archives_are_standard_tar_that_gnu_tar_extracts(tmp_path: Path, store: CacheStore) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _tree(src)
+    long_dir = src / "deps" / ("d" * 90) / ("e" * 90)
+    long_dir.mkdir(parents=True)
+    (long_dir / "long-name-file.txt").write_text("long\n")
+    (src / "deps" / "ünïcödé.txt").write_text("utf-8\n")
+    (src / "deps" / ("l" * 120)).symlink_to("x" * 120)
+    store.save("k", src, ["deps"], source_run="r")
+    archive = next((store.root / "entries" / "k").glob("*.tar.zst"))
+    raw = zstandard.ZstdDecompressor().stream_reader(archive.open("rb")).read()
+    by_tar = tmp_path / "by-tar"
+    by_tar.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(by_tar)], input=raw, check=True)
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    store.restore(["k"], ours)
+    expected = {k: v for k, v in _snapshot(src).items() if k.startswith("deps")}
+    assert _snapshot(by_tar) == expected
+    assert _snapshot(ours) == expected
