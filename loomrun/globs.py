@@ -42,6 +42,8 @@ def _expand(root: Path, patterns: Sequence[str]) -> set[str]:
     for pattern in patterns:
         pat = check_pattern(pattern)
         for hit in glob.glob(pat, root_dir=root, recursive=True, include_hidden=True):
+            if not os.path.lexists(os.path.join(root, hit)):
+                continue  # glob("missing/**") yields "missing/" even when there is no such folder
             parent = os.path.realpath(os.path.dirname(os.path.join(root, hit)))
             if parent != real_root and not parent.startswith(real_root + os.sep):
                 continue  # reached through a symlinked directory that leaves the workspace

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loomrun.cache.archive import CacheEntryError
 from loomrun.cache.keys import CacheKeyError, compute_key, expand_fallbacks
 from loomrun.cache.store import CacheStore
+from loomrun.cache.unpack import CacheEntryError
 from loomrun.protocol.messages import PROVIDER_ERROR
 from loomrun.workflow.model import CacheSpec
 from workers.providers.base import JobContext, Provider

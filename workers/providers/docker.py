@@ -517,6 +517,13 @@ class DockerProvider:
         except (APIError, DockerException):
             return False
 
+    def pids_exceeded(self, ctx: JobContext) -> bool:
+        # The engine keeps no record of a refused fork; a job over `limits.pids` fails by its own exit code.
+        return False
+
+    def peak_memory(self, ctx: JobContext) -> int | None:
+        return None  # the engine's stats stream would cost a request per tick; not worth it here
+
     def cleanup(self, ctx: JobContext) -> None:
         try:
             api = self.api()
