@@ -58,5 +58,5 @@ class Terminal:
         self.line(f"loom run {status}")
         if receipt:
             self.line(f"receipt: {receipt}")
-        if error and not self.quiet:
+        if error and (not self.quiet or not receipt):  # no receipt: the error is the only pointer left
             self.line(f"loom run: {error}")

@@ -26,7 +26,16 @@ from tests.e2e.run_helpers import (
     step_doc,
     terminal,
 )
-from tests.process.runner import LOOM, Background, Result, load, loom_env, make_repo, run_loom
+from tests.process.runner import (
+    LOOM,
+    Background,
+    Result,
+    load,
+    loom_env,
+    make_repo,
+    run_loom,
+    run_processes,
+)
 
 FAILING = """
 version: v1
@@ -77,6 +86,7 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> Result:
     repo = make_repo(tmp_path_factory.mktemp("failing") / "repo", FAILING)
     result = run_loom(repo, "run", "--local")
     assert result.code == 1, result.stderr
+    assert run_processes(result.receipt["run_id"]) == []
     return result
 
 
@@ -162,12 +172,14 @@ def test_stream_prefixes_each_line_live(tmp_path: Path) -> None:
     bg = Background(repo, "run", "--local", "--stream", "-j", "2")
     assert bg.proc.stderr is not None
     seen: list[str] = []
-    while "[live] ping" not in seen:  # the job is still blocked on `go`: the line arrived live
-        line = bg.proc.stderr.readline()
-        assert line, f"stream ended before the live line: {seen}"
-        seen.append(line.rstrip("\n"))
-    assert not go.exists()
-    go.touch()
+    try:
+        while "[live] ping" not in seen:  # the job is still blocked on `go`: the line arrived live
+            line = bg.proc.stderr.readline()
+            assert line, f"stream ended before the live line: {seen}"
+            seen.append(line.rstrip("\n"))
+        assert not go.exists()
+    finally:
+        go.touch()  # never leave the run waiting
     result = bg.finish()
     assert result.code == 0, result.stderr
     lines = seen + result.stderr.splitlines()
@@ -361,6 +373,9 @@ def test_job_manifests_and_steps(failing: Result) -> None:
          "summary_path": f"{base}/02/summary.json", "events_path": f"{base}/02/events.jsonl"},
     ]
     assert not (failing.logs_dir / base / "03").exists()
+    for job in ("build", "middle", "test"):  # every job that ran has these two sections
+        ran = {s["name"]: s["status"] for s in failing.job_manifest(job)["system_sections"]}
+        assert (ran["provider"], ran["cleanup"]) == ("success", "success"), (job, ran)
     sections = {s["name"]: s for s in manifest["system_sections"]}
     assert {"provider", "cleanup", "artifact_restore"} <= sections.keys()
     for name, sec in sections.items():
@@ -585,3 +600,16 @@ def test_loom_logs_after_a_run_that_found_no_workflow(tmp_path: Path) -> None:
     assert logs.stderr == f"run {result.receipt['run_id']}: failure: {error}\n"
     nothing = loom_logs(tmp_path / ".loom")  # still inside the folder that holds the runtime dir
     assert nothing.returncode == 0
+
+
+def test_quiet_terminal_still_prints_the_error_when_no_receipt_was_written() -> None:
+    import io
+
+    from loomrun.supervisor.terminal import Terminal
+
+    out = io.StringIO()
+    Terminal(quiet=True, stream=out).finished(False, None, "cannot write the receipt: disk full")
+    assert out.getvalue() == "loom run failed\nloom run: cannot write the receipt: disk full\n"
+    out = io.StringIO()
+    Terminal(quiet=True, stream=out).finished(False, "/r.json", "boom")
+    assert out.getvalue() == "loom run failed\nreceipt: /r.json\n"
