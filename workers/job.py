@@ -119,11 +119,20 @@ class JobRunner:
     _last_code: int | None = None
 
     def _prepare(self) -> None:
-        with self.rep.phase("job.provider_prepare"), self.rep.section("provider") as sec:
-            sec.line(f"provider {self.provider.name}"
-                     + (f", image {self.job.image.name}" if self.job.image else ""))
-            self.ctx.log = sec
-            self.provider.prepare(self.ctx)
+        with self.rep.phase("job.provider_prepare"):
+            if self.job.secrets:
+                from workers import secrets
+
+                secrets.provide(self.ctx, self.rep, self._secret_dir, self.spec.trace)
+            with self.rep.section("provider") as sec:
+                sec.line(f"provider {self.provider.name}"
+                         + (f", image {self.job.image.name}" if self.job.image else ""))
+                self.ctx.log = sec
+                self.provider.prepare(self.ctx)
+
+    @property
+    def _secret_dir(self) -> Path:
+        return self.spec.runtime_dir / "tmp" / self.spec.run_id / "secrets" / self.job.name
 
     def _restore(self) -> None:
         deps = [(j, Path(d)) for j, d in self.spec.dependency_artifacts if Path(d).is_dir()]
@@ -259,6 +268,10 @@ class JobRunner:
     def _cleanup(self) -> None:
         with self.rep.phase("job.cleanup"), self.rep.section("cleanup") as sec:
             self.provider.cleanup(self.ctx)
+            if self.job.secrets:
+                from workers import secrets
+
+                secrets.remove(self._secret_dir)
             for line in self.ctx.state.get("stop_log", []):
                 sec.line(f"stop: {line}")
 
