@@ -171,3 +171,43 @@ def test_output_heavy_and_odd_output(tmp_path: Path) -> None:
     seqs = [e["seq"] for e in events(result.logs_dir / "jobs/many/user/script/01/events.jsonl")]
     assert seqs == list(range(1, len(seqs) + 1))
     json.dumps(result.receipt)
+
+
+def test_artifacts_never_follow_a_link_out_of_the_workspace(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        x:
+          stage: s
+          target: linux
+          script: ["ln -s /etc escape && ln -s /etc/hostname direct"]
+          artifacts:
+            paths: ["escape/hostname", "escape/*", direct]
+    """)
+    result = run_loom(repo, "run", "--local")
+    assert result.code == 0, result.stderr
+    [entry] = result.job_manifest("x")["artifacts"]
+    assert (entry["path"], entry["symlink"], entry["size"]) == ("direct", "/etc/hostname", 0)
+    kept = result.logs_dir / "jobs" / "x" / "artifacts"
+    assert sorted(p.name for p in kept.iterdir()) == ["direct"]
+    assert (kept / "direct").is_symlink()  # a link stays a link: nothing was read through it
+
+
+def test_more_than_99_steps_use_three_digit_folders(tmp_path: Path) -> None:
+    steps = ", ".join(['":"'] * 100 + ['"exit 7"'])
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        x:
+          stage: s
+          target: linux
+          script: [{steps}]
+    """)
+    result = run_loom(repo, "run", "--local")
+    assert result.code == 1
+    manifest = result.job_manifest("x")
+    dirs = [s["dir"] for s in manifest["steps"]]
+    assert dirs[0] == "jobs/x/user/script/01" and dirs[98] == "jobs/x/user/script/99"
+    assert dirs[99:] == ["jobs/x/user/script/100", "jobs/x/user/script/101"]
+    assert manifest["failing_step_events_path"] == "jobs/x/user/script/101/events.jsonl"
+    assert events(result.logs_dir / manifest["failing_step_events_path"])[-1]["exit_code"] == 7
