@@ -10,6 +10,7 @@ mtimes are kept (build tools compare mtimes); directory modes are not.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -64,7 +65,8 @@ def make_snapshot(repo_root: Path, dest: Path) -> Snapshot:
         entries = _git_entries(root) if info is not None else _walk_entries(root, dest.resolve())
         files, size = _copy_all(root, dest, entries)
     except BaseException:
-        remove_snapshot(dest)
+        with contextlib.suppress(LoomError, OSError):  # the first error is the one worth reporting
+            remove_snapshot(dest)
         raise
     head = info.head_sha if info else None
     return Snapshot(
@@ -265,7 +267,11 @@ def _copy_all(root: Path, dest: Path, entries: list[_Entry]) -> tuple[int, int]:
     if threads == 1:
         return len(work), copy_share(work)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loom-snapshot") as pool:
-        sizes = list(pool.map(copy_share, [work[i::threads] for i in range(threads)]))
+        try:
+            sizes = list(pool.map(copy_share, [work[i::threads] for i in range(threads)]))
+        except BaseException:  # ^C or a copy error: the other threads stop at their next file
+            failed.set()
+            raise
     return len(work), sum(sizes)
 
 
