@@ -19,6 +19,8 @@ from multiprocessing.connection import Connection
 from loomrun.protocol import messages as m
 from loomrun.writer.process import WriterHandle
 from workers.job import WorkerSpec
+from workers.main import worker_main
+from workers.providers import host as _host  # noqa: F401  imported once here, not in every forked worker
 
 # Allowed transitions of the job lifecycle (supervisord-style): state -> states it may go to.
 TRANSITIONS = {
@@ -81,8 +83,6 @@ def start_worker(spec: WorkerSpec, writer: WriterHandle, timeout_s: float | None
     gc.freeze()  # keep the collector from touching (and so copying) the parent's pages in the child
     pid = os.fork()
     if pid == 0:
-        from workers.main import worker_main
-
         sup_end.close()
         worker_main(spec, worker_end, worker_writer_end)
     worker_end.close()
