@@ -209,6 +209,7 @@ class JobEnded:
     allow_failure: bool = False
     crashed_step: int | None = None  # step in flight when the worker died
     sweep: str = ""  # what the supervisor's own cleanup did when the worker could not (crash, kill)
+    replay: bool = False  # re-sent to a writer that took over: record the outcome, keep written docs
 
 
 @dataclass(frozen=True)

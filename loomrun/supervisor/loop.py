@@ -63,6 +63,7 @@ class Supervisor:
         self.hurry = False  # a second signal: no more grace
         self.writer_error: str | None = None
         self.finish_order: list[str] = []
+        self.ended: list[m.JobEnded] = []  # everything told to the writer, for a writer that takes over
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
@@ -255,11 +256,13 @@ class Supervisor:
         job = self.jobs[name]
         now = time.time_ns()
         seconds = (now - started_ns) / 1e9 if started_ns else None
-        self.writer.conn.send(m.JobEnded(
+        ended = m.JobEnded(
             name, job.stage, status, code, kind, message, job.provider,
             job.image.name if job.image else None, started_ns, now, resources or {},
             job.allow_failure, slot.step if slot is not None else None, slot.sweep if slot is not None else "",
-        ))
+        )
+        self.ended.append(ended)
+        self.writer.conn.send(ended)
         self.outcomes[name] = Outcome(name, status, code, kind, message, seconds, cache_hits, outputs or {})
         if status in ("failed", "canceled"):
             self.finish_order.append(name)

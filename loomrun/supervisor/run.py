@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,8 @@ class Run:
         if self.sup is not None:
             self.sup.writer = self.writer
             self.writer.conn.send(m.JobRoster(tuple((j, self.sup.jobs[j].stage) for j in self.sup.sched.order)))
+            for ended in self.sup.ended:
+                self.writer.conn.send(replace(ended, replay=True))
 
 
 def _cgroup_finder(cg: Any) -> Any:

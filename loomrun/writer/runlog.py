@@ -234,6 +234,10 @@ class RunLog:
     def job_ended(self, msg: m.JobEnded) -> None:
         job = self.job(msg.job_id)
         job.ended = msg
+        if msg.replay and (self.job_dir(msg.job_id) / "manifest.json").exists():
+            if msg.status == "failed":
+                self.finish_order.append(msg.job_id)
+            return  # the writer before us wrote this job's documents; they stand
         job.stage = msg.stage or job.stage
         for step in job.steps.values():
             if not step.written:

@@ -144,7 +144,9 @@ def test_writer_killed_mid_run_fails_the_run_with_a_receipt(tmp_path: Path) -> N
     assert result.code == 1, result.stderr
     receipt = result.receipt
     assert receipt["error"] == "writer process died (SIGKILL)"
-    assert {j["id"]: j["status"] for j in receipt["jobs"]}["long"] == "canceled"
+    assert {j["id"]: j["status"] for j in receipt["jobs"]} == {"done": "success", "long": "canceled",
+                                                               "later": "canceled"}
+    assert result.job_manifest("done")["steps"][0]["status"] == "success"  # kept from the first writer
     assert processes_matching("sleep 3104") == []
     assert_logs_valid(result)
 
