@@ -414,7 +414,8 @@ def test_artifacts_extracted_hashed_and_restored(failing: Result) -> None:
 def test_every_logs_document_and_event(failing: Result) -> None:
     check_logs_dir(failing.logs_dir)
     run_events = events(Path(failing.receipt["events_jsonl_path"]))
-    phases = [(e["phase_code"], e["type"]) for e in run_events if e["scope"] in ("run", "pipeline")]
+    phases = [(e["phase_code"], e["type"]) for e in run_events
+              if e["scope"] in ("run", "pipeline") and "phase_code" in e]
     for code in ("run.bootstrap", "run.pipeline_execute", "pipeline.execute", "run.finalize"):
         assert (code, "phase_started") in phases and (code, "phase_finished") in phases, code
     assert phases[0] == ("run.bootstrap", "phase_started")
@@ -637,3 +638,15 @@ def test_a_failed_step_fails_the_execution_phase(failing: Result) -> None:
     finished = {c: s for t, c, s in job_phase_statuses(failing, "test") if t == "phase_finished"}
     assert finished["job.execution"] == "failed"
     assert finished["job.provider_prepare"] == "success"
+
+
+@pytest.mark.xfail(reason="BUG: writer/process.py _from_worker does self.workers[job_id] for a worker conn "
+                          "that _drain_job already closed in the same select round: LOOM_WRITER_BAD_RECORD "
+                          "KeyError events in ordinary runs", strict=True)
+def test_an_ordinary_run_logs_no_writer_errors(tmp_path: Path) -> None:
+    jobs = "".join(f"j{i}:\n  stage: s\n  target: linux\n  script: [\"true\"]\n" for i in range(30))
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [s]\n" + jobs)
+    result = run_loom(repo, "run", "--local", "-j", "2")
+    assert result.code == 0, result.stderr
+    errors = [e for e in events(Path(result.receipt["events_jsonl_path"])) if e["type"] == "error"]
+    assert errors == []
