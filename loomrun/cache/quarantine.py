@@ -19,6 +19,7 @@ from typing import Any
 from filelock import FileLock
 
 from loomrun.cache.atomic import read_json, write_json
+from loomrun.errors import LoomError
 
 SCHEMA = "loom.cache.quarantine.v1"
 FILE_NAME = "quarantine.json"
@@ -34,7 +35,11 @@ class Quarantine:
         self._lock = FileLock(str(cache_root / f"{FILE_NAME}.lock"))
 
     def _load(self) -> dict[str, dict[str, Any]]:
-        doc = read_json(self.path)
+        try:
+            doc = read_json(self.path)
+        except ValueError as exc:
+            # Never guess: an unreadable list could hide a poisoned key. Fail loudly instead.
+            raise LoomError(f"{self.path} is not valid JSON ({exc}); fix or delete it") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), dict):
             return {}
         return dict(doc["keys"])

@@ -56,6 +56,13 @@ def key_dirname(key: str) -> str:
     return name
 
 
+def _read_meta(entry_dir: Path) -> Any:
+    try:
+        return read_json(entry_dir / META)
+    except (ValueError, OSError):
+        return None
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -115,8 +122,8 @@ class CacheStore:
     # ---- queries -----------------------------------------------------------------------------
 
     def entry(self, key: str) -> dict[str, Any] | None:
-        """The metadata of `key`'s entry, or None."""
-        meta = read_json(self._entry_dir(key) / META)
+        """The metadata of `key`'s entry, or None (also for unreadable metadata: a miss, never a crash)."""
+        meta = _read_meta(self._entry_dir(key))
         if not isinstance(meta, dict) or meta.get("key") != key:
             return None
         return meta
@@ -126,7 +133,7 @@ class CacheStore:
         entries = self.root / "entries"
         if not entries.is_dir():
             return []
-        metas = [read_json(d / META) for d in entries.iterdir() if d.is_dir()]
+        metas = [_read_meta(d) for d in entries.iterdir() if d.is_dir()]
         return sorted((m for m in metas if isinstance(m, dict) and "key" in m), key=lambda m: str(m["key"]))
 
     # ---- save --------------------------------------------------------------------------------
@@ -161,6 +168,8 @@ class CacheStore:
             self._commit(key, tmp, archive_name, meta)
         finally:
             tmp.unlink(missing_ok=True)
+        if not stats.files:
+            stats.warnings.append(f"cache save: no file matched {', '.join(paths)}; saved an empty entry")
         return SaveResult(
             key=key,
             files=len(stats.files),
@@ -239,8 +248,11 @@ class CacheStore:
     # ---- clear -------------------------------------------------------------------------------
 
     def clear(self, key: str | None = None) -> int:
-        """Remove one entry (or all); the number removed. The quarantine list is left alone."""
+        """Remove one entry (or all, and any half-written leftovers); the number of entries removed.
+        The quarantine list is left alone."""
         keys = [key] if key is not None else [str(m["key"]) for m in self.list()]
+        if key is None:
+            self._remove_orphans()
         removed = 0
         for k in keys:
             with self._lock(k):
@@ -249,3 +261,28 @@ class CacheStore:
                 shutil.rmtree(self._entry_dir(k))
                 removed += 1
         return removed
+
+    def _remove_orphans(self) -> None:
+        """Entry dirs without readable metadata (a crash between archive and metadata) and temp
+        archives of saves whose process is gone."""
+        entries = self.root / "entries"
+        if entries.is_dir():
+            for d in entries.iterdir():
+                if d.is_dir() and not isinstance(_read_meta(d), dict):
+                    shutil.rmtree(d, ignore_errors=True)
+        tmp = self.root / "tmp"
+        if tmp.is_dir():
+            for f in tmp.iterdir():
+                pid = f.name.split("-", 1)[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    f.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

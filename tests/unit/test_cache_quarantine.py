@@ -8,7 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from loomrun.cache.quarantine import Quarantine
+from loomrun.errors import LoomError
 
 DIFF = [{"path": "dist/app.js", "off": "sha256:aa", "on": "sha256:bb"}]
 
@@ -41,7 +44,10 @@ def test_quarantining_again_replaces_the_evidence(tmp_path: Path) -> None:
 ADDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from loomrun.cache.quarantine import Quarantine
+    import pytest
+
+from loomrun.cache.quarantine import Quarantine
+from loomrun.errors import LoomError
     q = Quarantine(Path(sys.argv[1]))
     sys.stdin.readline()
     for i in range(25):
@@ -61,3 +67,9 @@ def test_two_processes_adding_at_once_lose_no_key(tmp_path: Path) -> None:
     assert [proc.wait(timeout=60) for proc in procs] == [0, 0]
     keys = {r["key"] for r in Quarantine(tmp_path).list()}
     assert keys == {f"{n}-{i}" for n in ("a", "b") for i in range(25)}
+
+
+def test_a_corrupt_quarantine_file_is_an_error_not_an_empty_list(tmp_path: Path) -> None:
+    (tmp_path / "quarantine.json").write_text("{not json")
+    with pytest.raises(LoomError, match="not valid JSON"):
+        Quarantine(tmp_path).is_quarantined("k")

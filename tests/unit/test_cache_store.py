@@ -343,3 +343,27 @@ def test_archives_are_standard_tar_that_gnu_tar_extracts(tmp_path: Path, store: 
     expected = {k: v for k, v in _snapshot(src).items() if k.startswith("deps")}
     assert _snapshot(by_tar) == expected
     assert _snapshot(ours) == expected
+
+
+def test_unreadable_metadata_is_a_miss_and_clear_removes_leftovers(tmp_path: Path, store: CacheStore) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _tree(src)
+    store.save("k", src, ["deps"], source_run="r")
+    (store.root / "entries" / "k" / "meta.json").write_text("{torn")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    leftover = store.root / "tmp" / f"{dead.stdout.strip()}-abc.tar.zst"
+    leftover.write_bytes(b"half")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert store.restore(["k"], ws).status == "miss"
+    assert store.list() == []
+    store.clear()
+    assert list((store.root / "entries").iterdir()) == []
+    assert not leftover.exists()
+
+
+def test_saving_nothing_warns(tmp_path: Path, store: CacheStore) -> None:
+    result = store.save("k", tmp_path, ["nothing-here"], source_run="r")
+    assert result.files == 0 and any("no file matched" in w for w in result.warnings)
