@@ -44,10 +44,7 @@ def test_quarantining_again_replaces_the_evidence(tmp_path: Path) -> None:
 ADDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    import pytest
-
-from loomrun.cache.quarantine import Quarantine
-from loomrun.errors import LoomError
+    from loomrun.cache.quarantine import Quarantine
     q = Quarantine(Path(sys.argv[1]))
     sys.stdin.readline()
     for i in range(25):
