@@ -367,3 +367,36 @@ def test_unreadable_metadata_is_a_miss_and_clear_removes_leftovers(tmp_path: Pat
 def test_saving_nothing_warns(tmp_path: Path, store: CacheStore) -> None:
     result = store.save("k", tmp_path, ["nothing-here"], source_run="r")
     assert result.files == 0 and any("no file matched" in w for w in result.warnings)
+
+
+def test_restores_during_concurrent_saves_always_see_a_whole_entry(tmp_path: Path, store: CacheStore) -> None:
+    versions = {}
+    for name in ("one", "two"):
+        ws = tmp_path / name
+        (ws / "deps").mkdir(parents=True)
+        for i in range(30):
+            (ws / "deps" / f"f{i}.txt").write_text(f"{name} {i}\n" * 500)
+        versions[name] = {p.name: p.read_text() for p in (ws / "deps").iterdir()}
+    store.save("shared", tmp_path / "one", ["deps"], source_run="one")
+    savers = [
+        subprocess.Popen([sys.executable, "-c", SAVER, str(store.root), str(tmp_path / name), name, "15"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("one", "two")
+    ]
+    for proc in savers:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    seen = set()
+    try:
+        while any(proc.poll() is None for proc in savers):
+            dst = tmp_path / f"dst{len(seen)}-{os.urandom(4).hex()}"
+            dst.mkdir()
+            result = store.restore(["shared"], dst)
+            assert result.status == "hit" and result.refused == ()
+            restored = {p.name: p.read_text() for p in (dst / "deps").iterdir()}
+            assert restored in versions.values()
+            seen.add(restored["f0.txt"].split()[0])
+    finally:
+        outcomes = [proc.communicate(timeout=60) for proc in savers]
+    assert [proc.returncode for proc in savers] == [0, 0], outcomes
