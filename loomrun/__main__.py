@@ -1,6 +1,6 @@
 """`python -m loomrun`: the same entry point as the `loom` console script."""
 
-from loomrun.cli import main
+from loomrun._entry import main
 
 if __name__ == "__main__":
     main()

@@ -69,7 +69,8 @@ class JobRunner:
         self.ctx = JobContext(
             run_id=spec.run_id, pipeline_id=spec.pipeline_id, job=self.job, workspace=spec.workspace,
             env=dict(spec.env), sections=rep, mount_mode=spec.mount_mode, trace=spec.trace,
-            grace_s=spec.grace_s, labels={"loom.run_id": spec.run_id, "loom.job_id": self.job.name},
+            grace_s=spec.grace_s,
+            labels={"loom.run_id": spec.run_id, "loom.job_id": self.job.name, "loom.runtime": str(spec.runtime_dir)},
         )
         self.ctx.state["hurry"] = self._hurry
         self.caches: JobCaches | None = None
@@ -144,10 +145,11 @@ class JobRunner:
                 sec.line(f"restored artifacts of {dep}")
 
     def _execute(self) -> int:
-        with self.rep.phase("job.execution"):
+        with self.rep.phase("job.execution") as phase:
             for index, command in enumerate(self.job.script, start=1):
                 code = self._step(index, command)
                 if code != 0:
+                    phase.status = "failed"
                     return code
         return 0
 

@@ -37,6 +37,11 @@ class OpenSection:
         self.writer.send(m.SectionLines(self.job_id, self.name, (text,), stream, time.time_ns()))
 
 
+@dataclass
+class PhaseState:
+    status: str = "success"
+
+
 class Reporter:
     """Implements `workers.providers.base.Sections`; owns the worker's two connections."""
 
@@ -63,14 +68,16 @@ class Reporter:
         self.writer.send(m.SectionEnded(self.job_id, name, sec.status, time.time_ns(), details=sec.details))
 
     @contextmanager
-    def phase(self, code: str) -> Iterator[None]:
+    def phase(self, code: str) -> Iterator[PhaseState]:
+        """A job phase; it finishes `failed` when an exception escapes or the block says so."""
+        state = PhaseState()
         self.writer.send(m.PhaseMark(self.job_id, code, time.time_ns()))
         try:
-            yield
+            yield state
         except BaseException:
             self.writer.send(m.PhaseMark(self.job_id, code, time.time_ns(), "failed"))
             raise
-        self.writer.send(m.PhaseMark(self.job_id, code, time.time_ns(), "success"))
+        self.writer.send(m.PhaseMark(self.job_id, code, time.time_ns(), state.status))
 
     def step_started(self, index: int, command: str, out_fd: int, err_fd: int) -> None:
         self.writer.send(m.StepStarted(self.job_id, index, command, time.time_ns()))

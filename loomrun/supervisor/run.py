@@ -353,17 +353,35 @@ def _error_for(sup: Supervisor) -> str | None:
 Amend = Callable[["Run", int, "str | None"], tuple[int, "str | None"]]
 
 
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | None = None) -> RunResult:
     """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
     the receipt is written."""
     term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
     run = Run(opts, term)
-    run.start_writer()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    phase = {"bootstrap": True}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # While bootstrapping (load, snapshot) a signal aborts at once; once jobs run, the handler
+        # only records (the wake-up fd carries the number) and the event loop acts.
+        if phase["bootstrap"]:
+            raise _Interrupted(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     exit_code, error = 0, None
+    signum: int | None = None
     try:
+        try:
+            run.start_writer()
+        except _Interrupted as exc:
+            raise LoomError(f"interrupted by {signal.Signals(exc.signum).name}", 128 + exc.signum) from exc
         try:
             wf = run.load()
             jobs = run.configure(wf)
@@ -372,8 +390,12 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
                 term.event("pipeline skipped by workflow.rules")
             else:
                 run.snapshot()
+                _drain(wake_r)
+                phase["bootstrap"] = False
                 sup = run.execute(jobs, wake_r)
                 exit_code, error = _verdict(sup)
+        except _Interrupted as exc:
+            signum = exc.signum
         except _Failed as exc:
             exit_code, error = ExitCode.FAILED, exc.message
         except WriterLost as exc:
@@ -384,22 +406,28 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
                 with contextlib.suppress(WriterLost):
                     run.sup.execute()
     finally:
+        phase["bootstrap"] = False
         signal.set_wakeup_fd(old_fd)
         for s, handler in old.items():
             signal.signal(s, handler)
-    if (run.sup is not None and run.sup.interrupted is not None and exit_code != ExitCode.FAILED) or (
-            run.sup is not None and run.sup.interrupted is not None):
-        signum = run.sup.interrupted if run.sup else None
-        if signum is not None:
-            exit_code = ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
-            error = f"interrupted by {signal.Signals(signum).name}"
+        os.close(wake_w)
+    if run.sup is not None and run.sup.interrupted is not None:
+        signum = run.sup.interrupted
+    if signum is not None:
+        exit_code = ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
+        error = f"interrupted by {signal.Signals(signum).name}"
     if amend is not None:
         exit_code, error = amend(run, int(exit_code), error)
     result = run.finalize(int(exit_code), error)
     os.close(wake_r)
-    os.close(wake_w)
     term.finished(result.exit_code == 0, result.receipt_path, result.error)
     return result
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 64):
+            pass
 
 
 def _verdict(sup: Supervisor) -> tuple[int, str | None]:

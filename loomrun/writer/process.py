@@ -173,7 +173,9 @@ class Writer:
 
     # -- worker records ------------------------------------------------------------------------
     def _from_worker(self, job_id: str) -> None:
-        conn = self.workers[job_id]
+        conn = self.workers.get(job_id)
+        if conn is None:  # drained and closed earlier in this same select round
+            return
         try:
             msg = conn.recv()
         except (EOFError, OSError):

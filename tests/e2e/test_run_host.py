@@ -632,17 +632,12 @@ def test_job_phases_run_in_order(failing: Result) -> None:
     assert codes == ["job.provider_prepare", "job.artifact_restore", "job.execution", "job.cleanup"]
 
 
-@pytest.mark.xfail(reason="BUG: job.execution phase_finished says success when a step failed "
-                          "(workers/job.py returns the exit code inside rep.phase)", strict=True)
 def test_a_failed_step_fails_the_execution_phase(failing: Result) -> None:
     finished = {c: s for t, c, s in job_phase_statuses(failing, "test") if t == "phase_finished"}
     assert finished["job.execution"] == "failed"
     assert finished["job.provider_prepare"] == "success"
 
 
-@pytest.mark.xfail(reason="BUG: writer/process.py _from_worker does self.workers[job_id] for a worker conn "
-                          "that _drain_job already closed in the same select round: LOOM_WRITER_BAD_RECORD "
-                          "KeyError events in ordinary runs", strict=True)
 def test_an_ordinary_run_logs_no_writer_errors(tmp_path: Path) -> None:
     jobs = "".join(f"j{i}:\n  stage: s\n  target: linux\n  script: [\"true\"]\n" for i in range(30))
     repo = make_repo(tmp_path / "repo", "version: v1\nstages: [s]\n" + jobs)

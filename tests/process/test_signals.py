@@ -13,6 +13,7 @@ import pytest
 
 from tests.process.runner import (
     Background,
+    Result,
     assert_logs_valid,
     load,
     loom_env,
@@ -206,3 +207,43 @@ def test_two_runs_in_the_same_repo_at_once(tmp_path: Path) -> None:
     for r in (r1, r2):
         assert r.step_lines("a", 1) == ["a"]
         assert_logs_valid(r)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.5])
+def test_interrupt_at_any_moment_never_leaves_a_mess(tmp_path: Path, delay: float) -> None:
+    """^C at arbitrary points (start-up, bootstrap, snapshot, jobs): always 130, no traceback, and a
+    receipt whenever the run got far enough to print one; nothing of the run survives."""
+    import time
+
+    repo = make_repo(tmp_path / "repo", """
+    version: v1
+    stages: [s]
+    a:
+      stage: s
+      target: linux
+      script: ["sleep 3105"]
+    b:
+      stage: s
+      target: linux
+      script: ["echo b"]
+    """)
+    for i in range(300):  # a snapshot with some substance, so start-up takes a while
+        (repo / f"f{i}.txt").write_text("x" * 1000)
+    bg = Background(repo, "run", "--local")
+    time.sleep(delay)
+    bg.signal(signal.SIGINT)
+    out, err = bg.proc.communicate(timeout=60)
+    if bg.proc.returncode == -signal.SIGINT or "init_import_site" in err:
+        # ^C while the interpreter itself was starting (before any loom code ran): Python's own
+        # behaviour, reported by a shell as 130; nothing had started, so nothing may be left.
+        assert "receipt: " not in err
+    else:
+        assert bg.proc.returncode == 130, err
+        assert "Traceback" not in err, err
+        if "receipt: " in err:
+            result = Result(130, out, err, repo)
+            assert result.receipt["error"] == "interrupted by SIGINT"
+            assert_logs_valid(result)
+    runs = repo / ".loom/.runtime/runs"
+    assert not runs.exists() or not list(runs.glob("*.lock"))
+    assert processes_matching("sleep 3105") == []
