@@ -51,7 +51,8 @@ def spawn(what: str, fn: Callable[[], None]) -> Janitor:
 def docker_reap_leftovers(alive: set[str]) -> None:
     from workers.providers.docker import reap_leftovers
 
-    reap_leftovers(alive)
+    # Only loom's own run ids: objects of other tools (or of tests driving the provider) stay.
+    reap_leftovers(alive, prefix="loom-run-local-")
 
 
 def docker_reap_run(run_id: str, job_id: str | None) -> None:

@@ -30,11 +30,13 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from loomrun.globs import check_pattern, match_paths
+from loomrun.workflow.model import Service
 from workers.providers.base import JobContext, ProviderError
 
 WORKDIR = "/workspace"
 RUN_LABEL = "loom.run_id"
 JOB_LABEL = "loom.job_id"
+RUNTIME_LABEL = "loom.runtime"  # the .loom/.runtime folder of the run's repo
 IDLE_ENTRYPOINT = [
     "/bin/sh",
     "-c",
@@ -328,26 +330,34 @@ class DockerProvider:
         self._create_job_container(api, ctx)
 
     def _start_services(self, api: Any, ctx: JobContext) -> None:
-        network = api.create_network(_object_name(ctx), driver="bridge", labels=_labels(ctx, "network"))
-        ctx.state["network"] = network["Id"]
-        ctx.state["services"] = []
-        for i, service in enumerate(ctx.job.services):
-            _ensure_image(api, service.name, "services")
-            endpoint = api.create_endpoint_config(aliases=[service.hostname])
+        with ctx.sections.section("services") as log:
             try:
-                created = api.create_container(
-                    service.name,
-                    name=_object_name(ctx, f"-svc{i}-{service.hostname}"),
-                    hostname=service.hostname,
-                    environment=dict(service.variables),
-                    labels=_labels(ctx, "service"),
-                    host_config=api.create_host_config(network_mode=ctx.state["network"], privileged=False),
-                    networking_config=api.create_networking_config({ctx.state["network"]: endpoint}),
-                )
-                ctx.state["services"].append(created["Id"])
-                api.start(created["Id"])
-            except APIError as exc:
-                raise ProviderError(f"service {service.name!r} failed to start: {_reason(exc)}", "services") from exc
+                network = api.create_network(_object_name(ctx), driver="bridge", labels=_labels(ctx, "network"))
+            except (APIError, DockerException) as exc:
+                raise ProviderError(f"cannot create the job's network: {_reason(exc)}", "services") from exc
+            ctx.state["network"] = network["Id"]
+            ctx.state["services"] = []
+            for i, service in enumerate(ctx.job.services):
+                self._start_service(api, ctx, i, service)
+                log.line(f"started {service.name} as {service.hostname}")
+
+    def _start_service(self, api: Any, ctx: JobContext, i: int, service: Service) -> None:
+        _ensure_image(api, service.name, "services")
+        endpoint = api.create_endpoint_config(aliases=[service.hostname])
+        try:
+            created = api.create_container(
+                service.name,
+                name=_object_name(ctx, f"-svc{i}-{service.hostname}"),
+                hostname=service.hostname,
+                environment=dict(service.variables),
+                labels=_labels(ctx, "service"),
+                host_config=api.create_host_config(network_mode=ctx.state["network"], privileged=False),
+                networking_config=api.create_networking_config({ctx.state["network"]: endpoint}),
+            )
+            ctx.state["services"].append(created["Id"])
+            api.start(created["Id"])
+        except (APIError, DockerException) as exc:
+            raise ProviderError(f"service {service.name!r} failed to start: {_reason(exc)}", "services") from exc
 
     def _create_job_container(self, api: Any, ctx: JobContext) -> None:
         assert ctx.job.image is not None
@@ -545,18 +555,40 @@ class DockerProvider:
 
 
 def reap_leftovers(alive_run_ids: Collection[str], prefix: str = "", timeout_s: float = 30.0) -> list[str]:
-    """Remove containers, networks and volumes labelled `loom.run_id` of runs not in `alive_run_ids`.
+    """Remove containers, networks and volumes labelled `loom.run_id` of runs that no longer exist.
 
-    Only run ids starting with `prefix` are considered (tests use it to stay within their own runs).
+    A run is alive when it is in `alive_run_ids` (the caller's own repo) or when the `loom.runtime`
+    label names the runtime folder of another repo whose lock for that run is still held: runs of
+    other repos on the same engine are left alone. Only run ids starting with `prefix` are considered.
     Returns what was removed, e.g. `container loom-run-local-1-build`. ProviderError: engine unreachable.
     """
     alive = set(alive_run_ids)
 
     def doomed(labels: dict[str, str]) -> bool:
         run_id = labels.get(RUN_LABEL, "")
-        return run_id.startswith(prefix) and run_id not in alive
+        if not run_id.startswith(prefix) or run_id in alive:
+            return False
+        return not _held_elsewhere(labels.get(RUNTIME_LABEL, ""), run_id)
 
     return _reap(connect(timeout_s), [RUN_LABEL], doomed)
+
+
+def _held_elsewhere(runtime: str, run_id: str) -> bool:
+    """True when the run's lock file in `runtime` (see loomrun.supervisor.locks) has a live owner."""
+    from filelock import FileLock, Timeout
+
+    path = Path(runtime) / "runs" / f"{run_id}.lock" if runtime else None
+    if path is None or not path.is_file():
+        return False
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return True  # cannot tell: keep what may belong to a live run
+    lock.release()
+    return False
 
 
 def reap_run(run_id: str, job_id: str | None = None, timeout_s: float = 30.0) -> list[str]:
