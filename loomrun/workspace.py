@@ -6,6 +6,8 @@ path (so HEAD plus modified, staged and new files; deleted files are absent). Ou
 whole folder. `.loom/.runtime/` is never copied. Files are real copies, never hardlinks, because jobs
 may write to them and the user's checkout must never change. Symlinks stay symlinks; file modes and
 mtimes are kept (build tools compare mtimes); directory modes are not.
+Submodules and nested repositories are copied as plain files (their own tracked + untracked files,
+no `.git`); sockets, fifos and devices are skipped. An unreadable file or folder is a LoomError.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ _GIT_ENV_DROP = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIREC
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A made snapshot. `head_sha`/`short_sha` (12 hex digits) are None outside git and in a repo
+    without commits; `branch` is None outside git and on a detached HEAD (an unborn branch is named).
+    `files` counts regular files and symlinks; `bytes` sums the regular files' sizes."""
+
     path: Path
     head_sha: str | None
     short_sha: str | None
