@@ -353,7 +353,7 @@ def _error_for(sup: Supervisor) -> str | None:
 Amend = Callable[["Run", int, "str | None"], tuple[int, "str | None"]]
 
 
-class _Interrupted(Exception):
+class _Interrupted(BaseException):  # like KeyboardInterrupt: no `except Exception` may swallow it
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
@@ -390,8 +390,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
                 term.event("pipeline skipped by workflow.rules")
             else:
                 run.snapshot()
-                _drain(wake_r)
                 phase["bootstrap"] = False
+                _raise_pending(wake_r)  # a signal whose exception some library code swallowed
                 sup = run.execute(jobs, wake_r)
                 exit_code, error = _verdict(sup)
         except _Interrupted as exc:
@@ -424,10 +424,15 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
     return result
 
 
-def _drain(fd: int) -> None:
+def _raise_pending(fd: int) -> None:
+    """The wake-up pipe holds every signal seen so far; one seen during bootstrap cancels the run."""
+    data = b""
     with contextlib.suppress(BlockingIOError):
-        while os.read(fd, 64):
-            pass
+        while chunk := os.read(fd, 64):
+            data += chunk
+    for signum in data:
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            raise _Interrupted(signum)
 
 
 def _verdict(sup: Supervisor) -> tuple[int, str | None]:
