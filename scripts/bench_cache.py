@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -68,17 +69,46 @@ def generate(root: Path, total_mb: int) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def best(repeat: int, fn: Callable[[], None], before: Callable[[], None] | None = None) -> float:
-    times = []
+def _settle() -> None:
+    os.sync()  # start each timing with no writeback (or discard) from the last one in flight
+    time.sleep(0.2)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (all threads) plus its finished children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _once(fn: Callable[[], object], before: Callable[[], None] | None) -> tuple[float, float]:
+    if before is not None:
+        before()
+    _settle()
+    wall, cpu = time.perf_counter(), _cpu()
+    fn()
+    return time.perf_counter() - wall, _cpu() - cpu
+
+
+def best(repeat: int, fn: Callable[[], object], before: Callable[[], None] | None = None) -> float:
+    return min(_once(fn, before)[0] for _ in range(repeat))
+
+
+def pair(repeat: int, ours: Callable[[], object], theirs: Callable[[], object],
+         before: tuple[Callable[[], None] | None, Callable[[], None] | None] = (None, None),
+         ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Best (wall, cpu) of each, alternating rounds so machine load hits both alike."""
+    a: list[tuple[float, float]] = []
+    b: list[tuple[float, float]] = []
     for _ in range(repeat):
-        if before is not None:
-            before()
-        os.sync()  # start each timing with no writeback (or discard) from the last one in flight
-        time.sleep(0.2)
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        a.append(_once(ours, before[0]))
+        b.append(_once(theirs, before[1]))
+    return (min(w for w, _ in a), min(c for _, c in a)), (min(w for w, _ in b), min(c for _, c in b))
+
+
+def _line(what: str, base: str, ours: tuple[float, float], theirs: tuple[float, float]) -> str:
+    return (f"{what:8} loom {ours[0]:6.3f}s  {base} {theirs[0]:6.3f}s  ratio {ours[0] / theirs[0]:4.2f}x   "
+            f"(cpu {ours[1]:5.2f}s vs {theirs[1]:5.2f}s, {ours[1] / theirs[1]:4.2f}x)")
 
 
 def _fresh(path: Path) -> Callable[[], None]:
@@ -112,18 +142,24 @@ def main(argv: list[str]) -> int:
         out = tmp / "baseline.tar.zst"
         level = pack.LEVEL
 
-        t_save = best(args.repeat, lambda: store.save("bench", ws, ["tree"], source_run="bench"))
-        t_tar = best(args.repeat, lambda: _sh(
-            f"tar -C '{ws}' -cf - tree | zstd -q -f -{level} -T0 -o '{out}'"))
+        save, tar_c = pair(
+            args.repeat,
+            lambda: store.save("bench", ws, ["tree"], source_run="bench"),
+            lambda: _sh(f"tar -C '{ws}' -cf - tree | zstd -q -f -{level} -T0 -o '{out}'"),
+        )
         ours = store.entry("bench")
         assert ours is not None
-        print(f"save     loom {t_save:7.3f}s  tar|zstd {t_tar:7.3f}s  ratio {t_save / t_tar:5.2f}x  "
-              f"size loom {ours['archive_size'] / 1e6:.1f} MB vs {out.stat().st_size / 1e6:.1f} MB")
+        print(_line("save", "tar|zstd", save, tar_c)
+              + f"  size {ours['archive_size'] / 1e6:.1f} MB vs {out.stat().st_size / 1e6:.1f} MB")
 
         dst, dst2 = tmp / "dst", tmp / "dst2"
-        t_restore = best(args.repeat, lambda: store.restore(["bench"], dst), _fresh(dst))
-        t_untar = best(args.repeat, lambda: _sh(f"zstd -q -d -c '{out}' | tar -C '{dst2}' -xf -"), _fresh(dst2))
-        print(f"restore  loom {t_restore:7.3f}s  zstd|tar {t_untar:7.3f}s  ratio {t_restore / t_untar:5.2f}x")
+        restore, tar_x = pair(
+            args.repeat,
+            lambda: store.restore(["bench"], dst),
+            lambda: _sh(f"zstd -q -d -c '{out}' | tar -C '{dst2}' -xf -"),
+            (_fresh(dst), _fresh(dst2)),
+        )
+        print(_line("restore", "zstd|tar", restore, tar_x))
 
         for spec in filter(None, args.levels.split(",")):
             for threads in (-1, 0):
@@ -136,7 +172,7 @@ def main(argv: list[str]) -> int:
                 took = best(args.repeat, save_at)
                 print(f"  level {spec:>2} threads {threads:>2}: save {took:6.3f}s  "
                       f"size {target.stat().st_size / 1e6:.1f} MB")
-    ok = t_save / t_tar <= 1.5 and t_restore / t_untar <= 1.5
+    ok = save[0] / tar_c[0] <= 1.5 and restore[0] / tar_x[0] <= 1.5
     print("target <= 1.5x: " + ("met" if ok else "NOT met"))
     return 0
 

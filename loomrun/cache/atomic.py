@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, doc: Any) -> None:
+def write_json(path: Path, doc: Any, *, compact: bool = False) -> None:
+    """`compact` skips indentation, which forces json's pure-Python encoder (slow for big lists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":")) if compact else json.dumps(
+        doc, ensure_ascii=False, indent=2
+    )
+    data = (text + "\n").encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:

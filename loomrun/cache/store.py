@@ -184,7 +184,7 @@ class CacheStore:
         with self._lock(key):
             entry_dir.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, entry_dir / archive_name)
-            write_json(entry_dir / META, meta)
+            write_json(entry_dir / META, meta, compact=True)
             for stale in entry_dir.glob("*.tar.zst"):
                 if stale.name != archive_name:
                     stale.unlink(missing_ok=True)
