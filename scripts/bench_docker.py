@@ -3,6 +3,9 @@
 Each figure is printed next to a baseline measured in the same run:
   overhead  a one-step job through DockerProvider (prepare + step + cleanup), both mount modes, next
             to create + start + wait + remove of the same container straight through the SDK (target <= 1.3x)
+  loomrun   the same one-step job through the full `loom run --local` (supervisor, writer, worker, receipt),
+            minus `loom run --local` of the same job without an image (loom's own start-up and bookkeeping),
+            next to the same SDK baseline (target <= 1.3x)
   seed      seeding the ephemeral volume with a generated workspace, next to `tar` of the same tree (and to
             `tar | tar -x` into a host folder, which also pays for writing the bytes)
 Add a measurement by writing `def bench_<name>(args) -> None` and listing it in BENCHES.
@@ -113,6 +116,61 @@ def bench_overhead(args: argparse.Namespace) -> None:
             reap_run(run_id)
 
 
+def _loom_repo(root: Path, image: str | None) -> Path:
+    (root / ".loom").mkdir(parents=True)
+    line = f"  image: {image}\n" if image else ""
+    (root / ".loom" / "workflow.yml").write_text(
+        f"version: v1\nstages: [s]\none:\n  stage: s\n  target: linux\n{line}  script: ['true']\n"
+    )
+    return root
+
+
+def _loom_run(repo: Path, *flags: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+    subprocess.run(
+        [sys.executable, "-m", "loomrun", "run", "--local", "-q", *flags], cwd=repo, env=env, check=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def bench_loomrun(args: argparse.Namespace) -> None:
+    """Round-robin: each round times every series once, so a busy machine weighs on all of them alike."""
+    api = connect()
+    run_id = f"loom-bench-{time.time_ns()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        host_repo = _loom_repo(Path(tmp) / "host", None)
+        docker_repo = _loom_repo(Path(tmp) / "docker", IMAGE)
+        series: dict[str, Callable[[], None]] = {
+            "sdk": lambda: _sdk_container(api, run_id),
+            "host": lambda: _loom_run(host_repo),
+            "ephemeral_volume": functools.partial(
+                _loom_run, docker_repo, "--docker-workspace-mount", "ephemeral_volume"
+            ),
+            "bind_mount": functools.partial(_loom_run, docker_repo, "--docker-workspace-mount", "bind_mount"),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in series}
+        try:
+            for fn in series.values():
+                fn()  # warm-up
+            for _ in range(args.runs):
+                for name, fn in series.items():
+                    start = time.perf_counter()
+                    fn()
+                    samples[name].append(time.perf_counter() - start)
+        finally:
+            reap_run(run_id)
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    base, host = med["sdk"], med["host"]
+    print(f"sdk create+start+wait+remove      {base * 1000:8.1f} ms (baseline)")
+    print(f"loom run, the job on the host      {host * 1000:8.1f} ms (loom's own cost, subtracted)")
+    for mode in ("ephemeral_volume", "bind_mount"):
+        t, extra = med[mode], med[mode] - host
+        print(
+            f"loom run, docker ({mode:16}) {t * 1000:8.1f} ms  minus host {extra * 1000:8.1f} ms"
+            f"  {extra / base:5.2f}x (target <= 1.30x)"
+        )
+
+
 def _make_tree(root: Path, total_mb: int) -> None:
     """A workspace of ~total_mb MB: 64 KiB files in 100 folders, incompressible content."""
     block = os.urandom(64 << 10)
@@ -174,7 +232,11 @@ def bench_seed(args: argparse.Namespace) -> None:
             reap_run(run_id)
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": bench_overhead, "seed": bench_seed}
+BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
+    "overhead": bench_overhead,
+    "loomrun": bench_loomrun,
+    "seed": bench_seed,
+}
 
 
 def main(argv: list[str]) -> int:
