@@ -270,17 +270,45 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             continue
 
 
+def _gone(find: Callable[[], list[psutil.Process]]) -> list[psutil.Process]:
+    """Live processes, asking twice before answering "none": a process re-parented between two
+    reads of the children lists (its parent just died) would otherwise slip through."""
+    procs = _alive(find())
+    if procs:
+        return procs
+    time.sleep(0.005)
+    return _alive(find())
+
+
+def signal_groups(pgids: Iterable[int], procs: Iterable[psutil.Process], sig: int) -> None:
+    """Signal whole process groups (atomic for every member), but only groups of ours that still
+    have a member we found: a group id whose members all died may be reused by a stranger."""
+    live = set()
+    for p in procs:
+        try:
+            live.add(os.getpgid(p.pid))
+        except (ProcessLookupError, PermissionError):
+            continue
+    for pgid in set(pgids) & live:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
 def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
-                   should_hurry: Callable[[], bool] | None = None) -> str:
+                   should_hurry: Callable[[], bool] | None = None, groups: Iterable[int] = ()) -> str:
     """TERM everything `find()` returns, wait up to `grace_s`, then KILL until nothing is left.
 
     `find` is called again each round, so processes forked during the stop are caught too.
     Returns what it did, for the logs ("nothing to stop", "TERM 3; all exited in 0.12s", ...).
     """
-    procs = _alive(find())
+    groups = list(groups)
+    procs = _gone(find)
     if not procs:
         return "nothing to stop"
     n = len(procs)
+    signal_groups(groups, procs, signal.SIGTERM)
     _signal_all(procs, signal.SIGTERM)
     start = time.monotonic()
     deadline = start + grace_s
@@ -289,17 +317,18 @@ def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
         if should_hurry is not None and should_hurry():
             hurried = True
             break
-        procs = _alive(find())
+        procs = _gone(find)
         if not procs:
             return f"TERM {n}; all exited in {time.monotonic() - start:.2f}s"
         _signal_all(procs, signal.SIGTERM)  # late forks get their TERM too
         time.sleep(0.02)
     killed = 0
     for _ in range(500):
-        procs = _alive(find())
+        procs = _gone(find)
         if not procs:
             break
         killed += len(procs)
+        signal_groups(groups, procs, signal.SIGKILL)
         _signal_all(procs, signal.SIGKILL)
         time.sleep(0.01)
     why = "grace cut short" if hurried else f"grace {grace_s:g}s ran out"

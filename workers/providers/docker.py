@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.utils import parse_repository_tag
 
 from loomrun.globs import check_pattern, match_paths
 from loomrun.workflow.model import Service
@@ -93,7 +94,7 @@ def _ensure_image(api: Any, name: str, section: str) -> None:
         pass
     except APIError as exc:
         raise ProviderError(f"cannot inspect image {name!r}: {_reason(exc)}", section) from exc
-    repo, tag = docker.utils.parse_repository_tag(name)
+    repo, tag = parse_repository_tag(name)
     try:
         for event in api.pull(repo, tag=tag or "latest", stream=True, decode=True):
             if isinstance(event, dict) and event.get("error"):

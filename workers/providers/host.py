@@ -90,6 +90,7 @@ class HostProvider:
         finally:
             os.close(stdout_fd)
             os.close(stderr_fd)
+        ctx.state.setdefault("groups", []).append(proc.pid)  # process_group=0: the step leads its group
         return HostStep(proc)
 
     def job_processes(self, ctx: JobContext) -> list[psutil.Process]:
@@ -107,7 +108,7 @@ class HostProvider:
 
     def stop(self, ctx: JobContext, grace_s: float) -> None:
         hurry = ctx.state.get("hurry")
-        what = stop_processes(lambda: self.job_processes(ctx), grace_s, hurry)
+        what = stop_processes(lambda: self.job_processes(ctx), grace_s, hurry, ctx.state.get("groups", ()))
         ctx.state.setdefault("stop_log", []).append(what)
 
     def import_tree(self, ctx: JobContext, src: Path) -> None:
