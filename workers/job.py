@@ -46,6 +46,7 @@ class WorkerSpec:
     head_sha: str = ""
     dependency_artifacts: tuple[tuple[str, str], ...] = ()  # (job id, staged artifacts folder)
     fingerprint_outputs: bool = False  # --cache-diff: hash the declared outputs after the job
+    docker_leftovers: tuple[str, ...] | None = None  # set for one Docker job: remove dead runs' objects
     secrets: dict[str, str] = field(default_factory=dict)
 
 
@@ -129,7 +130,19 @@ class JobRunner:
                 sec.line(f"provider {self.provider.name}"
                          + (f", image {self.job.image.name}" if self.job.image else ""))
                 self.ctx.log = sec
+                if self.spec.docker_leftovers is not None:
+                    self._reap_docker_leftovers(sec)
                 self.provider.prepare(self.ctx)
+
+    def _reap_docker_leftovers(self, sec: Any) -> None:
+        from workers.providers.docker import reap_leftovers
+
+        try:
+            removed = reap_leftovers(self.spec.docker_leftovers or (), prefix="loom-run-local-")
+        except ProviderError:
+            return  # the engine is unreachable: prepare() reports that with its own message
+        for what in removed:
+            sec.line(f"removed leftover {what}")
 
     @property
     def _secret_dir(self) -> Path:

@@ -97,6 +97,7 @@ class Run:
         self.branch: str | None = None
         self.mount_mode = "ephemeral_volume"
         self.sup: Supervisor | None = None
+        self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
 
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -227,6 +228,9 @@ class Run:
             env = job_env(job, run_id=self.run_id, pipeline_id=self.pipeline_id, project_dir=project,
                           head_sha=self.head_sha, branch=self.branch)
             dep_art = tuple((d, str(staging / d)) for d in deps.get(job.name, ()))
+            leftovers = None
+            if job.provider == "docker" and self.docker_leftovers is not None:
+                leftovers, self.docker_leftovers = self.docker_leftovers, None
             assert self.snapshot_path is not None
             return WorkerSpec(
                 run_id=self.run_id, pipeline_id=self.pipeline_id, job=job, workspace=self.snapshot_path,
@@ -234,6 +238,7 @@ class Run:
                 trace=os.environ.get("LOOM_DEBUG_TRACE") == "1", grace_s=GRACE_S,
                 cache_enabled=self.opts.cache_enabled, head_sha=self.head_sha or "",
                 dependency_artifacts=dep_art, fingerprint_outputs=self.opts.fingerprint_outputs,
+                docker_leftovers=leftovers,
             )
         return make
 
@@ -247,8 +252,8 @@ class Run:
         self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns()))
         self.writer.conn.send(m.RunPhase("pipeline.execute", time.time_ns()))
         if any(j.provider == "docker" for j in jobs):
-            alive = locks.alive_runs(self.runtime) | {self.run_id}
-            self.janitors.append(janitor.spawn("docker leftovers", lambda: janitor.docker_reap_leftovers(alive)))
+            # The first Docker job's worker removes dead runs' leftovers: it imports the SDK anyway.
+            self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
         sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
                          run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd)
