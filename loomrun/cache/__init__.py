@@ -10,6 +10,7 @@ from pathlib import Path
 
 from loomrun.cache.compare import JobOutcome, compare_passes, diff_fingerprints, fingerprint
 from loomrun.cache.keys import CacheKeyError, compute_key, expand_fallbacks
+from loomrun.cache.policy import restores, saves
 from loomrun.cache.quarantine import Quarantine
 from loomrun.cache.store import CacheStore, RestoreResult, SaveResult
 from loomrun.cache.unpack import CacheEntryError, UnsafeArchiveError
@@ -35,4 +36,6 @@ __all__ = [
     "diff_fingerprints",
     "expand_fallbacks",
     "fingerprint",
+    "restores",
+    "saves",
 ]

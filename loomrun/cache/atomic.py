@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, doc: Any, *, compact: bool = False) -> None:
-    """`compact` skips indentation, which forces json's pure-Python encoder (slow for big lists)."""
+def write_json(path: Path, doc: Any, *, compact: bool = False, durable: bool = True) -> None:
+    """`compact` skips indentation, which forces json's pure-Python encoder (slow for big lists).
+    `durable=False` skips the fsync: still atomic for readers, but may be lost or torn by a crash."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, ensure_ascii=False, separators=(",", ":")) if compact else json.dumps(
         doc, ensure_ascii=False, indent=2
@@ -26,7 +27,8 @@ def write_json(path: Path, doc: Any, *, compact: bool = False) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)

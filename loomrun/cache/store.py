@@ -146,9 +146,9 @@ class CacheStore:
         archive_name = f"{uuid.uuid4().hex}.tar.zst"
         tmp = tmp_dir / f"{os.getpid()}-{archive_name}"
         try:
-            # No fsync of the archive (it doubled the save time): a crash can leave a torn archive
-            # behind committed metadata, but zstd's frame checksum makes the restore refuse it as
-            # corrupt, which is a miss. The metadata itself is written durably.
+            # No fsync (it doubled the save time on this disk): renames keep entries atomic for
+            # concurrent readers, and after a crash a torn archive fails zstd's frame checksum and
+            # torn metadata fails to parse; both are a miss, never a wrong restore.
             with open(tmp, "xb") as fh:
                 stats = pack.pack(fh, workspace, paths)
             archive_size = tmp.stat().st_size
@@ -184,7 +184,7 @@ class CacheStore:
         with self._lock(key):
             entry_dir.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, entry_dir / archive_name)
-            write_json(entry_dir / META, meta, compact=True)
+            write_json(entry_dir / META, meta, compact=True, durable=False)
             for stale in entry_dir.glob("*.tar.zst"):
                 if stale.name != archive_name:
                     stale.unlink(missing_ok=True)
