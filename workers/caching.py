@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from loomrun.cache.keys import CacheKeyError, compute_key, expand_fallbacks
+from loomrun.cache.policy import restores, saves
 from loomrun.cache.store import CacheStore
 from loomrun.cache.unpack import CacheEntryError
+from loomrun.errors import LoomError
 from loomrun.protocol.messages import PROVIDER_ERROR
 from loomrun.workflow.model import CacheSpec
 from workers.providers.base import JobContext, Provider
@@ -66,7 +68,7 @@ class JobCaches:
 
     # -- restore -------------------------------------------------------------------------------
     def restore(self) -> None:
-        wanted = [c for c in self.caches if c.policy in ("pull", "pull-push")]
+        wanted = [c for c in self.caches if restores(c)]
         if not wanted:
             return
         with self.rep.phase("job.cache_restore"), self.rep.section("cache_restore") as sec:
@@ -80,7 +82,12 @@ class JobCaches:
     def _restore_one(self, cache: ResolvedCache, sec: OpenSection) -> dict[str, Any]:
         target = self.ctx.workspace if self.direct else Path(tempfile.mkdtemp(prefix="restore-",
                                                                               dir=self._staging()))
-        res = self.store.restore([cache.key, *cache.fallbacks], target)
+        try:
+            res = self.store.restore([cache.key, *cache.fallbacks], target)
+        except (LoomError, OSError) as exc:  # an unreadable quarantine list, a full disk mid-restore
+            message = exc.message if isinstance(exc, LoomError) else f"{exc.strerror or exc} ({exc.filename})"
+            raise SectionFailed(f"cache {cache.label}: cannot restore: {message}", PROVIDER_ERROR,
+                                "LOOM_CACHE_RESTORE") from exc
         if res.hit and not self.direct:
             self.provider.import_tree(self.ctx, target)
         if not self.direct:
@@ -107,7 +114,7 @@ class JobCaches:
 
     # -- save ----------------------------------------------------------------------------------
     def save(self, status: str) -> None:
-        wanted = [c for c in self.caches if c.policy in ("push", "pull-push") and _when(c.when, status)]
+        wanted = [c for c in self.caches if saves(c, status == "success")]
         if not wanted:
             return
         with self.rep.phase("job.cache_save"), self.rep.section("cache_save") as sec:
@@ -142,6 +149,3 @@ class JobCaches:
         self.staging_root.mkdir(parents=True, exist_ok=True)
         return self.staging_root
 
-
-def _when(when: str, status: str) -> bool:
-    return when == "always" or (when == "on_success") == (status == "success")
