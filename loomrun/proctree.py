@@ -271,12 +271,14 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
 
 
 def _gone(find: Callable[[], list[psutil.Process]]) -> list[psutil.Process]:
-    """Live processes, asking twice before answering "none": a process re-parented between two
-    reads of the children lists (its parent just died) would otherwise slip through."""
+    """After signals were sent: live processes, asking twice before answering "none". A process
+    re-parented between two reads of the children lists (its parent just died of our signal) would
+    otherwise slip through. (Before any signal there is no such race: a parent's exit is visible
+    only once its children have been re-parented.)"""
     procs = _alive(find())
     if procs:
         return procs
-    time.sleep(0.005)
+    time.sleep(0.002)
     return _alive(find())
 
 
@@ -304,7 +306,7 @@ def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
     Returns what it did, for the logs ("nothing to stop", "TERM 3; all exited in 0.12s", ...).
     """
     groups = list(groups)
-    procs = _gone(find)
+    procs = _alive(find())
     if not procs:
         return "nothing to stop"
     n = len(procs)

@@ -65,13 +65,14 @@ class Documents:
     def flush(self) -> None:
         if not self.pending:
             return
-        _syncfs(self.pending[0][0].parent)
+        syncfs(self.pending[0][0].parent)
         for tmp, path in self.pending:
             os.replace(tmp, path)
         self.pending.clear()
 
 
-def _syncfs(folder: Path) -> None:
+def syncfs(folder: Path) -> None:
+    """Flush the filesystem holding `folder` (not every filesystem, as os.sync() would)."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if _LIBC is None or _LIBC.syncfs(fd) != 0:

@@ -18,7 +18,7 @@ from typing import Any
 from loomrun import __version__
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
-from loomrun.writer.files import Documents, LineFile, write_document
+from loomrun.writer.files import Documents, LineFile, syncfs, write_document
 
 
 def step_dir(index: int) -> str:
@@ -347,7 +347,7 @@ class RunLog:
             self.docs.write(self.logs_dir / "pipeline" / "manifest.json", manifest)
         self.events.close()
         self.docs.flush()
-        os.sync()  # every log line and document is durable before the receipt, which is written last
+        syncfs(self.logs_dir)  # every log line and document is durable before the receipt, written last
         receipt: dict[str, Any] = {
             "schema_version": "v1", "kind": "loom-run-local", "run_id": start.run_id,
             "pipeline_id": start.pipeline_id, "command": list(start.command), "loom_version": __version__,
