@@ -127,6 +127,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--levels", default="", help="extra save timings, e.g. 1,3,6 (threads -1 and 0)")
+    parser.add_argument("--skip-diff", action="store_true", help="skip the --cache-diff wall-time figures")
     args = parser.parse_args(argv)
     if shutil.which("zstd") is None or shutil.which("tar") is None:
         print("bench cache: needs the zstd and tar commands (apt-get install zstd)", file=sys.stderr)
@@ -174,7 +175,59 @@ def main(argv: list[str]) -> int:
                       f"size {target.stat().st_size / 1e6:.1f} MB")
     ok = save[0] / tar_c[0] <= 1.5 and restore[0] / tar_x[0] <= 1.5
     print("target <= 1.5x: " + ("met" if ok else "NOT met"))
+    if not args.skip_diff:
+        bench_cache_diff(args.repeat)
     return 0
+
+
+WAITING = """version: v1
+stages: [fetch, build]
+deps:
+  stage: fetch
+  target: linux
+  cache: {key: deps-v1, paths: [deps]}
+  script: ["sleep 1", "mkdir -p deps && echo lib > deps/lib.txt"]
+{jobs}"""
+WAIT_JOB = """build{i}:
+  stage: build
+  target: linux
+  artifacts: {{paths: [out{i}]}}
+  script: ["sleep 1", "mkdir -p out{i} && cat deps/lib.txt > out{i}/r.txt"]
+"""
+CPU_JOB = """build{i}:
+  stage: build
+  target: linux
+  artifacts: {{paths: [out{i}]}}
+  script: ["mkdir -p out{i} && python3 -c 'sum(i*i for i in range(6_000_000))' && echo ok > out{i}/r.txt"]
+"""
+
+
+def _loom_run(repo: Path, *flags: str) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "loomrun", "run", "--local", "-q", *flags], cwd=repo,
+                          capture_output=True, text=True)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"loom run {' '.join(flags)} failed:\n{proc.stderr}")
+    return took
+
+
+def bench_cache_diff(repeat: int) -> None:
+    """`--cache-diff` wall time next to one plain run of the same workflow, in the same run."""
+    for label, job in (("waiting (sleep)", WAIT_JOB), ("CPU-bound", CPU_JOB)):
+        with tempfile.TemporaryDirectory(prefix="loom-bench-diff-") as tmp_name:
+            repo = Path(tmp_name)
+            (repo / ".loom").mkdir()
+            jobs = "".join(job.format(i=i) for i in range(4))
+            (repo / ".loom" / "workflow.yml").write_text(WAITING.replace("{jobs}", jobs))
+            _loom_run(repo)  # fill the cache, so pass 2 hits it as in real use
+            plain, diff = [], []
+            for _ in range(repeat):
+                plain.append(_loom_run(repo))
+                diff.append(_loom_run(repo, "--cache-diff"))
+            p, d = min(plain), min(diff)
+            target = " (target <= 1.2x)" if label.startswith("waiting") else ""
+            print(f"--cache-diff, {label}: {d:.2f}s  plain run {p:.2f}s  ratio {d / p:.2f}x{target}")
 
 
 if __name__ == "__main__":
