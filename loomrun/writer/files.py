@@ -12,27 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from loomrun.durable import encode_json, syncfs, write_json, write_temp
+
 
 def dumps(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
 def write_document(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
+    write_json(path, doc)
 
 
 class Documents:
@@ -43,24 +31,9 @@ class Documents:
 
     def __init__(self) -> None:
         self.pending: list[tuple[Path, Path]] = []
-        self.counter = 0
 
     def write(self, path: Path, doc: Any) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
-        self.counter += 1
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{self.counter}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        self.pending.append((tmp, path))
+        self.pending.append((write_temp(path, encode_json(doc), fsync=False), path))
 
     def flush(self) -> None:
         if not self.pending:
@@ -69,28 +42,6 @@ class Documents:
         for tmp, path in self.pending:
             os.replace(tmp, path)
         self.pending.clear()
-
-
-def syncfs(folder: Path) -> None:
-    """Flush the filesystem holding `folder` (not every filesystem, as os.sync() would)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _LIBC is None or _LIBC.syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def _load_libc() -> Any:
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
 
 
 class LineFile:

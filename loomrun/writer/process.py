@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import Pipe, reduction
 from multiprocessing.connection import Connection
@@ -201,22 +202,13 @@ class Writer:
                 os.set_blocking(fd, False)
                 self.streams[fd] = OutputStream(msg.job_id, step, name, fd)
                 self.sel.register(fd, selectors.EVENT_READ, ("out", None))
-        elif isinstance(msg, m.StepFinished):
-            log.step_finished(msg)
-        elif isinstance(msg, m.PhaseMark):
-            log.phase(msg)
-        elif isinstance(msg, m.SectionBegan):
-            log.section_began(msg)
-        elif isinstance(msg, m.SectionLines):
-            log.section_lines(msg)
-        elif isinstance(msg, m.SectionEnded):
-            log.section_ended(msg)
-        elif isinstance(msg, m.ArtifactsStaged):
-            log.adopt_artifacts(msg)
         elif isinstance(msg, m.Redact):
             self.redactions.extend(msg.values)
         else:
-            raise ValueError(f"unknown worker record {type(msg).__name__}")
+            handler = _WORKER_RECORDS.get(type(msg))
+            if handler is None:
+                raise ValueError(f"unknown worker record {type(msg).__name__}")
+            handler(log, msg)
 
     # -- step output ---------------------------------------------------------------------------
     def _output(self, fd: int) -> None:
@@ -287,6 +279,17 @@ class Writer:
                     self._lines(st, data)
                 else:
                     self._close_stream(st)
+
+
+# Worker records the run log takes as they are, by type.
+_WORKER_RECORDS: dict[type, Callable[[RunLog, Any], None]] = {
+    m.StepFinished: RunLog.step_finished,
+    m.PhaseMark: RunLog.phase,
+    m.SectionBegan: RunLog.section_began,
+    m.SectionLines: RunLog.section_lines,
+    m.SectionEnded: RunLog.section_ended,
+    m.ArtifactsStaged: RunLog.adopt_artifacts,
+}
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from loomrun import __version__
+from loomrun.durable import syncfs
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
-from loomrun.writer.files import Documents, LineFile, syncfs, write_document
+from loomrun.writer.files import Documents, LineFile, write_document
 
 
 def step_dir(index: int) -> str:

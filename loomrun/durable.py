@@ -1,0 +1,68 @@
+"""Atomic, durable file writes shared by the writer (logs, receipts) and the cache store
+(metadata, quarantine). Pure mechanism: which process may write where is the callers' rule.
+
+A document goes to a temp file in the same folder and is renamed over the target, so a reader
+sees the old document or the new one, never half of one; `fsync` makes it survive a crash too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+_COUNTER = itertools.count()
+
+
+def write_temp(path: Path, data: bytes, *, fsync: bool) -> Path:
+    """Write `data` to a new temp file beside `path` (whose folder is created); return the temp."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_COUNTER)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def encode_json(doc: Any, *, compact: bool = False) -> bytes:
+    """`compact` skips indentation (json's indenting encoder is pure Python: slow for big lists)."""
+    if compact:
+        return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+
+
+def write_json(path: Path, doc: Any, *, compact: bool = False, durable: bool = True) -> None:
+    """Temp file, fsync (unless `durable=False`), rename."""
+    os.replace(write_temp(path, encode_json(doc, compact=compact), fsync=durable), path)
+
+
+def syncfs(folder: Path) -> None:
+    """Flush the filesystem holding `folder` (not every filesystem, as os.sync() would)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _load_libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
