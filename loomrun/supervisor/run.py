@@ -370,7 +370,7 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
     term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
     run = Run(opts, term)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    phase = {"bootstrap": True}
+    phase = {"bootstrap": False}  # while the lock and the writer are set up, signals are only recorded
 
     def on_signal(signum: int, _frame: object) -> None:
         # While bootstrapping (load, snapshot) a signal aborts at once; once jobs run, the handler
@@ -383,11 +383,10 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
     exit_code, error = 0, None
     signum: int | None = None
     try:
+        run.start_writer()
         try:
-            run.start_writer()
-        except _Interrupted as exc:
-            raise LoomError(f"interrupted by {signal.Signals(exc.signum).name}", 128 + exc.signum) from exc
-        try:
+            phase["bootstrap"] = True
+            _raise_pending(wake_r)  # a ^C during start-up: the writer now exists to write the receipt
             wf = run.load()
             jobs = run.configure(wf)
             if not jobs and wf.jobs and not opts.only_jobs:

@@ -209,7 +209,7 @@ def test_two_runs_in_the_same_repo_at_once(tmp_path: Path) -> None:
         assert_logs_valid(r)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.5])
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5])
 def test_interrupt_at_any_moment_never_leaves_a_mess(tmp_path: Path, delay: float) -> None:
     """^C at arbitrary points (start-up, bootstrap, snapshot, jobs): always 130, no traceback, and a
     receipt whenever the run got far enough to print one; nothing of the run survives."""
