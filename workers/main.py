@@ -26,9 +26,11 @@ def _isolate(keep: set[int]) -> None:
     gc.disable()  # short-lived: not collecting avoids copy-on-write faults on inherited pages
     os.setsid()  # a terminal ^C reaches only the supervisor, which decides
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+    # Default dispositions: steps inherit them through exec, and a step must get ^C and TERM like any
+    # program would (an ignored SIGINT here would be ignored by every step). The terminal's ^C does
+    # not reach us anyway: this process leads its own session.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

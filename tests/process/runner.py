@@ -76,7 +76,8 @@ def make_repo(root: Path, workflow: str, git: bool = True) -> Path:
 
 
 def loom_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+    # Nothing of an enclosing loom run (the suite may itself run as a loom job): no LOOM_*, no CI_*.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOM_", "CI_"))}
     env.update({"LOOM_STOP_GRACE_S": "1", "NO_COLOR": "1"})
     env.update(extra)
     return env

@@ -195,3 +195,23 @@ def test_limits_reach_the_job_cgroup(tmp_path: Path) -> None:
     assert second.step_lines("limited", 1) == ["64"]
     assert second.step_lines("limited", 2) == [str(256 << 20)]
     assert second.step_lines("limited", 3) == ["50000"]
+
+
+def test_steps_get_default_signal_dispositions(tmp_path: Path) -> None:
+    """A step is a program like any other: SIGINT and SIGTERM are not ignored in it (bit 2 and 15 of
+    SigIgn in /proc/self/status are clear), whatever the worker and the supervisor do with them."""
+    repo = make_repo(tmp_path / "repo", """
+    version: v1
+    stages: [s]
+    sig:
+      stage: s
+      target: linux
+      script:
+        - grep SigIgn /proc/self/status
+    """)
+    result = run_loom(repo, "run", "--local")
+    assert result.code == 0, result.stderr
+    [line] = result.step_lines("sig", 1)
+    ignored = int(line.split()[1], 16)
+    assert not ignored & (1 << (2 - 1)), line  # SIGINT
+    assert not ignored & (1 << (15 - 1)), line  # SIGTERM
