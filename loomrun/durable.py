@@ -17,9 +17,13 @@ from typing import Any
 _COUNTER = itertools.count()
 
 
-def write_temp(path: Path, data: bytes, *, fsync: bool) -> Path:
-    """Write `data` to a new temp file beside `path` (whose folder is created); return the temp."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_temp(path: Path, data: bytes, *, fsync: bool, made: set[Path] | None = None) -> Path:
+    """Write `data` to a new temp file beside `path` (whose folder is created); return the temp.
+    `made` remembers folders already created, sparing a mkdir per document."""
+    if made is None or path.parent not in made:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if made is not None:
+            made.add(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_COUNTER)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
