@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +29,20 @@ class Documents:
     document or the complete new one; a crash loses only documents not yet renamed, never the order
     (the receipt, written last with its own fsync, comes after a flush)."""
 
-    FLUSH_EVERY_S = 0.2  # one syncfs for everything written in that time
-
     def __init__(self) -> None:
         self.pending: list[tuple[Path, Path]] = []
         self.made: set[Path] = set()
-        self.last_flush = time.monotonic()
 
     def write(self, path: Path, doc: Any) -> None:
         self.pending.append((write_temp(path, encode_json(doc), fsync=False, made=self.made), path))
 
-    def due_in(self) -> float | None:
-        """Seconds until the pending documents should be flushed (None: nothing pending)."""
+    def flush(self) -> None:
         if not self.pending:
-            return None
-        return max(0.0, self.last_flush + self.FLUSH_EVERY_S - time.monotonic())
-
-    def flush(self, force: bool = True) -> None:
-        if not self.pending or (not force and self.due_in()):
             return
         syncfs(self.pending[0][0].parent)
         for tmp, path in self.pending:
             os.replace(tmp, path)
         self.pending.clear()
-        self.last_flush = time.monotonic()
 
 
 class LineFile:

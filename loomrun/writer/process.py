@@ -86,8 +86,7 @@ class Writer:
                 deadline = deadline or time.monotonic() + DRAIN_AFTER_EOF_S
                 if time.monotonic() > deadline:
                     break
-            due = self.log.docs.due_in() if self.log is not None else None
-            for key, _ in self.sel.select(timeout=1.0 if due is None else due):
+            for key, _ in self.sel.select(timeout=1.0):
                 kind, arg = key.data
                 try:
                     if kind == "sup":
@@ -100,15 +99,15 @@ class Writer:
                     self._report_os_error(exc)
                 except Exception as exc:  # a bad record must not take the writer down
                     self._bad_record(exc)
-            self._flush(force=False)
-        self._flush(force=True)
+            self._flush()
+        self._flush()
         return 0
 
-    def _flush(self, force: bool) -> None:
-        """One syncfs for the documents written lately (at most every 0.2 s), then their renames."""
+    def _flush(self) -> None:
+        """One syncfs for every document written in this round, then their renames."""
         if self.log is not None:
             try:
-                self.log.docs.flush(force)
+                self.log.docs.flush()
             except OSError as exc:
                 self._report_os_error(exc)
 

@@ -180,9 +180,12 @@ def test_stream_prefixes_each_line_live(tmp_path: Path) -> None:
         assert not go.exists()
     finally:
         go.touch()  # never leave the run waiting
-    result = bg.finish()
+    # Read the rest through the same text stream: communicate() would bypass what readline() buffered.
+    rest = bg.proc.stderr.read()
+    bg.proc.wait(timeout=60)
+    result = Result(bg.proc.returncode, bg.proc.stdout.read() if bg.proc.stdout else "", rest, repo)
     assert result.code == 0, result.stderr
-    lines = seen + result.stderr.splitlines()
+    lines = seen + rest.splitlines()
     for expected in ("[live] ping", "[live] err-ping", "[live] pong", "[other] o1", "[other] o2"):
         assert lines.count(expected) == 1, (expected, lines)
     assert lines.index("[other] o1") < lines.index("[other] o2")
