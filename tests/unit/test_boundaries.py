@@ -95,6 +95,16 @@ def test_importing_the_supervisor_and_cli_does_not_load_docker() -> None:
     assert json.loads(out.stdout) == []
 
 
+def test_the_supervisor_path_does_not_load_filelock() -> None:
+    """filelock's fork handlers cost about 1 ms per forked worker once imported (see locks.py)."""
+    code = ("import json, sys\nimport loomrun.cli, loomrun.supervisor.run, loomrun.supervisor.cache_diff\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'filelock')))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
 def _dotted(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
