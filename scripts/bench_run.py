@@ -22,7 +22,10 @@ from pathlib import Path
 import psutil
 
 LOOM = [sys.executable, "-m", "loomrun"]
-ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}, "NO_COLOR": "1"}
+# As a user's shell would be: no LOOM_* settings, and byte-code caching on (some sandboxes set
+# PYTHONDONTWRITEBYTECODE, which makes every start recompile loom from source).
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOM_") and k != "PYTHONDONTWRITEBYTECODE"},
+       "NO_COLOR": "1"}
 
 
 def repo_with(root: Path, workflow: str) -> Path:
