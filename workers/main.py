@@ -50,6 +50,7 @@ def worker_main(spec: WorkerSpec, sup: Connection, writer: Connection) -> NoRetu
         runner = JobRunner(spec, rep)
         result = runner.run()
         code = m.WORKER_EXIT_LOST_SUPERVISOR if runner.lost_supervisor else m.WORKER_EXIT_OK
+        writer.close()  # EOF first: the writer has every record of the job once the supervisor says so
         try:
             sup.send(result)
         except OSError:

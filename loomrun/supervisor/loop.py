@@ -64,6 +64,7 @@ class Supervisor:
         self.writer_error: str | None = None
         self.finish_order: list[str] = []
         self.ended: list[m.JobEnded] = []  # everything told to the writer, for a writer that takes over
+        self.exiting: dict[int, JobSlot] = {}  # sentinel -> worker that reported and is exiting
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
@@ -74,14 +75,17 @@ class Supervisor:
             if self.sched.done() and not self.slots:
                 break
             self._wait_once()
+        self._reap_exiting()
 
     def _wait_once(self) -> None:
-        objs: list[Any] = [self.wakeup_fd, self.writer.conn, self.writer.sentinel]
+        objs: list[Any] = [self.wakeup_fd, self.writer.conn, self.writer.sentinel, *self.exiting]
         for slot in self.slots.values():
             objs.append(slot.sentinel)
             if slot.conn is not None:
                 objs.append(slot.conn)
         ready = wait(objs, timeout=self._timeout())
+        for sentinel in [s for s in self.exiting if s in ready]:
+            self._collect(self.exiting.pop(sentinel))
         if self.wakeup_fd in ready:
             self._signals()
         if self.writer.conn in ready:
@@ -90,10 +94,41 @@ class Supervisor:
             raise WriterLost(self._writer_death())
         for slot in list(self.slots.values()):
             if slot.conn is not None and slot.conn in ready:
-                self._from_worker(slot)
+                self._read_worker(slot)
+                if self._reported(slot) and slot.sentinel not in ready:
+                    # The job is over and its worker closed its writer socket first: the slot frees
+                    # now, while the process finishes exiting (its teardown is off the critical path).
+                    self._complete(slot, 0)
+                    self.exiting[slot.sentinel] = slot
+                    continue
             if slot.sentinel in ready:
                 self._reap(slot)
         self._deadlines()
+
+    @staticmethod
+    def _reported(slot: JobSlot) -> bool:
+        # A worker error reported as data waits for the exit status, which its message names.
+        return slot.result is not None and slot.result.failure_kind != m.WORKER_CRASHED
+
+    def _collect(self, slot: JobSlot) -> None:
+        try:
+            os.waitpid(slot.pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(slot.sentinel)
+
+    def _reap_exiting(self, timeout_s: float = 10.0) -> None:
+        """Every worker that already reported is reaped before the run ends (killed if it lingers)."""
+        deadline = time.monotonic() + timeout_s
+        while self.exiting:
+            ready = wait(list(self.exiting), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                for slot in self.exiting.values():
+                    slot.kill()
+                deadline = time.monotonic() + timeout_s
+                continue
+            for sentinel in [s for s in self.exiting if s in ready]:
+                self._collect(self.exiting.pop(sentinel))
 
     def _timeout(self) -> float | None:
         now = time.monotonic()
@@ -109,7 +144,7 @@ class Supervisor:
         self.term.job_started(name, job.provider, job.image.name if job.image else None)
 
     # -- messages ---------------------------------------------------------------------------
-    def _from_worker(self, slot: JobSlot) -> None:
+    def _read_worker(self, slot: JobSlot) -> None:
         assert slot.conn is not None
         try:
             while slot.conn.poll():
@@ -194,16 +229,22 @@ class Supervisor:
     # -- a worker ended ---------------------------------------------------------------------------
     def _reap(self, slot: JobSlot) -> None:
         if slot.conn is not None:
-            self._from_worker(slot)  # whatever it said before dying
+            self._read_worker(slot)  # whatever it said before dying
         try:
             _, status = os.waitpid(slot.pid, 0)
         except ChildProcessError:
             status = 0
         os.close(slot.sentinel)
         slot.exit_status = status
+        self._complete(slot, status)
+
+    def _complete(self, slot: JobSlot, status: int) -> None:
         self._sweep(slot)
         slot.transition("ended")
         del self.slots[slot.name]
+        if slot.conn is not None:
+            slot.conn.close()
+            slot.conn = None
         self._finish(slot, status)
 
     def _sweep(self, slot: JobSlot) -> None:
