@@ -66,6 +66,7 @@ class JobRunner:
         self.cancel: m.Cancel | None = None
         self.lost_supervisor = False
         self.limit_kind: str | None = None
+        self._last_code: int | None = None  # exit code of the last step that ran
         self.provider: Provider = get_provider(self.job.provider)
         self.ctx = JobContext(
             run_id=spec.run_id, pipeline_id=spec.pipeline_id, job=self.job, workspace=spec.workspace,
@@ -105,11 +106,12 @@ class JobRunner:
             kind = self.limit_kind
             message = {m.MEMORY_LIMIT: "exceeded limits.memory", m.PIDS_LIMIT: "exceeded limits.pids"}[kind]
         try:
-            if self.spec.fingerprint_outputs:
-                self.outputs = self._fingerprint()
-            if self.caches is not None:
-                self.caches.save(status)
-            self._save(status)
+            if status != "canceled":  # a canceled job stops as fast as it can: nothing is saved
+                if self.spec.fingerprint_outputs:
+                    self.outputs = self._fingerprint()
+                if self.caches is not None:
+                    self.caches.save(status)
+                self._save(status)
         except (SectionFailed, ProviderError, OSError) as exc:
             if status == "success":
                 status, kind, code = "failed", m.PROVIDER_ERROR, None
@@ -117,8 +119,6 @@ class JobRunner:
         self._cleanup()
         hits = tuple(self.caches.hits) if self.caches is not None else ()
         return m.JobFinished(self.job.name, status, code, kind, message, self._resources(), hits, self.outputs)
-
-    _last_code: int | None = None
 
     def _prepare(self) -> None:
         with self.rep.phase("job.provider_prepare"):
