@@ -11,8 +11,7 @@ Three channels:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 # ---- failure kinds (spec §9.2) ----------------------------------------------------------------
 
@@ -35,8 +34,7 @@ WORKER_EXIT_LOST_SUPERVISOR = 71  # the supervisor went away; the job was stoppe
 # ---- supervisor -> worker -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Cancel:
+class Cancel(NamedTuple):
     """Stop the job: TERM its processes, wait `grace_s`, KILL; then clean up and report."""
 
     kind: str  # timeout | canceled
@@ -47,44 +45,39 @@ class Cancel:
 # ---- worker -> supervisor -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StepBegan:
+class StepBegan(NamedTuple):
     job_id: str
-    index: int
+    step: int  # 1-based step number
 
 
-@dataclass(frozen=True)
-class StepEnded:
+class StepEnded(NamedTuple):
     job_id: str
-    index: int
+    step: int  # 1-based step number
     exit_code: int
 
 
-@dataclass(frozen=True)
-class Notice:
+class Notice(NamedTuple):
     """A line for the terminal in --verbose mode (cache hit/miss, image, workspace)."""
 
     job_id: str
     text: str
 
 
-@dataclass(frozen=True)
-class JobFinished:
+class JobFinished(NamedTuple):
     job_id: str
     status: str  # success | failed | canceled
     exit_code: int | None
     failure_kind: str | None
     message: str  # one line; "" on success
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = {}  # never mutated: a shared default is safe
     cache_hits: tuple[str, ...] = ()
-    outputs: dict[str, str] = field(default_factory=dict)  # relpath -> sha256+mode (for --cache-diff)
+    outputs: dict[str, str] = {}  # never mutated: a shared default is safe  # relpath -> sha256+mode (for --cache-diff)
 
 
 # ---- worker -> writer ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PhaseMark:
+class PhaseMark(NamedTuple):
     """A job phase started (status None) or finished (status success|failed|skipped)."""
 
     job_id: str
@@ -93,15 +86,13 @@ class PhaseMark:
     status: str | None = None
 
 
-@dataclass(frozen=True)
-class SectionBegan:
+class SectionBegan(NamedTuple):
     job_id: str
     name: str
     ts_ns: int
 
 
-@dataclass(frozen=True)
-class SectionLines:
+class SectionLines(NamedTuple):
     job_id: str
     name: str
     lines: tuple[str, ...]
@@ -109,38 +100,34 @@ class SectionLines:
     ts_ns: int
 
 
-@dataclass(frozen=True)
-class SectionEnded:
+class SectionEnded(NamedTuple):
     job_id: str
     name: str
     status: str  # success | failed | skipped
     ts_ns: int
     error_code: str = ""
     message: str = ""
-    details: dict[str, Any] = field(default_factory=dict)  # e.g. cache hit/miss, sizes
+    details: dict[str, Any] = {}  # never mutated: a shared default is safe  # e.g. cache hit/miss, sizes
 
 
-@dataclass(frozen=True)
-class StepStarted:
+class StepStarted(NamedTuple):
     """Followed on the same socket by two fds: the read ends of the step's stdout and stderr."""
 
     job_id: str
-    index: int
+    step: int  # 1-based step number
     command: str
     ts_ns: int
 
 
-@dataclass(frozen=True)
-class StepFinished:
+class StepFinished(NamedTuple):
     job_id: str
-    index: int
+    step: int  # 1-based step number
     exit_code: int
     duration_ms: int
     ts_ns: int
 
 
-@dataclass(frozen=True)
-class ArtifactsStaged:
+class ArtifactsStaged(NamedTuple):
     """Files copied out of the job into `staging_dir`; the writer moves them under the logs dir."""
 
     job_id: str
@@ -148,8 +135,7 @@ class ArtifactsStaged:
     files: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Redact:
+class Redact(NamedTuple):
     """Secret values to replace with `[REDACTED:SECRET_<NAME>]` in everything the writer writes."""
 
     values: tuple[tuple[str, str], ...]  # (name, value)
@@ -158,8 +144,7 @@ class Redact:
 # ---- supervisor -> writer -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunStarted:
+class RunStarted(NamedTuple):
     run_id: str
     pipeline_id: str
     repo_root: str
@@ -170,29 +155,25 @@ class RunStarted:
     color: bool = False
 
 
-@dataclass(frozen=True)
-class RunPhase:
+class RunPhase(NamedTuple):
     phase_code: str  # run.bootstrap | run.pipeline_execute | pipeline.execute | run.finalize
     ts_ns: int
     status: str | None = None
 
 
-@dataclass(frozen=True)
-class JobRoster:
+class JobRoster(NamedTuple):
     """Jobs of the run in declaration order: (id, stage)."""
 
     jobs: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
-class AttachWorker:
+class AttachWorker(NamedTuple):
     """Followed on the same socket by one fd: the writer's end of the job's worker socket."""
 
     job_id: str
 
 
-@dataclass(frozen=True)
-class JobEnded:
+class JobEnded(NamedTuple):
     """The supervisor's final word on a job; the writer finalises its documents."""
 
     job_id: str
@@ -205,15 +186,14 @@ class JobEnded:
     image: str | None
     started_ns: int | None
     finished_ns: int
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = {}  # never mutated: a shared default is safe
     allow_failure: bool = False
     crashed_step: int | None = None  # step in flight when the worker died
     sweep: str = ""  # what the supervisor's own cleanup did when the worker could not (crash, kill)
     replay: bool = False  # re-sent to a writer that took over: record the outcome, keep written docs
 
 
-@dataclass(frozen=True)
-class RunEnded:
+class RunEnded(NamedTuple):
     status: str  # success | failure
     exit_code: int
     finished_ns: int
@@ -222,8 +202,7 @@ class RunEnded:
     write_pipeline: bool = True
 
 
-@dataclass(frozen=True)
-class MarkAbandoned:
+class MarkAbandoned(NamedTuple):
     """Mark a dead run's pipeline summary and receipt `failure` / `abandoned`."""
 
     run_id: str
@@ -232,16 +211,13 @@ class MarkAbandoned:
 # ---- writer -> supervisor -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WriterReady:
+class WriterReady(NamedTuple):
     logs_dir: str
 
 
-@dataclass(frozen=True)
-class RunWritten:
+class RunWritten(NamedTuple):
     receipt_path: str
 
 
-@dataclass(frozen=True)
-class WriterFailed:
+class WriterFailed(NamedTuple):
     message: str  # one line, e.g. "No space left on device (/repo/.loom/.runtime/logs/...)"

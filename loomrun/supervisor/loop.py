@@ -150,7 +150,7 @@ class Supervisor:
             while slot.conn.poll():
                 msg = slot.conn.recv()
                 if isinstance(msg, m.StepBegan):
-                    slot.step = msg.index
+                    slot.step = msg.step
                 elif isinstance(msg, m.StepEnded):
                     slot.step = None
                 elif isinstance(msg, m.Notice):

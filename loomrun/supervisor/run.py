@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -319,7 +319,7 @@ class Run:
             self.sup.writer = self.writer
             self.writer.conn.send(m.JobRoster(tuple((j, self.sup.jobs[j].stage) for j in self.sup.sched.order)))
             for ended in self.sup.ended:
-                self.writer.conn.send(replace(ended, replay=True))
+                self.writer.conn.send(ended._replace(replay=True))
 
 
 def _cgroup_finder(cg: Any) -> Any:

@@ -168,11 +168,11 @@ class RunLog:
 
     # -- steps -----------------------------------------------------------------------------
     def step_started(self, msg: m.StepStarted) -> StepLog:
-        path = self.job_dir(msg.job_id) / step_dir(msg.index) / "events.jsonl"
-        step = StepLog(msg.index, self.redact(msg.command), msg.ts_ns, LineFile(path))
-        self.job(msg.job_id).steps[msg.index] = step
+        path = self.job_dir(msg.job_id) / step_dir(msg.step) / "events.jsonl"
+        step = StepLog(msg.step, self.redact(msg.command), msg.ts_ns, LineFile(path))
+        self.job(msg.job_id).steps[msg.step] = step
         emit(step.events, msg.ts_ns, "phase_started", "step", "job.execution", job_id=msg.job_id,
-             step=msg.index, command=step.command)
+             step=msg.step, command=step.command)
         return step
 
     def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int) -> None:
@@ -180,7 +180,7 @@ class RunLog:
         emit_output(step.events, ts_ns, job_id, step.index, stream, lines)
 
     def step_finished(self, msg: m.StepFinished) -> None:
-        step = self.job(msg.job_id).steps.get(msg.index)
+        step = self.job(msg.job_id).steps.get(msg.step)
         if step is None:
             return
         step.exit_code, step.duration_ms, step.finished_ns = msg.exit_code, msg.duration_ms, msg.ts_ns
