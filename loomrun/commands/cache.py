@@ -14,7 +14,11 @@ from loomrun.repo import discover_repo_root
 
 
 def _store() -> CacheStore:
-    return CacheStore(cache_root(discover_repo_root()))
+    from loomrun.supervisor.abandoned import reap_with_oneshot_writer
+
+    root = discover_repo_root()
+    reap_with_oneshot_writer(root / ".loom" / ".runtime")  # spec §5.5: the next loom command reaps
+    return CacheStore(cache_root(root))
 
 
 def _size(n: int) -> str:

@@ -72,6 +72,9 @@ def _emit(lines: list[str]) -> None:
 
 def main(run_id: str | None, job: str | None) -> int:
     runtime = find_runtime()
+    from loomrun.supervisor.abandoned import reap_with_oneshot_writer
+
+    reap_with_oneshot_writer(runtime)  # a dead run shows as abandoned, not as missing
     receipt = _read(find_receipt(runtime, run_id))
     logs_dir = Path(receipt["logs_dir"])
     pipeline = _read(Path(receipt["pipeline_manifest_path"]))

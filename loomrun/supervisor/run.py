@@ -101,7 +101,6 @@ class Run:
 
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
-        abandoned = locks.find_abandoned(self.runtime)
         try:
             self.lock = locks.RunLock(self.runtime, self.run_id)
         except OSError as exc:
@@ -118,8 +117,7 @@ class Run:
         self.logs_dir = reply.logs_dir
         self.term.detail(f"run id {self.run_id}")
         self.term.detail(f"logs {self.logs_dir}")
-        for dead in abandoned:
-            self._reap_abandoned(dead)
+        self._reap_abandoned()
 
     def _writer_reply(self, timeout_s: float) -> Any:
         from multiprocessing.connection import wait
@@ -136,21 +134,14 @@ class Run:
                 return m.WriterFailed("writer process exited")
         return m.WriterFailed("writer process did not answer")
 
-    def _reap_abandoned(self, dead: str) -> None:
-        from loomrun.proctree import JobCgroup, stop_processes, tagged
+    def _reap_abandoned(self) -> None:
+        from loomrun.supervisor import abandoned
 
-        self.term.detail(f"run {dead} was abandoned; marking it and reaping what it left")
-        self.writer.conn.send(m.MarkAbandoned(dead))
-        stop_processes(lambda: tagged(dead), 0.0)
-        base = Path("/sys/fs/cgroup")
-        names = {p.name for p in base.glob(f"*/loom/{dead}.*")} | {p.name for p in base.glob(f"loom/{dead}.*")}
-        for name in names:
-            cg = JobCgroup(name)
-            cg.attach_existing()
-            stop_processes(_cgroup_finder(cg), 0.0)
-            cg.remove()
-        locks.forget(self.runtime, dead)
-        if _docker_configured():
+        def mark(run_id: str) -> None:
+            self.term.detail(f"run {run_id} was abandoned; marking it and reaping what it left")
+            self.writer.conn.send(m.MarkAbandoned(run_id))
+
+        if abandoned.reap(self.runtime, mark) and _docker_configured():
             alive = locks.alive_runs(self.runtime) | {self.run_id}
             self.janitors.append(janitor.spawn("docker leftovers", lambda: janitor.docker_reap_leftovers(alive)))
 
@@ -320,20 +311,6 @@ class Run:
             self.writer.conn.send(m.JobRoster(tuple((j, self.sup.jobs[j].stage) for j in self.sup.sched.order)))
             for ended in self.sup.ended:
                 self.writer.conn.send(ended._replace(replay=True))
-
-
-def _cgroup_finder(cg: Any) -> Any:
-    import psutil
-
-    def find() -> list[psutil.Process]:
-        procs = []
-        for pid in cg.pids():
-            try:
-                procs.append(psutil.Process(pid))
-            except psutil.Error:
-                continue
-        return procs
-    return find
 
 
 def _docker_configured() -> bool:

@@ -429,6 +429,18 @@ def mark_abandoned(runtime: Path, run_id: str) -> Path | None:
     summary.update({"schema_version": SCHEMA, "run_id": run_id, "status": "failure", "exit_code": 1,
                     "error": "abandoned"})
     write_document(summary_path, summary)
+    manifest_path = logs_dir / "pipeline" / "manifest.json"
+    if not manifest_path.exists():  # the run died before writing one: list what it got to
+        jobs = []
+        for folder in sorted((logs_dir / "jobs").glob("*")) if (logs_dir / "jobs").is_dir() else []:
+            try:
+                status = json.loads((folder / "summary.json").read_text()).get("status", "canceled")
+            except (OSError, ValueError):
+                status = "canceled"
+            jobs.append({"id": folder.name, "status": status, "summary_path": f"jobs/{folder.name}/summary.json",
+                         "manifest_path": f"jobs/{folder.name}/manifest.json"})
+        write_document(manifest_path, {"schema_version": SCHEMA, "run_id": run_id, "jobs": jobs,
+                                       "failing_job_id": None, "failing_job_manifest_path": None})
     receipt_path = runtime / "receipts" / f"{run_id}.json"
     receipt: dict[str, Any] = {}
     if receipt_path.exists():

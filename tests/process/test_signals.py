@@ -247,3 +247,17 @@ def test_interrupt_at_any_moment_never_leaves_a_mess(tmp_path: Path, delay: floa
     runs = repo / ".loom/.runtime/runs"
     assert not runs.exists() or not list(runs.glob("*.lock"))
     assert processes_matching("sleep 3105") == []
+
+
+def test_sigkill_of_loom_then_loom_logs_marks_it_abandoned(tmp_path: Path) -> None:
+    bg, repo = _start(tmp_path, 3106)
+    dead_run = next((repo / ".loom/.runtime/runs").glob("*.lock")).name[: -len(".lock")]
+    bg.signal(signal.SIGKILL)
+    bg.proc.wait(timeout=30)
+    logs = run_loom(repo, "logs", dead_run)
+    assert logs.code == 0, logs.stderr
+    assert f"run {dead_run}: failure: abandoned" in logs.stderr
+    receipt = load(repo / ".loom/.runtime/receipts" / f"{dead_run}.json")
+    assert receipt["status"] == "failure" and receipt["error"] == "abandoned"
+    assert processes_matching("sleep 3106") == []
+    assert run_processes(dead_run) == []

@@ -1,0 +1,66 @@
+"""Runs whose supervisor died (SIGKILL): found by their run lock, marked, and reaped. `loom` process.
+
+The next `loom run`, `loom logs` or `loom cache` in the repo does this (spec §5.5): the dead run's
+pipeline summary and receipt become `failure` / `abandoned` (written by a writer process), the
+processes still carrying its `LOOM_RUN_ID` and its cgroups are killed, and its lock is forgotten.
+Docker leftovers are removed by the next run that has a Docker job (it imports the SDK anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from loomrun.proctree import CGROUP_ROOT, JobCgroup, stop_processes, tagged
+from loomrun.supervisor import locks
+
+
+def reap(runtime: Path, mark: Callable[[str], None]) -> list[str]:
+    """Mark (through `mark`, which hands the work to a writer) and reap every abandoned run."""
+    dead = locks.find_abandoned(runtime)
+    for run_id in dead:
+        mark(run_id)
+        stop_processes(_tagged(run_id), 0.0)
+        names = {p.name for p in CGROUP_ROOT.glob(f"*/loom/{run_id}.*")}
+        names |= {p.name for p in CGROUP_ROOT.glob(f"loom/{run_id}.*")}
+        for name in names:
+            cgroup = JobCgroup(name)
+            cgroup.attach_existing()
+            stop_processes(_members(cgroup), 0.0)
+            cgroup.remove()
+        locks.forget(runtime, run_id)
+    return dead
+
+
+def reap_with_oneshot_writer(runtime: Path) -> list[str]:
+    """For commands without a writer of their own (`loom logs`, `loom cache`)."""
+    from loomrun.writer.oneshot import run_in_writer
+    from loomrun.writer.runlog import mark_abandoned
+
+    def mark(run_id: str) -> None:
+        run_in_writer(lambda: _mark(mark_abandoned, runtime, run_id), runtime / "receipts")
+
+    return reap(runtime, mark)
+
+
+def _mark(fn: Callable[[Path, str], object], runtime: Path, run_id: str) -> None:
+    fn(runtime, run_id)
+
+
+def _tagged(run_id: str) -> Callable[[], list[psutil.Process]]:
+    return lambda: tagged(run_id)
+
+
+def _members(cgroup: JobCgroup) -> Callable[[], list[psutil.Process]]:
+    def find() -> list[psutil.Process]:
+        procs = []
+        for pid in cgroup.pids():
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
+        return procs
+
+    return find
