@@ -136,6 +136,9 @@ class JobCgroup:
                 continue
         return found
 
+    def processes(self) -> list[psutil.Process]:
+        return handles(self.pids())
+
     def oom_killed(self) -> bool:
         if self.v2:
             return _event(self.dirs.get("unified"), "memory.events", "oom_kill") > 0
@@ -235,10 +238,15 @@ def descendants(pid: int) -> list[psutil.Process]:
             return psutil.Process(pid).children(recursive=True)
         except psutil.Error:
             return []
+    return handles(pids)
+
+
+def handles(pids: Iterable[int]) -> list[psutil.Process]:
+    """psutil handles for the pids still alive (one that exited meanwhile is skipped)."""
     procs = []
-    for p in pids:
+    for pid in pids:
         try:
-            procs.append(psutil.Process(p))
+            procs.append(psutil.Process(pid))
         except psutil.Error:
             continue
     return procs

@@ -28,7 +28,7 @@ def reap(runtime: Path, mark: Callable[[str], None]) -> list[str]:
         for name in names:
             cgroup = JobCgroup(name)
             cgroup.attach_existing()
-            stop_processes(_members(cgroup), 0.0)
+            stop_processes(cgroup.processes, 0.0)
             cgroup.remove()
         locks.forget(runtime, run_id)
     return dead
@@ -52,15 +52,3 @@ def _mark(fn: Callable[[Path, str], object], runtime: Path, run_id: str) -> None
 def _tagged(run_id: str) -> Callable[[], list[psutil.Process]]:
     return lambda: tagged(run_id)
 
-
-def _members(cgroup: JobCgroup) -> Callable[[], list[psutil.Process]]:
-    def find() -> list[psutil.Process]:
-        procs = []
-        for pid in cgroup.pids():
-            try:
-                procs.append(psutil.Process(pid))
-            except psutil.Error:
-                continue
-        return procs
-
-    return find

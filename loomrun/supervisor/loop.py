@@ -253,14 +253,8 @@ class Supervisor:
         cgroup.attach_existing()
         if cgroup.dirs or slot.result is None:
             def find() -> list[Any]:
-                import psutil
-
-                procs = {p.pid: p for p in tagged(self.run_id, slot.name)}
-                for pid in cgroup.pids():
-                    try:
-                        procs.setdefault(pid, psutil.Process(pid))
-                    except psutil.Error:
-                        continue
+                procs = {p.pid: p for p in cgroup.processes()}
+                procs.update((p.pid, p) for p in tagged(self.run_id, slot.name))
                 return list(procs.values())
 
             slot.sweep = stop_processes(find, 0.0 if slot.result is None else self.grace_s)

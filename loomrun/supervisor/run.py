@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -422,7 +421,3 @@ def _verdict(sup: Supervisor) -> tuple[int, str | None]:
     error = _error_for(sup)
     return (ExitCode.FAILED, error) if error else (ExitCode.OK, None)
 
-
-def main_exit(result: RunResult) -> int:
-    sys.stderr.flush()
-    return result.exit_code

@@ -20,7 +20,7 @@ from typing import ClassVar
 import psutil
 
 from loomrun.globs import match_paths
-from loomrun.proctree import JobCgroup, descendants, exit_code_of, stop_processes
+from loomrun.proctree import JobCgroup, descendants, exit_code_of, handles, stop_processes
 from workers.providers.base import JobContext, ProviderError
 
 F_SETPIPE_SZ = 1031
@@ -98,12 +98,7 @@ class HostProvider:
         cgroup: JobCgroup | None = ctx.state.get("cgroup")
         procs = {p.pid: p for p in descendants(me)}
         if cgroup is not None:
-            for pid in cgroup.pids():
-                if pid != me and pid not in procs:
-                    try:
-                        procs[pid] = psutil.Process(pid)
-                    except psutil.Error:
-                        continue
+            procs.update((p.pid, p) for p in handles(cgroup.pids() - procs.keys() - {me}))
         return list(procs.values())
 
     def stop(self, ctx: JobContext, grace_s: float) -> None:
