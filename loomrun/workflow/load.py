@@ -2,9 +2,10 @@
 
 Parses into a small tree of `YNode`s that keep the file name, line and column of every value: a
 plain document is composed here from libyaml's events (pyyaml's C parser, ~5x faster on a 100-job
-workflow); anything else goes through pyyaml's checking composer (SafeLoader), which words the error. Anchors, aliases and explicit tags are rejected (deterministic
-YAML); a non-mapping root, binary bytes, an empty file, a huge file or deep nesting all come back as
-diagnostics, never as exceptions.
+workflow); anything else goes through pyyaml's checking composer (SafeLoader), which words the
+error. Anchors, aliases and explicit tags are rejected (deterministic YAML); a non-mapping root,
+binary bytes, an empty file, a huge file or deep nesting all come back as diagnostics, never as
+exceptions.
 """
 
 from __future__ import annotations
