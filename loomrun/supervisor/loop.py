@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from loomrun.forkserver.process import ForkServer
 from loomrun.proctree import JobCgroup, describe_status, stop_processes, tagged
 from loomrun.protocol import messages as m
 from loomrun.supervisor.scheduler import Scheduler
@@ -68,6 +69,13 @@ class Supervisor:
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
+        self.forks = ForkServer()
+        try:
+            self._execute()
+        finally:
+            self.forks.close()
+
+    def _execute(self) -> None:
         while not self.sched.done() or self.slots:
             if self.interrupted is None and self.writer_error is None:
                 for name in self.sched.take_ready():
@@ -139,9 +147,16 @@ class Supervisor:
     def _start(self, name: str) -> None:
         job = self.jobs[name]
         spec = self.make_spec(job)
-        slot = start_worker(spec, self.writer, job.timeout_s)
-        self.slots[name] = slot
         self.term.job_started(name, job.provider, job.image.name if job.image else None)
+        try:
+            slot = start_worker(spec, self.writer, self.forks, job.timeout_s)
+        except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
+            self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
+                         started_ns=time.time_ns())
+            for skipped, reason in self.sched.finish(name, "failed"):
+                self._record(skipped, "skipped", None, m.DEPENDENCY_FAILED, reason, None, started_ns=None)
+            return
+        self.slots[name] = slot
 
     # -- messages ---------------------------------------------------------------------------
     def _read_worker(self, slot: JobSlot) -> None:

@@ -7,7 +7,6 @@ every end the supervisor does not use, so EOF means what it says.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket
@@ -16,11 +15,10 @@ from dataclasses import dataclass
 from multiprocessing import Pipe, reduction
 from multiprocessing.connection import Connection
 
+from loomrun.forkserver.process import ForkServer
 from loomrun.protocol import messages as m
 from loomrun.writer.process import WriterHandle
 from workers.job import WorkerSpec
-from workers.main import worker_main
-from workers.providers import host as _host  # noqa: F401  imported once here, not in every forked worker
 
 # Allowed transitions of the job lifecycle (supervisord-style): state -> states it may go to.
 TRANSITIONS = {
@@ -72,7 +70,7 @@ class JobSlot:
             pass
 
 
-def start_worker(spec: WorkerSpec, writer: WriterHandle, timeout_s: float | None) -> JobSlot:
+def start_worker(spec: WorkerSpec, writer: WriterHandle, forks: ForkServer, timeout_s: float | None) -> JobSlot:
     sup_end, worker_end = Pipe(duplex=True)
     writer_end, worker_writer_end = Pipe(duplex=True)
     writer.conn.send(m.AttachWorker(spec.job.name))
@@ -80,13 +78,11 @@ def start_worker(spec: WorkerSpec, writer: WriterHandle, timeout_s: float | None
         reduction.sendfds(s, [writer_end.fileno()])
     writer_end.close()
     started_ns, started_mono = time.time_ns(), time.monotonic()
-    gc.freeze()  # keep the collector from touching (and so copying) the parent's pages in the child
-    pid = os.fork()
-    if pid == 0:
-        sup_end.close()
-        worker_main(spec, worker_end, worker_writer_end)
-    worker_end.close()
-    worker_writer_end.close()
+    try:
+        pid = forks.spawn(spec, [worker_end.fileno(), worker_writer_end.fileno()])
+    finally:
+        worker_end.close()
+        worker_writer_end.close()
     slot = JobSlot(spec.job.name, pid, sup_end, os.pidfd_open(pid), started_ns, started_mono)
     if timeout_s is not None:
         slot.deadline = started_mono + timeout_s

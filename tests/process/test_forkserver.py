@@ -1,0 +1,101 @@
+"""The fork server: workers are the supervisor's own children, a killed fork server is replaced and
+the run goes on, and it dies with the supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.process.runner import Background, load, loom_env, make_repo, run_loom, run_processes
+
+TWO = """
+version: v1
+stages: [s]
+first:
+  stage: s
+  target: linux
+  script:
+    - echo "$PPID" > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; while [ ! -e "$MARK.go" ]; do sleep 0.02; done
+second:
+  stage: s
+  target: linux
+  needs: [first]
+  script:
+    - echo second ran
+"""
+
+
+def _fork_server(loom: psutil.Process) -> psutil.Process:
+    """Among loom's children: same process group as loom (the writer has its own, workers their own
+    session)."""
+    group = os.getpgid(loom.pid)
+    found = [c for c in loom.children() if os.getpgid(c.pid) == group and os.getsid(c.pid) != c.pid]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _wait_dead(proc: psutil.Process, timeout: float = 10) -> None:
+    """Dead, or a zombie its parent (loom) has not reaped yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        assert time.monotonic() < deadline, f"{proc} still alive"
+        time.sleep(0.02)
+
+
+def test_workers_are_the_supervisors_children_and_the_fork_server_ignores_sigint(tmp_path: Path) -> None:
+    mark = tmp_path / "first-running"
+    repo = make_repo(tmp_path / "repo", TWO)
+    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark)))
+    bg.wait_for_file(mark)
+    loom = psutil.Process(bg.proc.pid)
+    worker = psutil.Process(int(mark.read_text()))
+    assert worker.ppid() == loom.pid  # forked by the fork server with CLONE_PARENT
+    server = _fork_server(loom)
+    assert server.pid != worker.pid
+    server.send_signal(signal.SIGINT)  # a terminal ^C reaches the whole group: loom decides, not it
+    time.sleep(0.2)
+    assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE
+    (tmp_path / "first-running.go").touch()
+    res = bg.finish()
+    assert res.code == 0, res.stderr
+    assert not server.is_running()  # exits on EOF at the end of the run, reaped by loom
+
+
+def test_a_fork_server_killed_between_jobs_is_replaced(tmp_path: Path) -> None:
+    mark = tmp_path / "first-running"
+    repo = make_repo(tmp_path / "repo", TWO)
+    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark)))
+    bg.wait_for_file(mark)
+    loom = psutil.Process(bg.proc.pid)
+    old = _fork_server(loom)
+    old.kill()
+    _wait_dead(old)
+    (tmp_path / "first-running.go").touch()
+    res = bg.finish()
+    assert res.code == 0, res.stderr
+    assert load(res.logs_dir / "jobs" / "second" / "summary.json")["status"] == "success"
+    assert res.step_lines("second", 1) == ["second ran"]
+
+
+def test_the_fork_server_dies_with_the_supervisor(tmp_path: Path) -> None:
+    mark = tmp_path / "first-running"
+    repo = make_repo(tmp_path / "repo", TWO)
+    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark)))
+    bg.wait_for_file(mark)
+    dead_run = next((repo / ".loom/.runtime/runs").glob("*.lock")).name[: -len(".lock")]
+    server = _fork_server(psutil.Process(bg.proc.pid))
+    bg.signal(signal.SIGKILL)
+    bg.proc.wait(timeout=30)
+    _wait_dead(server)  # PR_SET_PDEATHSIG: gone with the supervisor, not left for the next command
+    logs = run_loom(repo, "logs", dead_run)  # reaps what the dead run left (the worker and its step)
+    assert logs.code == 0, logs.stderr
+    assert run_processes(dead_run) == []
