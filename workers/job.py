@@ -12,13 +12,12 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loomrun.protocol import messages as m
-from loomrun.workflow.model import Job
+from loomrun.protocol.spec import WorkerSpec
 from workers.providers import get_provider
 from workers.providers.base import JobContext, Provider, ProviderError, StepHandle
 from workers.report import Reporter, SectionFailed
@@ -27,27 +26,6 @@ if TYPE_CHECKING:
     from workers.caching import JobCaches
 
 LIMIT_TICK_S = 0.1
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs, handed over by fork (no serialisation)."""
-
-    run_id: str
-    pipeline_id: str
-    job: Job
-    workspace: Path
-    runtime_dir: Path
-    env: dict[str, str]
-    mount_mode: str = "ephemeral_volume"
-    trace: bool = False
-    grace_s: float = 5.0
-    cache_enabled: bool = True
-    head_sha: str = ""
-    dependency_artifacts: tuple[tuple[str, str], ...] = ()  # (job id, staged artifacts folder)
-    fingerprint_outputs: bool = False  # --cache-diff: hash the declared outputs after the job
-    docker_leftovers: tuple[str, ...] | None = None  # set for one Docker job: remove dead runs' objects
-    secrets: dict[str, str] = field(default_factory=dict)
 
 
 class Canceled(Exception):

@@ -18,7 +18,8 @@ from typing import NoReturn
 
 from loomrun.proctree import reap_zombie_children, set_child_subreaper
 from loomrun.protocol import messages as m
-from workers.job import JobRunner, WorkerSpec
+from loomrun.protocol.spec import WorkerSpec
+from workers.job import JobRunner
 from workers.report import Reporter
 
 

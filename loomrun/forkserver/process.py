@@ -1,14 +1,14 @@
-"""The fork server: a small process, forked by the supervisor before the first job, that forks the
-job workers on its behalf (a "zygote").
+"""The fork server: a small process that forks the job workers on the supervisor's behalf (a
+"zygote"). The supervisor starts it first thing in `loom run`, before its own bootstrap.
 
-Why: forking the supervisor itself costs it about 1 ms of page-table copying per job, and every
-page it then writes while a worker still shares it is copied again (~500 page faults per job,
-measured). The fork server is forked once, at the start of the run, and does nothing but fork, so
-that cost leaves the supervisor's critical path and lands on a process that touches almost nothing.
+Why (measured, ARCHITECTURE.md step 5): forking the supervisor cost it ~1.2 ms of page-table copying
+per job plus ~500 copy-on-write faults afterwards. The fork server imports the worker code, and the
+Docker SDK when the workflow mentions an image, on the other core while the supervisor is still
+loading the workflow and making the snapshot; then it does nothing but fork.
 
 The workers are still the supervisor's children: the fork server forks with `CLONE_PARENT`, so the
-supervisor reaps them, gets their exit status and their pidfd sentinel exactly as before. The fork
-server ignores ^C and TERM (the supervisor decides), dies with the supervisor
+supervisor reaps them and gets their exit status and pidfd sentinel exactly as with its own fork.
+The fork server ignores ^C and TERM (the supervisor decides), dies with the supervisor
 (`PR_SET_PDEATHSIG`), and exits on EOF.
 
 Wire: the supervisor sends a 4-byte length, then the pickled `WorkerSpec`; the worker's two
@@ -26,11 +26,11 @@ import pickle
 import signal
 import socket
 from multiprocessing.connection import Connection
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from workers.job import WorkerSpec
-from workers.main import worker_main
-from workers.providers import host as _host  # noqa: F401  imported once here, not in every forked worker
+if TYPE_CHECKING:
+    from loomrun.protocol.spec import WorkerSpec
+
 
 CLONE_PARENT = 0x00008000
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
@@ -45,17 +45,16 @@ class ForkServerDied(OSError):
 class ForkServer:
     """The supervisor's side: `spawn(spec, fds)` returns the pid of a new worker (its child)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload_docker: bool = False) -> None:
+        self.preload_docker = preload_docker
         self.pid, self.sock = self._fork()
 
-    @staticmethod
-    def _fork() -> tuple[int, socket.socket]:
+    def _fork(self) -> tuple[int, socket.socket]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        gc.freeze()  # the collector must not touch (and so copy) inherited pages in the fork server
         pid = os.fork()
         if pid == 0:
             ours.close()
-            _serve(theirs)
+            _serve(theirs, self.preload_docker)
         theirs.close()
         return pid, ours
 
@@ -87,8 +86,11 @@ class ForkServer:
         return pid
 
     def close(self) -> None:
+        """Called when no spawn is in flight. It holds nothing, so it need not finish an import first."""
         with contextlib.suppress(OSError):
             self.sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
 
@@ -103,13 +105,13 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     return buf
 
 
-def _serve(sock: socket.socket) -> NoReturn:
+def _serve(sock: socket.socket, preload_docker: bool) -> NoReturn:
     code = 0
     try:
-        gc.disable()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
+        gc.disable()
         libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across clone()
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() == 1:
@@ -117,6 +119,15 @@ def _serve(sock: socket.socket) -> NoReturn:
         keep = sock.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 65536)
+        # Imported here once, not in every worker (and not in the supervisor at all).
+        from workers.main import worker_main
+        from workers.providers import host as _host  # noqa: F401
+
+        if preload_docker:
+            with contextlib.suppress(ImportError):
+                from workers.providers import docker as _docker  # noqa: F401
+
+        gc.freeze()  # what is here now is never collected, so workers do not copy it to collect
         while True:
             msg, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, 2)
             if not msg:

@@ -20,12 +20,12 @@ from typing import Any
 from loomrun.forkserver.process import ForkServer
 from loomrun.proctree import JobCgroup, describe_status, stop_processes, tagged
 from loomrun.protocol import messages as m
+from loomrun.protocol.spec import WorkerSpec
 from loomrun.supervisor.scheduler import Scheduler
 from loomrun.supervisor.slots import JobSlot, start_worker
 from loomrun.supervisor.terminal import Terminal
 from loomrun.workflow.model import Job
 from loomrun.writer.process import WriterHandle
-from workers.job import WorkerSpec
 
 STOP_SLACK_S = 10.0  # how long past its grace a stopping worker may take before it is SIGKILLed
 
@@ -49,7 +49,7 @@ class WriterLost(Exception):
 class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
                  writer: WriterHandle, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
-                 run_id: str, grace_s: float, wakeup_fd: int) -> None:
+                 run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.sched = Scheduler(jobs, deps, max_jobs)
         self.writer = writer
@@ -66,20 +66,24 @@ class Supervisor:
         self.finish_order: list[str] = []
         self.ended: list[m.JobEnded] = []  # everything told to the writer, for a writer that takes over
         self.exiting: dict[int, JobSlot] = {}  # sentinel -> worker that reported and is exiting
+        self.forks = forks  # started early by `loom run`; else this supervisor starts (and ends) its own
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
-        self.forks = ForkServer()
+        if self.forks is not None:
+            self._execute(self.forks)
+            return
+        own = ForkServer(preload_docker=any(j.provider == "docker" for j in self.jobs.values()))
         try:
-            self._execute()
+            self._execute(own)
         finally:
-            self.forks.close()
+            own.close()
 
-    def _execute(self) -> None:
+    def _execute(self, forks: ForkServer) -> None:
         while not self.sched.done() or self.slots:
             if self.interrupted is None and self.writer_error is None:
                 for name in self.sched.take_ready():
-                    self._start(name)
+                    self._start(name, forks)
             if self.sched.done() and not self.slots:
                 break
             self._wait_once()
@@ -144,12 +148,12 @@ class Supervisor:
         return max(0.0, min(marks) - now) if marks else None
 
     # -- starting --------------------------------------------------------------------------------
-    def _start(self, name: str) -> None:
+    def _start(self, name: str, forks: ForkServer) -> None:
         job = self.jobs[name]
         spec = self.make_spec(job)
         self.term.job_started(name, job.provider, job.image.name if job.image else None)
         try:
-            slot = start_worker(spec, self.writer, self.forks, job.timeout_s)
+            slot = start_worker(spec, self.writer, forks, job.timeout_s)
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())

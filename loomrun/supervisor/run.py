@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from loomrun.errors import ExitCode, LoomError
+from loomrun.forkserver.process import ForkServer
 from loomrun.protocol import messages as m
+from loomrun.protocol.spec import WorkerSpec
 from loomrun.repo import DEFAULT_WORKFLOW, discover_repo_root, repo_root_for_workflow, runtime_dir
 from loomrun.supervisor import janitor, locks
 from loomrun.supervisor.env import job_env
@@ -27,7 +29,6 @@ from loomrun.supervisor.loop import Outcome, Supervisor, WriterLost
 from loomrun.supervisor.terminal import Terminal
 from loomrun.workflow.model import Job, Workflow
 from loomrun.writer import process as writer_process
-from workers.job import WorkerSpec
 
 KEEP_SNAPSHOTS = 5
 GRACE_S = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
@@ -96,6 +97,7 @@ class Run:
         self.branch: str | None = None
         self.mount_mode = "ephemeral_volume"
         self.sup: Supervisor | None = None
+        self.forks: ForkServer | None = None
         self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
 
     # -- bootstrap ----------------------------------------------------------------------------
@@ -246,7 +248,7 @@ class Run:
             self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
         sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
-                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd)
+                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks)
         self.sup = sup
         sup.execute()
         status = "success" if not _failed_jobs(sup) else "failed"
@@ -340,11 +342,13 @@ class _Interrupted(BaseException):  # like KeyboardInterrupt: no `except Excepti
         self.signum = signum
 
 
-def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | None = None) -> RunResult:
+def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | None = None,
+              forks: ForkServer | None = None) -> RunResult:
     """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
-    the receipt is written."""
+    the receipt is written. `forks`: a fork server started early by the caller (else one per run)."""
     term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
     run = Run(opts, term)
+    run.forks = forks
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     phase = {"bootstrap": False}  # while the lock and the writer are set up, signals are only recorded
 

@@ -17,8 +17,8 @@ from multiprocessing.connection import Connection
 
 from loomrun.forkserver.process import ForkServer
 from loomrun.protocol import messages as m
+from loomrun.protocol.spec import WorkerSpec
 from loomrun.writer.process import WriterHandle
-from workers.job import WorkerSpec
 
 # Allowed transitions of the job lifecycle (supervisord-style): state -> states it may go to.
 TRANSITIONS = {

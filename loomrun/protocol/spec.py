@@ -1,0 +1,30 @@
+"""What a worker is started with. Built by the supervisor, pickled to the fork server, read by the
+worker. Part of the wire contract: no process-specific imports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loomrun.workflow.model import Job
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; pickled to the fork server, which forks the worker with it."""
+
+    run_id: str
+    pipeline_id: str
+    job: Job
+    workspace: Path
+    runtime_dir: Path
+    env: dict[str, str]
+    mount_mode: str = "ephemeral_volume"
+    trace: bool = False
+    grace_s: float = 5.0
+    cache_enabled: bool = True
+    head_sha: str = ""
+    dependency_artifacts: tuple[tuple[str, str], ...] = ()  # (job id, staged artifacts folder)
+    fingerprint_outputs: bool = False  # --cache-diff: hash the declared outputs after the job
+    docker_leftovers: tuple[str, ...] | None = None  # set for one Docker job: remove dead runs' objects
+    secrets: dict[str, str] = field(default_factory=dict)
