@@ -8,9 +8,11 @@ check them. Stopping is the provider's `stop()`: TERM, grace, KILL of everything
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
+import threading
 import time
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from workers.caching import JobCaches
 
 LIMIT_TICK_S = 0.1
+LEFTOVERS_WAIT_S = 60.0
 
 
 class Canceled(Exception):
@@ -59,6 +62,7 @@ class JobRunner:
 
             self.caches = JobCaches(self.ctx, self.provider, rep, spec.runtime_dir, spec.head_sha)
         self.outputs: dict[str, str] = {}
+        self._leftovers: tuple[threading.Thread, list[str]] | None = None
 
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> m.JobFinished:
@@ -108,19 +112,30 @@ class JobRunner:
                 sec.line(f"provider {self.provider.name}"
                          + (f", image {self.job.image.name}" if self.job.image else ""))
                 self.ctx.log = sec
-                if self.spec.docker_leftovers is not None:
-                    self._reap_docker_leftovers(sec)
-                self.provider.prepare(self.ctx)
+                try:
+                    self.provider.prepare(self.ctx)
+                finally:
+                    if self.spec.docker_leftovers is not None:
+                        self._reap_docker_leftovers(sec)
 
     def _reap_docker_leftovers(self, sec: Any) -> None:
+        """Dead runs' containers, networks and volumes go in a thread with its own connection, while
+        this job runs (started once the job's own container is up: the engine serves calls one
+        container at a time, and a listing next to the start slowed the start by more than it
+        took); `_cleanup` waits for it and logs what it removed."""
         from workers.providers.docker import reap_leftovers
 
-        try:
-            removed = reap_leftovers(self.spec.docker_leftovers or (), prefix="loom-run-local-")
-        except ProviderError:
-            return  # the engine is unreachable: prepare() reports that with its own message
-        for what in removed:
-            sec.line(f"removed leftover {what}")
+        alive = self.spec.docker_leftovers or ()
+        done: list[str] = []
+
+        def reap() -> None:
+            with contextlib.suppress(ProviderError):  # unreachable: prepare() says so in its own words
+                done.extend(reap_leftovers(alive, prefix="loom-run-local-"))
+
+        thread = threading.Thread(target=reap, name="docker-leftovers", daemon=True)
+        thread.start()
+        self._leftovers = (thread, done)
+        sec.line("removing leftovers of dead runs in the background")
 
     @property
     def _secret_dir(self) -> Path:
@@ -261,6 +276,11 @@ class JobRunner:
     def _cleanup(self) -> None:
         with self.rep.phase("job.cleanup"), self.rep.section("cleanup") as sec:
             self.provider.cleanup(self.ctx)
+            if self._leftovers is not None:
+                thread, removed = self._leftovers
+                thread.join(LEFTOVERS_WAIT_S)
+                for what in removed:
+                    sec.line(f"removed leftover {what}")
             if self.job.secrets:
                 from workers import secrets
 

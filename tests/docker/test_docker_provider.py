@@ -143,7 +143,10 @@ def test_labels_on_everything_and_no_privileges(
     assert info["Config"]["Labels"]["loom.job_id"] == "job"
     assert info["HostConfig"]["Privileged"] is False
     assert not any("docker.sock" in m.get("Source", "") for m in info["Mounts"])
-    assert engine.inspect_volume(ctx.state["volume"])["Labels"]["loom.run_id"] == run_id
+    workspace = next(m for m in info["Mounts"] if m["Destination"] == "/workspace")
+    assert workspace["Type"] == "volume"  # ephemeral_volume, the default
+    volume = workspace["Name"]
+    assert engine.inspect_volume(volume)["Labels"]["loom.run_id"] == run_id
     assert engine.inspect_network(ctx.state["network"])["Labels"]["loom.run_id"] == run_id
     for sid in ctx.state["services"]:
         assert engine.inspect_container(sid)["Config"]["Labels"]["loom.job_id"] == "job"
