@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,43 @@ def test_labels_on_everything_and_no_privileges(
     from tests.docker.helpers import labelled
 
     assert labelled(engine, run_id) == []
+
+
+# ---- the container's shell session ---------------------------------------------------------------
+
+
+def test_quotes_newlines_and_a_last_line_without_newline(provider: DockerProvider, make_job: MakeJob) -> None:
+    ctx = make_job()
+    provider.prepare(ctx)
+    result = run_step(provider, ctx, "echo \"it's\" 'quoted'\nprintf 'two\\nlines'; printf 'err' >&2; exit 7")
+    assert (result.code, result.out, result.err) == (7, "it's quoted\ntwo\nlines", "err")
+    assert run_step(provider, ctx, "echo next").out == "next\n"  # the session carries on
+
+
+def test_a_command_with_control_characters_runs_as_an_exec(provider: DockerProvider, make_job: MakeJob) -> None:
+    ctx = make_job()
+    provider.prepare(ctx)
+    result = run_step(provider, ctx, "echo 'a\x10\x11b' | wc -c; exit 4")  # \x10\x11: ctrl-p ctrl-q
+    assert (result.code, result.out.strip()) == (4, "5")
+    assert run_step(provider, ctx, "echo after").out == "after\n"
+
+
+def test_output_of_a_background_process_never_hangs_a_step(provider: DockerProvider, make_job: MakeJob) -> None:
+    ctx = make_job()
+    provider.prepare(ctx)
+    first = run_step(provider, ctx, "(sleep 0.3; echo late) & echo first")
+    assert (first.code, first.out) == (0, "first\n")  # the step ends when its shell does
+    time.sleep(0.6)
+    second = run_step(provider, ctx, "echo second")
+    assert second.code == 0 and second.out.endswith("second\n")  # "late" arrived in between: it shows here
+    assert second.out in ("second\n", "late\nsecond\n")
+
+
+def test_stop_between_steps_ends_the_container(provider: DockerProvider, make_job: MakeJob, engine: Any) -> None:
+    ctx = make_job()
+    provider.prepare(ctx)
+    assert run_step(provider, ctx, "true").code == 0
+    provider.stop(ctx, 30.0)  # the shell waits for input: the stop must wake it, not sit out the grace
+    state = engine.inspect_container(ctx.state["container"])["State"]
+    assert not state["Running"] and state["ExitCode"] == 0  # its TERM trap ended it, no SIGKILL
+    provider.cleanup(ctx)
