@@ -40,11 +40,18 @@ def write_temp(path: Path, data: bytes, *, fsync: bool, made: set[Path] | None =
     return tmp
 
 
+_VALUE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode  # the C encoder
+
+
 def encode_json(doc: Any, *, compact: bool = False) -> bytes:
-    """`compact` skips indentation (json's indenting encoder is pure Python: slow for big lists)."""
+    """A mapping is written one top-level key per line, each value on its line (readable with `cat`
+    or `grep`, and encoded by json's C encoder: with `indent` json falls back to its pure-Python
+    encoder, measured ~4x slower on loom's documents). `compact`: one line."""
     if compact:
         return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-    return (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+    if isinstance(doc, dict) and doc:
+        return ("{\n" + ",\n".join(f"  {_VALUE(str(k))}: {_VALUE(v)}" for k, v in doc.items()) + "\n}\n").encode()
+    return (_VALUE(doc) + "\n").encode()
 
 
 def write_json(path: Path, doc: Any, *, compact: bool = False, durable: bool = True) -> None:

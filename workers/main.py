@@ -45,18 +45,23 @@ def _isolate(keep: set[int]) -> None:
 
 def worker_main(spec: WorkerSpec, sup: Connection, writer: Connection) -> NoReturn:
     code = m.WORKER_EXIT_BOOT_ERROR
+    rep: Reporter | None = None
     try:
         _isolate({sup.fileno(), writer.fileno()})
         rep = Reporter(spec.job.name, writer, sup)
         runner = JobRunner(spec, rep)
         result = runner.run()
         code = m.WORKER_EXIT_LOST_SUPERVISOR if runner.lost_supervisor else m.WORKER_EXIT_OK
+        rep.flush()
         writer.close()  # EOF first: the writer has every record of the job once the supervisor says so
         try:
             sup.send(result)
         except OSError:
             code = m.WORKER_EXIT_LOST_SUPERVISOR
     except BaseException as exc:  # reported as data; the supervisor names it worker_crashed
+        if rep is not None:
+            with contextlib.suppress(Exception):
+                rep.flush()  # what the job said before the error
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         with contextlib.suppress(Exception):
             sup.send(m.JobFinished(spec.job.name, "failed", None, m.WORKER_CRASHED,

@@ -58,7 +58,7 @@ def provide(ctx: JobContext, rep: Reporter, staging: Path, trace: bool) -> None:
             values.append((spec.name, value))
             _deliver(ctx, spec.name, value, spec.file, staging, sec)
         # The writer learns the values before any step runs, so no line it writes can carry one.
-        rep.writer.send(m.Redact(tuple(values)))
+        rep.send_now(m.Redact(tuple(values)))
 
 
 def _deliver(ctx: JobContext, name: str, value: str, as_file: bool, staging: Path, sec: OpenSection) -> None:

@@ -135,6 +135,12 @@ class ArtifactsStaged(NamedTuple):
     files: tuple[str, ...]
 
 
+class Records(NamedTuple):
+    """Several worker records sent at once, handled in order (see workers/report.py)."""
+
+    records: tuple[Any, ...]
+
+
 class Redact(NamedTuple):
     """Secret values to replace with `[REDACTED:SECRET_<NAME>]` in everything the writer writes."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,27 @@ def write_document(path: Path, doc: Any) -> None:
 class Documents:
     """Documents made durable in batches: each is written to a temp file at once, then one syncfs()
     makes every pending temp file durable and the renames follow. A reader sees either the previous
-    document or the complete new one; a crash loses only documents not yet renamed, never the order
-    (the receipt, written last with its own fsync, comes after a flush)."""
+    document or the complete new one. The writer flushes at most every `FLUSH_EVERY_S` (a syncfs
+    costs ~1 ms and more on a busy disk; one per job was a tenth of a 100-job run's writer time);
+    if it dies in between, the writer that takes over renames the complete temp files it finds
+    (`recover_temps`), so no document of a reported job is lost. The receipt, written last with its
+    own fsync, comes after a flush."""
+
+    FLUSH_EVERY_S = 0.05
 
     def __init__(self) -> None:
         self.pending: list[tuple[Path, Path]] = []
         self.made: set[Path] = set()
+        self.since = 0.0  # monotonic time of the oldest pending document
 
     def write(self, path: Path, doc: Any) -> None:
+        if not self.pending:
+            self.since = time.monotonic()
         self.pending.append((write_temp(path, encode_json(doc), fsync=False, made=self.made), path))
+
+    def due_in(self) -> float | None:
+        """Seconds until the pending documents must be flushed (None: nothing pending)."""
+        return max(0.0, self.since + self.FLUSH_EVERY_S - time.monotonic()) if self.pending else None
 
     def flush(self) -> None:
         if not self.pending:
@@ -43,6 +57,33 @@ class Documents:
         for tmp, path in self.pending:
             os.replace(tmp, path)
         self.pending.clear()
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<n>\d+)\.tmp$")
+
+
+def recover_temps(root: Path) -> int:
+    """After a writer died: every complete temp document under `root` becomes its document (oldest
+    first, so the newest version wins), a torn one is removed. Returns how many were recovered."""
+    found: list[tuple[int, int, Path, Path]] = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            match = _TEMP.match(name)
+            if match:
+                tmp = Path(folder) / name
+                found.append((int(match["pid"]), int(match["n"]), tmp, tmp.with_name(match["name"])))
+    recovered = 0
+    for _pid, _n, tmp, path in sorted(found):
+        try:
+            json.loads(tmp.read_bytes())
+        except (OSError, ValueError):
+            tmp.unlink(missing_ok=True)
+            continue
+        os.replace(tmp, path)
+        recovered += 1
+    if recovered:
+        syncfs(root)
+    return recovered
 
 
 class LineFile:

@@ -86,7 +86,8 @@ class Writer:
                 deadline = deadline or time.monotonic() + DRAIN_AFTER_EOF_S
                 if time.monotonic() > deadline:
                     break
-            for key, _ in self.sel.select(timeout=1.0):
+            due = self.log.docs.due_in() if self.log is not None else None
+            for key, _ in self.sel.select(timeout=1.0 if due is None else min(1.0, due)):
                 kind, arg = key.data
                 try:
                     if kind == "sup":
@@ -99,12 +100,13 @@ class Writer:
                     self._report_os_error(exc)
                 except Exception as exc:  # a bad record must not take the writer down
                     self._bad_record(exc)
-            self._flush()
+            if self.log is not None and self.log.docs.due_in() == 0.0:
+                self._flush()
         self._flush()
         return 0
 
     def _flush(self) -> None:
-        """One syncfs for every document written in this round, then their renames."""
+        """One syncfs for every document written since the last flush, then their renames."""
         if self.log is not None:
             try:
                 self.log.docs.flush()
@@ -194,7 +196,15 @@ class Writer:
         log = self.log
         if log is None:
             raise ValueError("worker record before RunStarted")
-        if isinstance(msg, m.StepStarted):
+        if isinstance(msg, m.Records):
+            for record in msg.records:
+                try:
+                    self.handle_worker(conn, record)
+                except OSError:
+                    raise
+                except Exception as exc:  # one bad record: the others of the batch still count
+                    self._bad_record(exc)
+        elif isinstance(msg, m.StepStarted):
             with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 out_fd, err_fd = reduction.recvfds(s, 2)
             step = log.step_started(msg)

@@ -19,7 +19,7 @@ from loomrun import __version__
 from loomrun.durable import syncfs
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
-from loomrun.writer.files import Documents, LineFile, write_document
+from loomrun.writer.files import Documents, LineFile, recover_temps, write_document
 
 
 def step_dir(index: int) -> str:
@@ -75,6 +75,8 @@ class RunLog:
         gitignore = self.runtime / ".gitignore"
         if not gitignore.exists():
             gitignore.write_text("*\n")
+        if self.logs_dir.is_dir():  # a writer takes over from one that died
+            recover_temps(self.logs_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.receipts_dir.mkdir(parents=True, exist_ok=True)
         self.events = LineFile(self.logs_dir / "events.jsonl")
@@ -419,6 +421,8 @@ def mark_abandoned(runtime: Path, run_id: str) -> Path | None:
     import json
 
     logs_dir = runtime / "logs" / run_id
+    if logs_dir.is_dir():
+        recover_temps(logs_dir)  # documents its writer had written but not yet made durable
     summary_path = logs_dir / "pipeline" / "summary.json"
     summary: dict[str, Any] = {}
     if summary_path.exists():
