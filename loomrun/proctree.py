@@ -17,8 +17,11 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
+
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PR_SET_CHILD_SUBREAPER = 36
@@ -232,6 +235,8 @@ def descendant_pids(pid: int) -> list[int] | None:
 
 def descendants(pid: int) -> list[psutil.Process]:
     """Every live descendant; reading /proc's children lists avoids scanning the whole process table."""
+    import psutil  # here, not at import: a supervisor whose jobs all went well never needs it
+
     pids = descendant_pids(pid)
     if pids is None:
         try:
@@ -243,6 +248,8 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 def handles(pids: Iterable[int]) -> list[psutil.Process]:
     """psutil handles for the pids still alive (one that exited meanwhile is skipped)."""
+    import psutil
+
     procs = []
     for pid in pids:
         try:
@@ -254,6 +261,8 @@ def handles(pids: Iterable[int]) -> list[psutil.Process]:
 
 def tagged(run_id: str, job_id: str | None = None) -> list[psutil.Process]:
     """Processes whose environment carries LOOM_RUN_ID=run_id (and LOOM_JOB_ID=job_id)."""
+    import psutil
+
     found = []
     me = os.getpid()
     for proc in psutil.process_iter():
@@ -269,6 +278,8 @@ def tagged(run_id: str, job_id: str | None = None) -> list[psutil.Process]:
 
 
 def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    import psutil
+
     out = []
     for p in procs:
         try:
@@ -280,6 +291,8 @@ def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
 
 
 def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    import psutil
+
     for p in procs:
         try:
             p.send_signal(sig)

@@ -20,7 +20,6 @@ import stat
 import subprocess
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,6 +271,8 @@ def _copy_all(root: Path, dest: Path, entries: list[_Entry]) -> tuple[int, int]:
 
     if threads == 1:
         return len(work), copy_share(work)
+    from concurrent.futures import ThreadPoolExecutor  # big trees only: small runs skip its imports
+
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loom-snapshot") as pool:
         try:
             sizes = list(pool.map(copy_share, [work[i::threads] for i in range(threads)]))

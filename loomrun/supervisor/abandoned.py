@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-
-import psutil
+from typing import TYPE_CHECKING
 
 from loomrun.proctree import CGROUP_ROOT, JobCgroup, stop_processes, tagged
 from loomrun.supervisor import locks
+
+if TYPE_CHECKING:
+    import psutil
 
 
 def reap(runtime: Path, mark: Callable[[str], None]) -> list[str]:
