@@ -29,7 +29,10 @@ def start_early(argv: list[str]) -> None:
             workflow = argv[i + 1]
         elif arg.startswith("--workflow="):
             workflow = arg.split("=", 1)[1]
-    _early = ForkServer(preload_docker=_mentions_image(workflow))
+    try:
+        _early = ForkServer(preload_docker=_mentions_image(workflow))
+    except OSError:
+        _early = None  # `main` tries again and says why
 
 
 def close_early() -> None:
@@ -52,7 +55,10 @@ def main(*, local: bool, workflow: str | None, stream: bool, verbose: bool, quie
             return run_cache_diff(_options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount,
                                            max_jobs, only_jobs))
         if forks is None:
-            forks = ForkServer(preload_docker=_mentions_image(workflow))
+            try:
+                forks = ForkServer(preload_docker=_mentions_image(workflow))
+            except OSError as exc:
+                raise LoomError(f"cannot start the fork server: {exc.strerror or exc}") from exc
         from loomrun.supervisor.run import run_local
 
         opts = _options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount, max_jobs, only_jobs)

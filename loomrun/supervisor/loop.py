@@ -73,7 +73,13 @@ class Supervisor:
         if self.forks is not None:
             self._execute(self.forks)
             return
-        own = ForkServer(preload_docker=any(j.provider == "docker" for j in self.jobs.values()))
+        try:
+            own = ForkServer(preload_docker=any(j.provider == "docker" for j in self.jobs.values()))
+        except OSError as exc:  # no process to fork workers with: every job fails, with the reason
+            why = f"worker could not start: cannot start the fork server: {exc.strerror or exc}"
+            for name in self.sched.cancel_pending():
+                self._record(name, "failed", None, m.WORKER_CRASHED, why, None, started_ns=None)
+            return
         try:
             self._execute(own)
         finally:

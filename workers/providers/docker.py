@@ -368,8 +368,13 @@ class _Session:
             self.step = step
         try:
             self.send(line)
-        except OSError:
-            step.lost()
+        except OSError:  # the shell is gone: the step ends here, unless the reader already ended it
+            with self.cond:
+                mine = self.step is step
+                if mine:
+                    self.step = None
+            if mine:
+                step.lost()
         return step
 
     def finished(self, step: _SessionStep, after: dict[int, bytearray]) -> None:
