@@ -211,6 +211,13 @@ def _seed_only(provider: DockerProvider, api: object, ctx: JobContext) -> None:
         provider.cleanup(ctx)
 
 
+def _prepare_and_cleanup(provider: DockerProvider, ctx: JobContext) -> None:
+    try:
+        provider.prepare(ctx)
+    finally:
+        provider.cleanup(ctx)
+
+
 def bench_seed(args: argparse.Namespace) -> None:
     api = connect()
     provider = DockerProvider()
@@ -226,7 +233,17 @@ def bench_seed(args: argparse.Namespace) -> None:
             print(f"tar -c | tar -x to a host folder   {copy * 1000:8.1f} ms  {copy / base:5.2f}x (read + write)")
             t = _timed(lambda: _seed_only(provider, api, _ctx(run_id, ws, "ephemeral_volume", 0)), runs)
             print(
-                f"seed the ephemeral volume          {t * 1000:8.1f} ms  {t / base:5.2f}x  ({t / copy:4.2f}x the copy)"
+                f"seed with put_archive (remote engine) {t * 1000:8.1f} ms  {t / base:5.2f}x  "
+                f"({t / copy:4.2f}x the copy)"
+            )
+            with tempfile.TemporaryDirectory() as empty:
+                full = _timed(lambda: _prepare_and_cleanup(provider, _ctx(run_id, ws, "ephemeral_volume", 1)), runs)
+                bare = _timed(lambda: _prepare_and_cleanup(provider, _ctx(run_id, Path(empty), "ephemeral_volume", 2)),
+                              runs)  # fmt: skip
+            t = full - bare
+            print(
+                f"seed with cp -a (local engine)     {t * 1000:8.1f} ms  {t / base:5.2f}x  ({t / copy:4.2f}x the copy;"
+                f" prepare+cleanup {full * 1000:.0f} ms minus {bare * 1000:.0f} ms for an empty workspace)"
             )
         finally:
             reap_run(run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.docker.helpers import MakeJob, RunningStep, run_step
+from tests.docker.helpers import BUSYBOX, MakeJob, RecordingSections, RunningStep, run_step
 from workers.providers.docker import DockerProvider
 
 pytestmark = pytest.mark.docker
@@ -196,3 +197,41 @@ def test_stop_between_steps_ends_the_container(provider: DockerProvider, make_jo
     state = engine.inspect_container(ctx.state["container"])["State"]
     assert not state["Running"] and state["ExitCode"] == 0  # its TERM trap ended it, no SIGKILL
     provider.cleanup(ctx)
+
+
+# ---- seeding the ephemeral volume ----------------------------------------------------------------
+
+
+def test_the_volume_is_seeded_by_a_copy_from_a_read_only_mount(
+    provider: DockerProvider, make_job: MakeJob, workspace: Path
+) -> None:
+
+    ctx = make_job()
+    ctx.log = RecordingSections.Log([])
+    provider.prepare(ctx)
+    assert ctx.log.sink == []  # `cp -a` worked: no fallback said
+    result = run_step(provider, ctx, "cat seed.txt; echo new > made.txt; touch /.loom-seed/x || echo read-only")
+    assert result.out == "seeded\nread-only\n"
+    assert not (workspace / "made.txt").exists()  # the snapshot on the host is never written
+
+
+def test_an_image_whose_user_cannot_copy_is_seeded_through_the_engine(
+    provider: DockerProvider, make_job: MakeJob, engine: Any, run_id: str
+) -> None:
+    import io
+
+
+    name = f"loom-test/nobody-{run_id}:latest"
+    dockerfile = f"FROM {BUSYBOX}\nUSER 65534\n".encode()  # may not write the fresh volume's root
+    try:
+        for _ in engine.build(fileobj=io.BytesIO(dockerfile), tag=name, rm=True, forcerm=True, decode=True):
+            pass
+        ctx = make_job(image=name)
+        ctx.log = RecordingSections.Log([])
+        provider.prepare(ctx)
+        assert any("using put_archive" in text for text, _ in ctx.log.sink), ctx.log.sink
+        assert run_step(provider, ctx, "cat seed.txt").out == "seeded\n"
+        provider.cleanup(ctx)
+    finally:
+        with contextlib.suppress(Exception):
+            engine.remove_image(name, force=True)
