@@ -50,6 +50,9 @@ def _run(out: bytes, err: bytes, cut: int) -> tuple[bytes, bytes, int | None, di
     for t in threads:
         t.join(10)
     code = step.wait(10)
+    # Once wait() returns, the sentinel already holds its byte and its write end is closed: a caller
+    # may close the read end at once (the writing thread must not then hit EPIPE: SIGPIPE kills a worker).
+    assert os.read(step.sentinel, 2) == b"x" and os.read(step.sentinel, 2) == b""
     step.close()
     return got[STDOUT], got[STDERR], code, session.after
 

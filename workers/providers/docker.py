@@ -278,6 +278,7 @@ class _ExecStep:
         self._fds = (stdout_fd, stderr_fd)
         self._read, self._write = os.pipe()
         self._done = threading.Event()
+        self._finished = False
         self._code: int | None = None
         self._thread = threading.Thread(target=self._pump, args=(stream,), name=f"exec-{exec_id[:12]}", daemon=True)
         self._thread.start()
@@ -287,7 +288,7 @@ class _ExecStep:
         return self._read
 
     def poll(self) -> int | None:
-        return self._code if self._done.is_set() else None
+        return self._code if self._finished else None
 
     def wait(self, timeout: float | None = None) -> int | None:
         self._done.wait(timeout)
@@ -313,11 +314,12 @@ class _ExecStep:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._code = code
-            self._done.set()
+            self._finished = True  # poll() answers from here on: the sentinel is about to be readable
             with contextlib.suppress(OSError):
                 os.write(self._write, b"x")
             with contextlib.suppress(OSError):
                 os.close(self._write)
+            self._done.set()  # last: once a waiter sees it, it may close the sentinel's read end
 
     def _exit_code(self) -> int:
         # The stream can end a moment before the engine records the exit code.
@@ -463,13 +465,14 @@ class _SessionStep:
         self.code: int | None = None
         self._read, self._write = os.pipe()
         self._done = threading.Event()
+        self._finished = False
 
     @property
     def sentinel(self) -> int:
         return self._read
 
     def poll(self) -> int | None:
-        return self.code if self._done.is_set() else None
+        return self.code if self._finished else None
 
     def wait(self, timeout: float | None = None) -> int | None:
         self._done.wait(timeout)
@@ -530,13 +533,15 @@ class _SessionStep:
             os.close(self.fds[stream])
 
     def _end(self) -> None:
-        if self._done.is_set():
+        if self._write < 0:
             return
-        self._done.set()
+        self._finished = True  # poll() answers from here on: the sentinel is about to be readable
         with contextlib.suppress(OSError):
             os.write(self._write, b"x")
         with contextlib.suppress(OSError):
             os.close(self._write)
+        self._write = -1
+        self._done.set()  # last: once a waiter sees it, it may close the sentinel's read end
 
 
 DockerStep = _SessionStep | _ExecStep
