@@ -264,31 +264,24 @@ def _write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-class _ExecStep:
-    """One exec (steps the session cannot carry): a pump thread copies its demuxed output into the
-    step's fds as it arrives.
+class _StepEnd:
+    """How a step run by another thread ends: `sentinel` is the read end of a pipe that gets one byte
+    when the step is over. The byte is written and the write end closed before `wait()` returns, so
+    a caller may close the read end at once (a write to a closed pipe would kill the worker with
+    SIGPIPE); `poll()` answers from the moment the byte is on its way."""
 
-    The handle owns the two fds (as the host provider does, the caller hands them over) and closes
-    them when the exec's output ends, so the reader sees EOF.
-    """
-
-    def __init__(self, api: Any, exec_id: str, stream: Iterator[Any], stdout_fd: int, stderr_fd: int) -> None:
-        self._api = api
-        self._exec_id = exec_id
-        self._fds = (stdout_fd, stderr_fd)
+    def __init__(self) -> None:
         self._read, self._write = os.pipe()
         self._done = threading.Event()
         self._finished = False
-        self._code: int | None = None
-        self._thread = threading.Thread(target=self._pump, args=(stream,), name=f"exec-{exec_id[:12]}", daemon=True)
-        self._thread.start()
+        self.code: int | None = None
 
     @property
     def sentinel(self) -> int:
         return self._read
 
     def poll(self) -> int | None:
-        return self._code if self._finished else None
+        return self.code if self._finished else None
 
     def wait(self, timeout: float | None = None) -> int | None:
         self._done.wait(timeout)
@@ -297,6 +290,34 @@ class _ExecStep:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._read)
+
+    def _end(self, code: int) -> None:
+        if self._finished:
+            return
+        self.code = code
+        self._finished = True
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"x")
+        with contextlib.suppress(OSError):
+            os.close(self._write)
+        self._done.set()
+
+
+class _ExecStep(_StepEnd):
+    """One exec (steps the session cannot carry): a pump thread copies its demuxed output into the
+    step's fds as it arrives.
+
+    The handle owns the two fds (as the host provider does, the caller hands them over) and closes
+    them when the exec's output ends, so the reader sees EOF.
+    """
+
+    def __init__(self, api: Any, exec_id: str, stream: Iterator[Any], stdout_fd: int, stderr_fd: int) -> None:
+        super().__init__()
+        self._api = api
+        self._exec_id = exec_id
+        self._fds = (stdout_fd, stderr_fd)
+        self._thread = threading.Thread(target=self._pump, args=(stream,), name=f"exec-{exec_id[:12]}", daemon=True)
+        self._thread.start()
 
     def _pump(self, stream: Iterator[Any]) -> None:
         code = 255
@@ -313,13 +334,7 @@ class _ExecStep:
             for fd in self._fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self._code = code
-            self._finished = True  # poll() answers from here on: the sentinel is about to be readable
-            with contextlib.suppress(OSError):
-                os.write(self._write, b"x")
-            with contextlib.suppress(OSError):
-                os.close(self._write)
-            self._done.set()  # last: once a waiter sees it, it may close the sentinel's read end
+            self._end(code)
 
     def _exit_code(self) -> int:
         # The stream can end a moment before the engine records the exit code.
@@ -452,35 +467,18 @@ class _Session:
         step.feed(stream, data)
 
 
-class _SessionStep:
+class _SessionStep(_StepEnd):
     """A step run by the container's shell. Owns its two fds, closes each when its stream's marker
     arrives (so the reader sees EOF), and ends with the exit code the marker carries."""
 
     def __init__(self, session: _Session, stdout_fd: int, stderr_fd: int) -> None:
+        super().__init__()
         self.session = session
         self.fds = {STDOUT: stdout_fd, STDERR: stderr_fd}
         self.buf: dict[int, bytearray] = {STDOUT: bytearray(), STDERR: bytearray()}
         self.after: dict[int, bytearray] = {STDOUT: bytearray(), STDERR: bytearray()}
         self.open = {STDOUT: True, STDERR: True}
-        self.code: int | None = None
-        self._read, self._write = os.pipe()
-        self._done = threading.Event()
-        self._finished = False
-
-    @property
-    def sentinel(self) -> int:
-        return self._read
-
-    def poll(self) -> int | None:
-        return self.code if self._finished else None
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        self._done.wait(timeout)
-        return self.poll()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._read)
+        self.marked: int | None = None  # the exit code the stdout marker carried
 
     def feed(self, stream: int, data: bytes) -> None:
         if not self.open[stream]:
@@ -506,15 +504,15 @@ class _SessionStep:
         _write_all(self.fds[stream], bytes(buf[:at]))
         if stream == STDOUT:
             try:
-                self.code = int(tail[:end].strip())
+                self.marked = int(tail[:end].strip())
             except ValueError:
-                self.code = 255
+                self.marked = 255
         buf.clear()
         self.after[stream] += tail[end + 1:]
         self._close_stream(stream)
         if not any(self.open.values()):
             self.session.finished(self, self.after)
-            self._end()
+            self._end(255 if self.marked is None else self.marked)
 
     def lost(self) -> None:
         """The container's shell is gone (killed, stopped, the engine went away) mid-step."""
@@ -523,25 +521,12 @@ class _SessionStep:
                 if self.buf[stream]:
                     _write_all(self.fds[stream], bytes(self.buf[stream]))
                 self._close_stream(stream)
-        if self.code is None:
-            self.code = 137
-        self._end()
+        self._end(137 if self.marked is None else self.marked)
 
     def _close_stream(self, stream: int) -> None:
         self.open[stream] = False
         with contextlib.suppress(OSError):
             os.close(self.fds[stream])
-
-    def _end(self) -> None:
-        if self._write < 0:
-            return
-        self._finished = True  # poll() answers from here on: the sentinel is about to be readable
-        with contextlib.suppress(OSError):
-            os.write(self._write, b"x")
-        with contextlib.suppress(OSError):
-            os.close(self._write)
-        self._write = -1
-        self._done.set()  # last: once a waiter sees it, it may close the sentinel's read end
 
 
 DockerStep = _SessionStep | _ExecStep
