@@ -38,6 +38,16 @@ def _fork_server(loom: psutil.Process) -> psutil.Process:
     return found[0]
 
 
+def _start_first_job(tmp_path: Path) -> tuple[Background, Path, Path]:
+    """`loom run` in the background, returned once job `first` runs (touch `<mark>.go` to end it);
+    the mark holds the pid of first's worker."""
+    mark = tmp_path / "first-running"
+    repo = make_repo(tmp_path / "repo", TWO)
+    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark)))
+    bg.wait_for_file(mark)
+    return bg, repo, mark
+
+
 def _wait_dead(proc: psutil.Process, timeout: float = 10) -> None:
     """Dead, or a zombie its parent (loom) has not reaped yet."""
     deadline = time.monotonic() + timeout
@@ -52,10 +62,7 @@ def _wait_dead(proc: psutil.Process, timeout: float = 10) -> None:
 
 
 def test_workers_are_the_supervisors_children_and_the_fork_server_ignores_sigint(tmp_path: Path) -> None:
-    mark = tmp_path / "first-running"
-    repo = make_repo(tmp_path / "repo", TWO)
-    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark)))
-    bg.wait_for_file(mark)
+    bg, _repo, mark = _start_first_job(tmp_path)
     loom = psutil.Process(bg.proc.pid)
     worker = psutil.Process(int(mark.read_text()))
     assert worker.ppid() == loom.pid  # forked by the fork server with CLONE_PARENT
@@ -64,22 +71,19 @@ def test_workers_are_the_supervisors_children_and_the_fork_server_ignores_sigint
     server.send_signal(signal.SIGINT)  # a terminal ^C reaches the whole group: loom decides, not it
     time.sleep(0.2)
     assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE
-    (tmp_path / "first-running.go").touch()
+    mark.with_name(mark.name + ".go").touch()
     res = bg.finish()
     assert res.code == 0, res.stderr
-    assert not server.is_running()  # exits on EOF at the end of the run, reaped by loom
+    assert not server.is_running()  # ended and reaped by loom at the end of the run
 
 
 def test_a_fork_server_killed_between_jobs_is_replaced(tmp_path: Path) -> None:
-    mark = tmp_path / "first-running"
-    repo = make_repo(tmp_path / "repo", TWO)
-    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark)))
-    bg.wait_for_file(mark)
+    bg, _repo, mark = _start_first_job(tmp_path)
     loom = psutil.Process(bg.proc.pid)
     old = _fork_server(loom)
     old.kill()
     _wait_dead(old)
-    (tmp_path / "first-running.go").touch()
+    mark.with_name(mark.name + ".go").touch()
     res = bg.finish()
     assert res.code == 0, res.stderr
     assert load(res.logs_dir / "jobs" / "second" / "summary.json")["status"] == "success"
@@ -87,10 +91,7 @@ def test_a_fork_server_killed_between_jobs_is_replaced(tmp_path: Path) -> None:
 
 
 def test_the_fork_server_dies_with_the_supervisor(tmp_path: Path) -> None:
-    mark = tmp_path / "first-running"
-    repo = make_repo(tmp_path / "repo", TWO)
-    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark)))
-    bg.wait_for_file(mark)
+    bg, repo, _mark = _start_first_job(tmp_path)
     dead_run = next((repo / ".loom/.runtime/runs").glob("*.lock")).name[: -len(".lock")]
     server = _fork_server(psutil.Process(bg.proc.pid))
     bg.signal(signal.SIGKILL)
