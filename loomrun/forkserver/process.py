@@ -120,13 +120,15 @@ def _serve(sock: socket.socket, preload_docker: bool) -> NoReturn:
         os.closerange(3, keep)
         os.closerange(keep + 1, 65536)
         # Imported here once, not in every worker (and not in the supervisor at all).
-        from workers.main import worker_main
+        from workers.main import warm_up, worker_main
         from workers.providers import host as _host  # noqa: F401
 
         if preload_docker:
             with contextlib.suppress(ImportError):
                 from workers.providers import docker as _docker  # noqa: F401
 
+        warm_up()  # one throwaway job here: workers inherit its specialized code and filled caches
+        gc.collect()
         gc.freeze()  # what is here now is never collected, so workers do not copy it to collect
         while True:
             msg, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, 2)

@@ -1,5 +1,5 @@
 """The fork server: workers are the supervisor's own children, a killed fork server is replaced and
-the run goes on, and it dies with the supervisor."""
+the run goes on, it dies with the supervisor, and its warm-up job runs for real and leaves nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from tests.process.runner import Background, load, loom_env, make_repo, run_loom, run_processes
+from workers.main import warm_up
 
 TWO = """
 version: v1
@@ -100,3 +101,11 @@ def test_the_fork_server_dies_with_the_supervisor(tmp_path: Path) -> None:
     logs = run_loom(repo, "logs", dead_run)  # reaps what the dead run left (the worker and its step)
     assert logs.code == 0, logs.stderr
     assert run_processes(dead_run) == []
+
+
+def test_the_warm_up_job_runs_a_real_step_and_leaves_nothing_behind() -> None:
+    # The fork server runs it once before forking workers; here in the test process, so that the
+    # leak check sees its temp folder and its `sh` if either were left.
+    result = warm_up()
+    assert result is not None
+    assert (result.job_id, result.status, result.exit_code, result.failure_kind) == ("warm-up", "success", 0, None)
