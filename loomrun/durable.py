@@ -7,24 +7,28 @@ sees the old document or the new one, never half of one; `fsync` makes it surviv
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import json
 import os
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 _COUNTER = itertools.count()
 
 
-def write_temp(path: Path, data: bytes, *, fsync: bool, made: set[Path] | None = None) -> Path:
-    """Write `data` to a new temp file beside `path` (whose folder is created); return the temp.
-    `made` remembers folders already created, sparing a mkdir per document."""
-    if made is None or path.parent not in made:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if made is not None:
-            made.add(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_COUNTER)}.tmp")
+def write_temp(path: str | os.PathLike[str], data: bytes, *, fsync: bool,
+               ensure_dir: Callable[[str], None] | None = None) -> str:
+    """Write `data` to a new temp file beside `path` and return the temp's path. The folder is
+    created by `ensure_dir` when given (the writer's `Folders`: one mkdir per new folder, none for a
+    known one), else by `os.makedirs`."""
+    folder, name = os.path.split(os.fspath(path))
+    if ensure_dir is not None:
+        ensure_dir(folder)
+    else:
+        os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_COUNTER)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
@@ -34,7 +38,8 @@ def write_temp(path: Path, data: bytes, *, fsync: bool, made: set[Path] | None =
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     os.close(fd)
     return tmp
@@ -54,12 +59,12 @@ def encode_json(doc: Any, *, compact: bool = False) -> bytes:
     return (_VALUE(doc) + "\n").encode()
 
 
-def write_json(path: Path, doc: Any, *, compact: bool = False, durable: bool = True) -> None:
+def write_json(path: str | os.PathLike[str], doc: Any, *, compact: bool = False, durable: bool = True) -> None:
     """Temp file, fsync (unless `durable=False`), rename."""
     os.replace(write_temp(path, encode_json(doc, compact=compact), fsync=durable), path)
 
 
-def syncfs(folder: Path) -> None:
+def syncfs(folder: str | os.PathLike[str]) -> None:
     """Flush the filesystem holding `folder` (not every filesystem, as os.sync() would)."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -18,7 +18,7 @@ from loomrun import __version__
 from loomrun.durable import syncfs
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
-from loomrun.writer.files import Documents, LineFile, recover_temps, write_document
+from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, write_document
 
 
 def step_dir(index: int) -> str:
@@ -78,16 +78,16 @@ class RunLog:
             recover_temps(self.logs_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.receipts_dir.mkdir(parents=True, exist_ok=True)
-        self.events = LineFile(self.logs_dir / "events.jsonl")
-        self.docs = Documents()
+        # Paths below the logs dir are built as strings (pathlib cost the writer ~15% of its time).
+        self.logs = str(self.logs_dir)
+        self.folders = Folders(self.logs)
+        self.events = LineFile(f"{self.logs}/events.jsonl", self.folders)
+        self.docs = Documents(self.folders)
         self.roster: list[tuple[str, str]] = []
         self.jobs: dict[str, JobLog] = {}
         self.finish_order: list[str] = []
 
     # -- helpers ---------------------------------------------------------------------------
-    def rel(self, path: Path) -> str:
-        return path.relative_to(self.logs_dir).as_posix()
-
     def job(self, job_id: str) -> JobLog:
         log = self.jobs.get(job_id)
         if log is None:
@@ -102,6 +102,10 @@ class RunLog:
 
     def job_dir(self, job_id: str) -> Path:
         return self.logs_dir / "jobs" / job_id
+
+    def job_path(self, job_id: str, rel: str) -> str:
+        """`jobs/<id>/<rel>` below the logs dir, as a string."""
+        return f"{self.logs}/jobs/{job_id}/{rel}"
 
     # -- run level -------------------------------------------------------------------------
     def run_phase(self, msg: m.RunPhase) -> None:
@@ -122,8 +126,8 @@ class RunLog:
         emit(self.events, msg.ts_ns, kind, "job", msg.phase_code, job_id=msg.job_id, **extra)
 
     def section_began(self, msg: m.SectionBegan) -> None:
-        path = self.job_dir(msg.job_id) / "system" / msg.name / "events.jsonl"
-        sec = SectionLog(msg.name, msg.ts_ns, LineFile(path))
+        path = self.job_path(msg.job_id, f"system/{msg.name}/events.jsonl")
+        sec = SectionLog(msg.name, msg.ts_ns, LineFile(path, self.folders))
         self.job(msg.job_id).sections[msg.name] = sec
         emit(sec.events, msg.ts_ns, "phase_started", "section", SECTION_PHASE.get(msg.name),
              job_id=msg.job_id, section=msg.name)
@@ -165,12 +169,12 @@ class RunLog:
         if sec.message:
             doc["message"] = sec.message
         doc.update(sec.details)
-        self.docs.write(self.job_dir(job_id) / "system" / sec.name / "summary.json", doc)
+        self.docs.write(self.job_path(job_id, f"system/{sec.name}/summary.json"), doc)
 
     # -- steps -----------------------------------------------------------------------------
     def step_started(self, msg: m.StepStarted) -> StepLog:
-        path = self.job_dir(msg.job_id) / step_dir(msg.step) / "events.jsonl"
-        step = StepLog(msg.step, self.redact(msg.command), msg.ts_ns, LineFile(path))
+        path = self.job_path(msg.job_id, f"{step_dir(msg.step)}/events.jsonl")
+        step = StepLog(msg.step, self.redact(msg.command), msg.ts_ns, LineFile(path, self.folders))
         self.job(msg.job_id).steps[msg.step] = step
         emit(step.events, msg.ts_ns, "phase_started", "step", "job.execution", job_id=msg.job_id,
              step=msg.step, command=step.command)
@@ -216,7 +220,7 @@ class RunLog:
         }
         if step.message:
             doc["message"] = step.message
-        self.docs.write(self.job_dir(job_id) / step_dir(step.index) / "summary.json", doc)
+        self.docs.write(self.job_path(job_id, f"{step_dir(step.index)}/summary.json"), doc)
         step.events.close()
 
     # -- artifacts ---------------------------------------------------------------------------
@@ -263,8 +267,8 @@ class RunLog:
             sec.events.close()
         if msg.status == "failed":
             self.finish_order.append(msg.job_id)
-        self.docs.write(self.job_dir(msg.job_id) / "summary.json", self._job_summary(msg))
-        self.docs.write(self.job_dir(msg.job_id) / "manifest.json", self._job_manifest(job, msg))
+        self.docs.write(self.job_path(msg.job_id, "summary.json"), self._job_summary(msg))
+        self.docs.write(self.job_path(msg.job_id, "manifest.json"), self._job_manifest(job, msg))
 
     def _job_summary(self, msg: m.JobEnded) -> dict[str, Any]:
         started = msg.started_ns
@@ -282,17 +286,17 @@ class RunLog:
         return doc
 
     def _job_manifest(self, job: JobLog, msg: m.JobEnded) -> dict[str, Any]:
-        base = self.job_dir(job.job_id)
+        base = f"jobs/{job.job_id}"  # paths in documents are relative to the logs dir
         steps = [
-            {"index": s.index, "dir": self.rel(base / step_dir(s.index)), "status": s.status,
-             "exit_code": s.exit_code, "summary_path": self.rel(base / step_dir(s.index) / "summary.json"),
-             "events_path": self.rel(base / step_dir(s.index) / "events.jsonl")}
+            {"index": s.index, "dir": f"{base}/{step_dir(s.index)}", "status": s.status,
+             "exit_code": s.exit_code, "summary_path": f"{base}/{step_dir(s.index)}/summary.json",
+             "events_path": f"{base}/{step_dir(s.index)}/events.jsonl"}
             for s in sorted(job.steps.values(), key=lambda s: s.index)
         ]
         sections = [
             {"name": s.name, "status": s.status,
-             "summary_path": self.rel(base / "system" / s.name / "summary.json"),
-             "events_path": self.rel(base / "system" / s.name / "events.jsonl")}
+             "summary_path": f"{base}/system/{s.name}/summary.json",
+             "events_path": f"{base}/system/{s.name}/events.jsonl"}
             for s in job.sections.values()
         ]
         failing_section, failing_step = _failing_place(job, msg)
@@ -300,7 +304,7 @@ class RunLog:
             "schema_version": SCHEMA, "run_id": self.start.run_id, "job_id": job.job_id,
             "status": msg.status, "steps": steps, "system_sections": sections,
             "failing_section": failing_section,
-            "failing_step_events_path": (self.rel(base / step_dir(failing_step) / "events.jsonl")
+            "failing_step_events_path": (f"{base}/{step_dir(failing_step)}/events.jsonl"
                                          if failing_step is not None else None),
             "artifacts": job.artifacts,
         }

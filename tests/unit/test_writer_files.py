@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loomrun.writer.files import Documents, recover_temps
+from loomrun.writer.files import Documents, Folders, LineFile, recover_temps
 
 
 def test_pending_documents_appear_only_when_flushed(tmp_path: Path) -> None:
@@ -37,3 +37,20 @@ def test_a_successor_recovers_complete_temps_newest_last_and_drops_torn_ones(tmp
     assert not torn.exists() and not (tmp_path / "jobs" / "b" / "summary.json").exists()
     assert (tmp_path / "notes.tmp").exists()
     assert sorted(p.name for p in (tmp_path / "jobs" / "a").iterdir()) == ["manifest.json", "summary.json"]
+
+
+def test_folders_are_made_parents_first_and_remembered(tmp_path: Path) -> None:
+    (tmp_path / "jobs" / "a").mkdir(parents=True)  # made by someone else: found, not an error
+    folders = Folders(str(tmp_path))
+    deep = f"{tmp_path}/jobs/a/user/script/01"
+    events = LineFile(f"{deep}/events.jsonl", folders)
+    events.write(b'{"seq":1}\n')
+    events.close()
+    assert (tmp_path / "jobs/a/user/script/01/events.jsonl").read_text() == '{"seq":1}\n'
+    assert {f"{tmp_path}/jobs", f"{tmp_path}/jobs/a", deep} <= folders.made
+    docs = Documents(folders)
+    docs.write(f"{deep}/summary.json", {"index": 1})
+    docs.write(f"{tmp_path}/jobs/b/system/provider/summary.json", {"section": "provider"})
+    docs.flush()
+    assert json.loads((tmp_path / "jobs/a/user/script/01/summary.json").read_text()) == {"index": 1}
+    assert json.loads((tmp_path / "jobs/b/system/provider/summary.json").read_text()) == {"section": "provider"}
