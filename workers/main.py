@@ -13,7 +13,6 @@ import gc
 import os
 import signal
 import socket
-import tempfile
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -78,15 +77,17 @@ def worker_main(spec: WorkerSpec, sup: Connection, writer: Connection) -> NoRetu
 
 
 def warm_up() -> m.JobFinished | None:
-    """Run one throwaway host job (a `true` step in an empty temp folder, its records sent to
-    socket pairs nobody reads) in the calling process: the fork server does this once before it
-    forks any worker. Every worker then inherits code that is already specialized and caches that
-    are already filled instead of writing them itself, each write costing a copy-on-write page
-    fault (measured: worker CPU 4.0 -> 3.4 ms, page faults 925 -> 845 per `true` job). Returns the
-    job's result; never raises: a warm-up that cannot run (None) only costs that saving."""
+    """Run one throwaway host job (a `true` step, its records sent to socket pairs nobody reads)
+    in the calling process: the fork server does this once before it forks any worker. Every
+    worker then inherits code that is already specialized and caches that are already filled
+    instead of writing them itself, each write costing a copy-on-write page fault (measured: worker
+    CPU 4.0 -> 3.4 ms, page faults 925 -> 845 per `true` job). It writes nothing anywhere (no
+    artifacts, caches or secrets; the step runs in `/`), so a fork server killed in the middle of
+    it (a usage error ends `loom` at once) leaves nothing behind. Returns the job's result; never
+    raises: a warm-up that cannot run (None) only costs that saving."""
     result = None
-    with contextlib.suppress(Exception), tempfile.TemporaryDirectory(prefix="loom-warm-up-") as tmp:
-        folder = Path(tmp)
+    with contextlib.suppress(Exception):
+        folder = Path(os.sep)
         spec = WorkerSpec(run_id="warm-up", pipeline_id="warm-up", workspace=folder, runtime_dir=folder, env={},
                           job=Job(name="warm-up", stage="warm-up", script=("true",)))
         writer, writer_peer = socket.socketpair()
