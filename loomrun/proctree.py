@@ -235,10 +235,10 @@ def descendant_pids(pid: int) -> list[int] | None:
 
 def descendants(pid: int) -> list[psutil.Process]:
     """Every live descendant; reading /proc's children lists avoids scanning the whole process table."""
-    import psutil  # here, not at import: a supervisor whose jobs all went well never needs it
-
     pids = descendant_pids(pid)
     if pids is None:
+        import psutil  # here, not at import: a supervisor whose jobs all went well never needs it
+
         try:
             return psutil.Process(pid).children(recursive=True)
         except psutil.Error:
@@ -248,6 +248,9 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 def handles(pids: Iterable[int]) -> list[psutil.Process]:
     """psutil handles for the pids still alive (one that exited meanwhile is skipped)."""
+    pids = list(pids)
+    if not pids:
+        return []
     import psutil
 
     procs = []
@@ -278,6 +281,9 @@ def tagged(run_id: str, job_id: str | None = None) -> list[psutil.Process]:
 
 
 def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    procs = list(procs)
+    if not procs:
+        return []
     import psutil
 
     out = []
