@@ -133,6 +133,10 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 def _git_info(root: Path) -> _GitInfo | None:
     """HEAD and branch of the repo holding `root`, or None when `root` is not in a git work tree."""
+    if not any(os.path.lexists(os.path.join(folder, ".git")) for folder in (root, *root.parents)):
+        # git looks for a repository by the same walk up (its GIT_DIR & co. are dropped): a tree
+        # with no `.git` anywhere above it is not in one, and asking would cost a process.
+        return None
     try:
         top = _git(root, "rev-parse", "--is-inside-work-tree")
     except FileNotFoundError:

@@ -166,6 +166,15 @@ def test_repo_root_below_git_top_level(tmp_path: Path) -> None:
     assert snap.is_git
 
 
+def test_a_worktree_whose_git_is_a_file_is_git_aware(git_repo: Path, tmp_path: Path) -> None:
+    git(git_repo, "worktree", "add", "-q", str(tmp_path / "wt"))
+    assert (tmp_path / "wt" / ".git").is_file()
+    (tmp_path / "wt" / "debug.log").write_text("ignored\n")
+    snap = make_snapshot(tmp_path / "wt", tmp_path / "snap")
+    assert snap.is_git and snap.head_sha == git(git_repo, "rev-parse", "HEAD").strip()
+    assert "debug.log" not in tree(snap.path) and "README.md" in tree(snap.path)
+
+
 def test_non_git_folder_copies_everything_but_the_runtime(tmp_path: Path) -> None:
     root = tmp_path / "plain"
     (root / ".loom" / ".runtime" / "workspaces" / "old").mkdir(parents=True)
