@@ -282,17 +282,14 @@ class Run:
         return RunResult(self.run_id, exit_code, status, error, receipt_path, self.logs_dir, outcomes)
 
     def _stop_writer(self) -> None:
+        from multiprocessing.connection import wait
+
         with contextlib.suppress(OSError):
             self.writer.conn.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                pid, _ = os.waitpid(self.writer.pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid:
-                break
-            time.sleep(0.005)
+        with contextlib.suppress(OSError, ValueError):
+            wait([self.writer.sentinel], timeout=60)  # its pidfd: readable the moment it exits
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.writer.pid, os.WNOHANG)
         with contextlib.suppress(OSError):
             os.close(self.writer.sentinel)
 
