@@ -1,5 +1,9 @@
-"""`python scripts/bench.py run`: the execution core's speed targets (issue 3), each next to a
-baseline measured in the same run.
+"""`python scripts/bench.py run [REPS] [--dir FOLDER]`: the execution core's speed targets (issue 3),
+each next to a baseline measured in the same run. FOLDER (default: the temp dir) holds the
+benchmark repos; its filesystem is printed, because the writer creates ~15 files per job there.
+On an ext4 without a journal (this machine's root), creating a file right after many were deleted
+(a test run, an earlier benchmark's clean-up) scans every inode freed in the last 1-5 minutes:
+the writer's kernel time can grow tenfold, so wait a few minutes after such a clean-up.
 
 * 100 jobs each `true`, one stage, --jobs 2  vs  100 `sh -c true` through `xargs -P2`
 * one job printing 3,000,000 lines  vs  `seq > file` and a one-process Python JSON-per-line loop;
@@ -156,9 +160,31 @@ def bench_1000_dag(tmp: Path) -> None:
           f"(target <= 150 MB), writer {peak.writer / 2**20:.0f} MB")
 
 
+def filesystem_of(path: Path) -> str:
+    """The mount holding `path` and its type, from /proc/mounts (the longest matching mount point)."""
+    best, kind = "", "?"
+    real = str(path.resolve())
+    with open("/proc/mounts") as fh:
+        for line in fh:
+            parts = line.split()
+            point = parts[1].replace("\\040", " ")
+            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, kind = point, parts[2]
+    return f"{kind} ({best})"
+
+
 def main(argv: list[str]) -> int:
+    """`run [REPS] [--dir FOLDER]`: FOLDER holds the benchmark repos (default: the temp dir).
+    Their `.loom/.runtime` is where the writer creates ~15 files per job, so the figures depend on
+    that filesystem: it is printed first."""
+    where = None
+    if "--dir" in argv:
+        i = argv.index("--dir")
+        where = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
     reps = int(argv[0]) if argv else 3
-    with tempfile.TemporaryDirectory(prefix="loom-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="loom-bench-", dir=where) as tmp:
+        print(f"benchmark repos in {tmp}, on {filesystem_of(Path(tmp))}; python {sys.executable}")
         bench_100_jobs(Path(tmp), reps)
         bench_3m_lines(Path(tmp), reps)
         bench_1000_dag(Path(tmp))
