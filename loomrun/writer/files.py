@@ -7,6 +7,8 @@ with ftruncate so a file never ends in half a line.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import re
@@ -23,6 +25,39 @@ def dumps(doc: Any) -> str:
 
 def write_document(path: str | os.PathLike[str], doc: Any) -> None:
     write_json(path, doc)
+
+
+# chattr +T through the generic ioctl encoding (x86-64 and arm64 only: other architectures number
+# ioctls differently, and a wrong number must never reach the kernel).
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+_FS_TOPDIR_FL = 0x00020000
+_GENERIC_IOCTLS = os.uname().machine in ("x86_64", "aarch64")
+
+
+def spread_children(folder: str | os.PathLike[str]) -> bool:
+    """Mark `folder` as the top of unrelated trees (`chattr +T`), so that ext4 puts each new
+    subfolder (a run's logs) in a block group of its own choosing instead of next to its siblings.
+    Measured on this machine's ext4 without a journal: right after a test suite deleted thousands of
+    files, creating a file scans every inode freed in that block group in the last minutes, and a
+    100-job run's writer spent 0.4 s in the kernel for its 1,500 files; with the flag, 0.06 s, as on
+    a quiet disk. A hint only: False where the filesystem has no such flag (tmpfs, xfs)."""
+    if not _GENERIC_IOCTLS:
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+        if not flags[0] & _FS_TOPDIR_FL:
+            flags[0] |= _FS_TOPDIR_FL
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags, True)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class Folders:

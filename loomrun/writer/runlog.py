@@ -18,7 +18,7 @@ from loomrun import __version__
 from loomrun.durable import syncfs
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
-from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, write_document
+from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children, write_document
 
 
 def step_dir(index: int) -> str:
@@ -76,6 +76,9 @@ class RunLog:
             gitignore.write_text("*\n")
         if self.logs_dir.is_dir():  # a writer takes over from one that died
             recover_temps(self.logs_dir)
+        else:  # each run's logs are a tree of their own, placed by the filesystem as one
+            self.logs_dir.parent.mkdir(exist_ok=True)
+            spread_children(self.logs_dir.parent)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.receipts_dir.mkdir(parents=True, exist_ok=True)
         # Paths below the logs dir are built as strings (pathlib cost the writer ~15% of its time).

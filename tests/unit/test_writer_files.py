@@ -4,9 +4,12 @@ crash turns the complete temp files of its predecessor into documents. Real file
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
-from loomrun.writer.files import Documents, Folders, LineFile, recover_temps
+from loomrun.protocol import messages as m
+from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children
+from loomrun.writer.runlog import RunLog
 
 
 def test_pending_documents_appear_only_when_flushed(tmp_path: Path) -> None:
@@ -54,3 +57,28 @@ def test_folders_are_made_parents_first_and_remembered(tmp_path: Path) -> None:
     docs.flush()
     assert json.loads((tmp_path / "jobs/a/user/script/01/summary.json").read_text()) == {"index": 1}
     assert json.loads((tmp_path / "jobs/b/system/provider/summary.json").read_text()) == {"section": "provider"}
+
+
+def _attributes(folder: Path) -> str | None:
+    """`lsattr -d` flags, or None where the filesystem has none (tmpfs)."""
+    probe = subprocess.run(["lsattr", "-d", str(folder)], capture_output=True, text=True, check=False)
+    return probe.stdout.split()[0] if probe.returncode == 0 else None
+
+
+def test_the_logs_folder_is_marked_as_the_top_of_unrelated_trees(tmp_path: Path) -> None:
+    # chattr +T where the filesystem has it (this machine's ext4): each run's logs get a block group
+    # of their own. Elsewhere a no-op that says so.
+    start = m.RunStarted("loom-run-local-1", "loom-local-1", str(tmp_path), str(tmp_path / ".loom/workflow.yml"),
+                         ("loom", "run", "--local"), 1)
+    log = RunLog(start, [])
+    logs = tmp_path / ".loom/.runtime/logs"
+    assert log.logs_dir == logs / "loom-run-local-1" and log.logs_dir.is_dir()
+    flags = _attributes(logs)
+    if flags is None:
+        assert spread_children(logs) is False
+    else:
+        assert "T" in flags, flags
+        assert spread_children(logs) is True  # already marked: unchanged
+        assert _attributes(logs) == flags
+    assert spread_children(tmp_path / "missing") is False
+    log.events.close()
