@@ -1,9 +1,10 @@
 """`python scripts/bench.py run [REPS] [--dir FOLDER]`: the execution core's speed targets (issue 3),
 each next to a baseline measured in the same run. FOLDER (default: the temp dir) holds the
-benchmark repos; its filesystem is printed, because the writer creates ~15 files per job there.
-On an ext4 without a journal (this machine's root), creating a file right after many were deleted
-(a test run, an earlier benchmark's clean-up) scans every inode freed in the last 1-5 minutes:
-the writer's kernel time can grow tenfold, so wait a few minutes after such a clean-up.
+benchmark repos; its filesystem is printed, because the writer creates ~15 files per job there
+(measured on this machine: ext4 costs ~30 ms more than tmpfs for 100 jobs). On an ext4 without a
+journal (this machine's root), creating a file right after many were deleted scans every inode
+freed in its block group in the last minutes; the writer sidesteps that for the logs (see
+`spread_children`), the few other files of a run do not.
 
 * 100 jobs each `true`, one stage, --jobs 2  vs  100 `sh -c true` through `xargs -P2`
 * one job printing 3,000,000 lines  vs  `seq > file` and a one-process Python JSON-per-line loop;
