@@ -3,9 +3,12 @@
 Parses into a small tree of `YNode`s that keep the file name, line and column of every value: a
 plain document is composed here from libyaml's events (pyyaml's C parser, ~5x faster on a 100-job
 workflow); anything else goes through pyyaml's checking composer (SafeLoader), which words the
-error. Anchors, aliases and explicit tags are rejected (deterministic YAML); a non-mapping root,
-binary bytes, an empty file, a huge file or deep nesting all come back as diagnostics, never as
-exceptions.
+error. Where both parsers accept a document they give the same tree, marks included (a property
+test and a fuzz of odd spellings agree); libyaml also accepts a few spellings pyyaml's scanner
+refuses (a tab after a value, `|1#`), and such a document loads as libyaml (the parser behind
+Ruby's Psych, so GitLab's) reads it. Anchors, aliases and explicit tags are rejected
+(deterministic YAML); a non-mapping root, binary bytes, an empty file, a huge file or deep nesting
+all come back as diagnostics, never as exceptions.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def _compose_c(text: str) -> yaml.Node | None:
         if not loader.check_event(yaml.DocumentStartEvent):
             return None
         loader.get_event()
-        node = _compose_c_node(loader, 1)
+        node = _compose_c_node(loader, 1, len(text), False)
         loader.get_event()  # document end
         return node if node is not None and loader.check_event(yaml.StreamEndEvent) else None
     except yaml.YAMLError:
@@ -104,7 +107,7 @@ def _compose_c(text: str) -> yaml.Node | None:
         loader.dispose()
 
 
-def _compose_c_node(loader: Any, depth: int) -> yaml.Node | None:
+def _compose_c_node(loader: Any, depth: int, end: int, flow: bool) -> yaml.Node | None:
     event = loader.get_event()
     start: Any = event.start_mark  # libyaml's Mark: same fields as pyyaml's
     if depth > MAX_DEPTH or getattr(event, "anchor", None) or isinstance(event, yaml.AliasEvent):
@@ -112,12 +115,17 @@ def _compose_c_node(loader: Any, depth: int) -> yaml.Node | None:
     if getattr(event, "tag", None) is not None:
         return None
     if isinstance(event, yaml.ScalarEvent):
+        if not event.value and not event.style and (flow or start.index >= end):
+            # An empty value (`{a: }`, a last `? key`): libyaml marks it where the next token
+            # starts, pyyaml where the previous one ended (found by a property test).
+            return None
         tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         return yaml.ScalarNode(tag, event.value, start, start, style=event.style)
+    inner = bool(flow or event.flow_style) if isinstance(event, yaml.CollectionStartEvent) else flow
     if isinstance(event, yaml.SequenceStartEvent):
         items: list[yaml.Node] = []
         while not loader.check_event(yaml.SequenceEndEvent):
-            item = _compose_c_node(loader, depth + 1)
+            item = _compose_c_node(loader, depth + 1, end, inner)
             if item is None:
                 return None
             items.append(item)
@@ -126,8 +134,8 @@ def _compose_c_node(loader: Any, depth: int) -> yaml.Node | None:
     if isinstance(event, yaml.MappingStartEvent):
         pairs: list[tuple[yaml.Node, yaml.Node]] = []
         while not loader.check_event(yaml.MappingEndEvent):
-            key = _compose_c_node(loader, depth + 1)
-            value = _compose_c_node(loader, depth + 1) if key is not None else None
+            key = _compose_c_node(loader, depth + 1, end, inner)
+            value = _compose_c_node(loader, depth + 1, end, inner) if key is not None else None
             if key is None or value is None:
                 return None
             pairs.append((key, value))

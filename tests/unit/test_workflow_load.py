@@ -42,6 +42,9 @@ PLAIN = [
 ASIDE = [
     "a: &x 1\nb: *x\n", "a: !!str 1\n", "a: !x 1\n", "", "# nothing\n", "a: 1\n---\nb: 2\n",
     "a: [\n", "a: b: c\n", "a: " + "[" * 60 + "]" * 60 + "\n",
+    # An empty value where libyaml and pyyaml mark it differently (the next token's start against
+    # the previous token's end): a last `?` key, and any empty value in a flow collection.
+    "?", "? a", "a: 1\n? b", "{a: }", "{a: , b: 1}", "{? }", "[a: ]",
 ]
 
 
