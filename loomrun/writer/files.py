@@ -151,11 +151,8 @@ class LineFile:
 
     __slots__ = ("fd", "path", "seq")
 
-    def __init__(self, path: str, folders: Folders | None = None) -> None:
-        if folders is not None:
-            folders.ensure(os.path.dirname(path))
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+    def __init__(self, path: str, folders: Folders) -> None:
+        folders.ensure(os.path.dirname(path))
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.seq = 0
