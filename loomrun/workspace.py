@@ -20,8 +20,8 @@ import stat
 import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from loomrun.errors import LoomError
 
@@ -34,8 +34,7 @@ _GIT_ENV_DROP = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIREC
                  "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_CEILING_DIRECTORIES")
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """A made snapshot. `head_sha`/`short_sha` (12 hex digits) are None outside git and in a repo
     without commits; `branch` is None outside git and on a detached HEAD (an unborn branch is named).
     `files` counts regular files and symlinks; `bytes` sums the regular files' sizes."""
@@ -49,14 +48,12 @@ class Snapshot:
     bytes: int
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     rel: str
     kind: str  # "file", "link" or "dir"
 
 
-@dataclass(frozen=True)
-class _GitInfo:
+class _GitInfo(NamedTuple):
     head_sha: str | None
     branch: str | None
 

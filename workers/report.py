@@ -6,7 +6,6 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,21 +24,25 @@ class SectionFailed(Exception):
         self.code = code
 
 
-@dataclass
 class OpenSection:
-    job_id: str
-    name: str
-    rep: Reporter
-    details: dict[str, Any] = field(default_factory=dict)
-    status: str = "success"
+    __slots__ = ("details", "job_id", "name", "rep", "status")
+
+    def __init__(self, job_id: str, name: str, rep: Reporter) -> None:
+        self.job_id = job_id
+        self.name = name
+        self.rep = rep
+        self.details: dict[str, Any] = {}
+        self.status = "success"
 
     def line(self, text: str, stream: str = "stdout") -> None:
         self.rep.record(m.SectionLines(self.job_id, self.name, (text,), stream, time.time_ns()))
 
 
-@dataclass
 class PhaseState:
-    status: str = "success"
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = "success"
 
 
 class Reporter:

@@ -3,14 +3,13 @@ worker. Part of the wire contract: no process-specific imports."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from loomrun.workflow.model import Job
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
+class WorkerSpec(NamedTuple):
     """Everything a worker needs; pickled to the fork server, which forks the worker with it."""
 
     run_id: str
@@ -27,4 +26,3 @@ class WorkerSpec:
     dependency_artifacts: tuple[tuple[str, str], ...] = ()  # (job id, staged artifacts folder)
     fingerprint_outputs: bool = False  # --cache-diff: hash the declared outputs after the job
     docker_leftovers: tuple[str, ...] | None = None  # set for one Docker job: remove dead runs' objects
-    secrets: dict[str, str] = field(default_factory=dict)

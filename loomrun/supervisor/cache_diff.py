@@ -13,7 +13,6 @@ import contextlib
 import os
 import pickle
 import signal
-from dataclasses import replace
 from typing import Any
 
 from loomrun.errors import ExitCode
@@ -26,7 +25,7 @@ def _pass_one(opts: RunOptions, out_fd: int) -> None:
     payload: dict[str, Any]
     try:
         term = Terminal(verbose=opts.verbose, quiet=opts.quiet, prefix="[cache off] ", final=False)
-        res = run_local(replace(opts, cache_enabled=False, fingerprint_outputs=True), term)
+        res = run_local(opts._replace(cache_enabled=False, fingerprint_outputs=True), term)
         payload = {
             "run_id": res.run_id, "logs_dir": res.logs_dir, "status": res.status, "receipt": res.receipt_path,
             "error": res.error,
@@ -84,7 +83,7 @@ def run_cache_diff(opts: RunOptions) -> int:
 
     term = Terminal(verbose=opts.verbose, quiet=opts.quiet, prefix="[cache on] ")
     try:
-        result = run_local(replace(opts, cache_enabled=True, fingerprint_outputs=True), term, amend)
+        result = run_local(opts._replace(cache_enabled=True, fingerprint_outputs=True), term, amend)
     finally:
         os.close(read_fd)
         if child["pid"]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass
-class Janitor:
+class Janitor(NamedTuple):
     pid: int
     what: str
 

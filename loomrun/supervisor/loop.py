@@ -13,9 +13,8 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, NamedTuple
 
 from loomrun.forkserver.process import ForkServer
 from loomrun.proctree import JobCgroup, describe_status, stop_processes, tagged
@@ -30,16 +29,15 @@ from loomrun.writer.process import WriterHandle
 STOP_SLACK_S = 10.0  # how long past its grace a stopping worker may take before it is SIGKILLed
 
 
-@dataclass
-class Outcome:
+class Outcome(NamedTuple):
     name: str
     status: str
     exit_code: int | None
     failure_kind: str | None
     message: str
     seconds: float | None
-    cache_hits: tuple[str, ...] = ()
-    outputs: dict[str, str] = field(default_factory=dict)
+    cache_hits: tuple[str, ...]
+    outputs: dict[str, str]
 
 
 class WriterLost(Exception):

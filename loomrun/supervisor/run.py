@@ -14,9 +14,8 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from loomrun.errors import ExitCode, LoomError
 from loomrun.forkserver.process import ForkServer
@@ -34,8 +33,7 @@ KEEP_SNAPSHOTS = 5
 GRACE_S = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
 
 
-@dataclass
-class RunOptions:
+class RunOptions(NamedTuple):
     workflow: str | None = None
     stream: bool = False
     verbose: bool = False
@@ -49,15 +47,14 @@ class RunOptions:
     command: tuple[str, ...] = ("loom", "run", "--local")
 
 
-@dataclass
-class RunResult:
+class RunResult(NamedTuple):
     run_id: str
     exit_code: int
     status: str
     error: str | None
     receipt_path: str | None
     logs_dir: str | None
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes: dict[str, Outcome]
 
 
 class _Failed(Exception):

@@ -4,14 +4,13 @@ inheritance, declared stages, `needs` (unknown, later stage, cycle). PURE; runs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from loomrun.workflow.load import YNode
 from loomrun.workflow.validate import CODE, Checker, ptr
 
 
-@dataclass(frozen=True)
-class JobSource:
+class JobSource(NamedTuple):
     """A job or template as written: its name, mapping node and key node (for its line)."""
 
     name: str

@@ -13,9 +13,8 @@ all come back as diagnostics, never as exceptions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -36,8 +35,7 @@ _TAG_KINDS = {
 _CONSTRUCT = SafeConstructor()
 
 
-@dataclass(slots=True)
-class YNode:
+class YNode(NamedTuple):
     """One YAML value with its place. `value` is a dict[str, YNode], a list[YNode] or a scalar."""
 
     value: Any

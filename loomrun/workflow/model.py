@@ -1,17 +1,19 @@
-"""The resolved workflow model: frozen dataclasses produced by `resolve.py`, consumed by execution.
+"""The resolved workflow model: NamedTuples produced by `resolve.py`, consumed by execution.
 
-PURE. Everything here is immutable and picklable (it crosses into worker processes).
+PURE. Everything here is immutable and picklable (it crosses into worker processes). NamedTuples, not
+frozen dataclasses: this module is on the start-up path of `loom` and of the fork server, and
+defining its classes as dataclasses took ~9 ms there (~0.2 ms each as NamedTuples); they also
+pickle and unpickle faster (a `WorkerSpec` crosses to the fork server for every job).
 Variables are kept as ordered (name, raw value) pairs; expansion against the predefined variables
 happens at run time with `loomrun.workflow.variables.expand`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Diagnostic:
+class Diagnostic(NamedTuple):
     """One workflow error or warning, with its place in the file."""
 
     code: str  # e.g. "WF_SCHEMA_V1", "WF_YAML"
@@ -40,23 +42,20 @@ class Diagnostic:
 # ---- cache (spec §6) -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class KeyFiles:
+class KeyFiles(NamedTuple):
     """`key: {prefix, files}`: `<prefix>-<sha256 of the matched files>`."""
 
     files: tuple[str, ...]
     prefix: str = ""
 
 
-@dataclass(frozen=True)
-class KeyPrefix:
+class KeyPrefix(NamedTuple):
     """`key: {prefix}` alone: the prefix."""
 
     prefix: str
 
 
-@dataclass(frozen=True)
-class KeyTemplate:
+class KeyTemplate(NamedTuple):
     """`key: {template}`: $job_name, $job_id, $run_id, $pipeline_id, $head_sha and variables."""
 
     template: str
@@ -65,8 +64,7 @@ class KeyTemplate:
 CacheKey = str | KeyFiles | KeyPrefix | KeyTemplate
 
 
-@dataclass(frozen=True)
-class CacheSpec:
+class CacheSpec(NamedTuple):
     name: str | None  # None for the single-mapping form
     paths: tuple[str, ...]
     key: CacheKey | None = None  # None: "<job name>-<cache name or 'default'>"
@@ -79,20 +77,17 @@ class CacheSpec:
 # ---- docker (spec §4.2) ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ImageBuild:
+class ImageBuild(NamedTuple):
     context: str  # workspace-relative directory
     dockerfile: str  # path relative to the context (or workspace), as written
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     name: str
     build: ImageBuild | None = None
 
 
-@dataclass(frozen=True)
-class Service:
+class Service(NamedTuple):
     name: str
     alias: str | None = None
     variables: tuple[tuple[str, str], ...] = ()
@@ -109,23 +104,20 @@ class Service:
 # ---- other job keywords ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Artifacts:
+class Artifacts(NamedTuple):
     paths: tuple[str, ...]
     exclude: tuple[str, ...] = ()
     when: str = "on_success"  # on_success | on_failure | always
 
 
-@dataclass(frozen=True)
-class SecretSpec:
+class SecretSpec(NamedTuple):
     name: str  # the variable name
     ref: str  # env://NAME, keepass://..., op://...
     file: bool = True
     required: bool = True
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     memory_bytes: int | None = None
     cpus: float | None = None
     pids: int | None = None
@@ -135,8 +127,7 @@ class Limits:
         return self.memory_bytes is None and self.cpus is None and self.pids is None
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """A runnable job after include/default/extends resolution (templates never appear here)."""
 
     name: str
@@ -153,7 +144,7 @@ class Job:
     caches: tuple[CacheSpec, ...] = ()  # [] when cache is null / [] / absent
     artifacts: Artifacts | None = None
     timeout_s: float | None = None
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = Limits()
     allow_failure: bool = False
     runner_pool: str | None = None
     invariant: str | None = None
@@ -164,14 +155,12 @@ class Job:
         return "docker" if self.image is not None and self.image.name else "host"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     if_expr: str | None  # None: always matches
     when: str = "always"  # always | never
 
 
-@dataclass(frozen=True)
-class Workflow:
+class Workflow(NamedTuple):
     path: str  # absolute path of the workflow file
     stages: tuple[str, ...]
     jobs: tuple[Job, ...]  # runnable jobs in declaration order

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from loomrun.workflow.model import Workflow
 from loomrun.workflow.variables import expand
@@ -38,8 +38,7 @@ class RuleSyntaxError(ValueError):
     """An `if` expression that does not parse; the message says where."""
 
 
-@dataclass(frozen=True)
-class _Tok:
+class _Tok(NamedTuple):
     kind: str  # op | var | str | re | null | end
     text: str
     pos: int

@@ -16,10 +16,9 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing import Pipe, reduction
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from loomrun.protocol import messages as m
 from loomrun.writer.events import emit
@@ -29,17 +28,18 @@ READ_CHUNK = 1 << 20
 DRAIN_AFTER_EOF_S = 30.0
 
 
-@dataclass
 class OutputStream:
-    job_id: str
-    step: StepLog
-    stream: str
-    fd: int
-    partial: bytes = b""
+    __slots__ = ("fd", "job_id", "partial", "step", "stream")
+
+    def __init__(self, job_id: str, step: StepLog, stream: str, fd: int) -> None:
+        self.job_id = job_id
+        self.step = step
+        self.stream = stream
+        self.fd = fd
+        self.partial = b""
 
 
-@dataclass
-class WriterHandle:
+class WriterHandle(NamedTuple):
     """The supervisor's side of the writer process."""
 
     pid: int

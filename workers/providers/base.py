@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -41,21 +40,30 @@ class Sections(Protocol):
         ...
 
 
-@dataclass
 class JobContext:
-    run_id: str
-    pipeline_id: str
-    job: Job
-    workspace: Path  # the run's snapshot directory on the host
-    env: dict[str, str]  # loom's variables for this job: predefined + workflow, expanded
-    sections: Sections
-    mount_mode: str = "ephemeral_volume"  # Docker only: ephemeral_volume | bind_mount
-    trace: bool = False  # LOOM_DEBUG_TRACE=1: run steps with `sh -x`
-    grace_s: float = 5.0
-    labels: dict[str, str] = field(default_factory=dict)  # loom.run_id, loom.job_id
-    secret_mounts: dict[str, str] = field(default_factory=dict)  # host file -> path in the job
-    state: dict[str, Any] = field(default_factory=dict)  # provider-private (container id, ...)
-    log: SectionLog | None = None  # lines for the `provider` section, open while prepare() runs
+    """What a provider knows of the job it runs. A plain class, not a dataclass: the fork server
+    imports this module, and `dataclasses` (with `inspect`) added ~1.1 MB to it, which every
+    worker's fork and exit then copied and tore down."""
+
+    __slots__ = ("env", "grace_s", "job", "labels", "log", "mount_mode", "pipeline_id", "run_id", "secret_mounts",
+                 "sections", "state", "trace", "workspace")
+
+    def __init__(self, *, run_id: str, pipeline_id: str, job: Job, workspace: Path, env: dict[str, str],
+                 sections: Sections, mount_mode: str = "ephemeral_volume", trace: bool = False, grace_s: float = 5.0,
+                 labels: dict[str, str] | None = None) -> None:
+        self.run_id = run_id
+        self.pipeline_id = pipeline_id
+        self.job = job
+        self.workspace = workspace  # the run's snapshot directory on the host
+        self.env = env  # loom's variables for this job: predefined + workflow, expanded
+        self.sections = sections
+        self.mount_mode = mount_mode  # Docker only: ephemeral_volume | bind_mount
+        self.trace = trace  # LOOM_DEBUG_TRACE=1: run steps with `sh -x`
+        self.grace_s = grace_s
+        self.labels = labels or {}  # loom.run_id, loom.job_id
+        self.secret_mounts: dict[str, str] = {}  # host file -> path in the job
+        self.state: dict[str, Any] = {}  # provider-private (container id, ...)
+        self.log: SectionLog | None = None  # lines for the `provider` section, open while prepare() runs
 
 
 class StepHandle(Protocol):
