@@ -56,12 +56,12 @@ class HostProvider:
         if not ctx.workspace.is_dir():
             raise ProviderError(f"workspace {ctx.workspace} does not exist")
         limits = ctx.job.limits
-        cgroup = JobCgroup(f"{ctx.run_id}.{ctx.job.name}")
         # A cgroup costs a few ms to create and remove: only jobs with limits get one. Without it the
         # job's processes are still found: the worker is a subreaper, and steps carry LOOM_RUN_ID.
         if limits.empty:
             _say(ctx, "no limits: the job's processes are tracked as the worker's descendants")
-        elif cgroup.create(limits.memory_bytes, limits.pids, limits.cpus):
+        elif (cgroup := JobCgroup(f"{ctx.run_id}.{ctx.job.name}")).create(limits.memory_bytes, limits.pids,
+                                                                            limits.cpus):
             ctx.state["cgroup"] = cgroup
             _say(ctx, f"cgroup {'v2' if cgroup.v2 else 'v1'} loom/{cgroup.name}")
         else:
@@ -69,7 +69,7 @@ class HostProvider:
             if limits.cpus is not None:
                 n = max(1, min(os.cpu_count() or 1, int(-(-limits.cpus // 1))))
                 ctx.state["affinity"] = set(sorted(os.sched_getaffinity(0))[:n])
-        ctx.state["base_env"] = {**os.environ, **ctx.env}
+        ctx.state["base_env"] = {**_caller_env(), **ctx.env}
 
     def start_step(self, ctx: JobContext, index: int, command: str, stdout_fd: int, stderr_fd: int) -> HostStep:
         for fd in (stdout_fd, stderr_fd):
@@ -157,6 +157,19 @@ class HostProvider:
         if cgroup is not None:
             ctx.state["final_peak"] = cgroup.peak_memory()
             cgroup.remove()
+
+
+_CALLER_ENV: dict[str, str] | None = None
+
+
+def _caller_env() -> dict[str, str]:
+    """The environment `loom` was started with, decoded once: the fork server fills this in its
+    warm-up, so workers inherit it instead of each decoding `os.environ` (nothing in the fork server
+    or a worker changes `os.environ` before a step starts)."""
+    global _CALLER_ENV
+    if _CALLER_ENV is None:
+        _CALLER_ENV = dict(os.environ)
+    return _CALLER_ENV
 
 
 def _say(ctx: JobContext, text: str) -> None:
