@@ -37,6 +37,8 @@ def job_env(job: Job, **kwargs: str | None) -> dict[str, str]:
     Only those names are returned; the host provider lays them over the process environment.
     """
     base = predefined(job, **kwargs)  # type: ignore[arg-type]
+    if not job.variables:
+        return base
     known = {**os.environ, **base} if job.provider == "host" else base
     resolved = expand(job.variables, known)
     names = set(base) | {name for name, _ in job.variables}

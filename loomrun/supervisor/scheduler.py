@@ -28,6 +28,7 @@ class Scheduler:
         self._waiting = {name: len(ds) for name, ds in self.deps.items()}  # unmet dependencies
         self._ready = [name for name in self.order if self._waiting[name] == 0]
         self.running = 0
+        self._open = len(self.order)  # jobs not done yet: done() is asked on every turn of the event loop
 
     def _ok(self, name: str) -> bool:
         st = self.state[name]
@@ -48,8 +49,10 @@ class Scheduler:
     def finish(self, name: str, status: str) -> list[tuple[str, str]]:
         """Record a running job's end; returns the jobs skipped because of it, with the reason."""
         assert self.state[name] == "running", (name, self.state[name])
+        assert status in DONE, status
         self.state[name] = status
         self.running -= 1
+        self._open -= 1
         return self._propagate(name)
 
     def _propagate(self, name: str) -> list[tuple[str, str]]:
@@ -65,6 +68,7 @@ class Scheduler:
                     self._ready.append(dep)
             else:
                 self.state[dep] = "skipped"
+                self._open -= 1
                 how = {"failed": "which failed", "skipped": "which was skipped", "canceled": "which was canceled"}
                 skipped.append((dep, f'needs "{name}", {how.get(status, status)}'))
                 skipped.extend(self._propagate(dep))
@@ -74,8 +78,9 @@ class Scheduler:
         names = [n for n in self.order if self.state[n] == "pending"]
         for n in names:
             self.state[n] = "canceled"
+        self._open -= len(names)
         self._ready.clear()
         return names
 
     def done(self) -> bool:
-        return all(st in DONE for st in self.state.values())
+        return self._open == 0
