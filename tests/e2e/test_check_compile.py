@@ -497,3 +497,19 @@ def test_config_init_and_show(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip() == ("loom config show: invalid workspaceMount 'nope' from environment variable "
                                   "LOOM_DOCKER_WORKSPACE_MOUNT; expected bind_mount or ephemeral_volume")
+
+
+@pytest.mark.parametrize(("args", "stderr"), [(("version",), ""), (("compile",), "loom compile: Broken pipe\n")])
+def test_output_into_a_closed_pipe_ends_in_one_line_at_most(tmp_path: Path, args: tuple[str, ...], stderr: str) -> None:
+    """`loom compile | head -c0`: the reader is gone before loom writes. loom leaves without
+    interpreter teardown (`_entry._leave`, flushing first): no traceback, no 'Exception ignored',
+    exit 1 (click's convention for a closed stdout), and for a long output loom's own one line."""
+    repo = make_repo(tmp_path, "version: v1\nstages: [build]\n" + "".join(job(f"j{i:03d}") for i in range(400)))
+    r, w = os.pipe()
+    os.close(r)  # the reader went away: every write gets EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "loomrun", *args], cwd=repo, stdout=w, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "NO_COLOR": "1"}, timeout=60)
+    finally:
+        os.close(w)
+    assert (proc.returncode, proc.stderr) == (1, stderr)
