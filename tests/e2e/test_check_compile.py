@@ -513,3 +513,15 @@ def test_output_into_a_closed_pipe_ends_in_one_line_at_most(tmp_path: Path, args
     finally:
         os.close(w)
     assert (proc.returncode, proc.stderr) == (1, stderr)
+
+
+@pytest.mark.parametrize("args", [("version",), ("--version",), ("--help",), ("compile",), ("config", "show")])
+def test_output_onto_a_full_disk_is_one_line_and_exit_1(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """stdout on a full disk (/dev/full): one line naming the error, exit 1, never a traceback."""
+    repo = make_repo(tmp_path, H + J)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "loomrun", *args], cwd=repo, stdout=full, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "NO_COLOR": "1"}, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1].endswith(": No space left on device"), proc.stderr
+    assert "Traceback" not in proc.stderr
