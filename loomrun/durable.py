@@ -45,7 +45,18 @@ def write_temp(path: str | os.PathLike[str], data: bytes, *, fsync: bool,
     return tmp
 
 
-_VALUE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode  # the C encoder
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode  # the C encoder
+_SCALARS = {None: "null", True: "true", False: "false"}
+
+
+def _value(v: Any) -> str:
+    """One JSON value. The C encoder behind `_ENCODE` is set up anew on every call for anything but
+    a string, so the scalars most document fields hold (null, booleans, integers) are spelled here."""
+    if v is None or v is True or v is False:
+        return _SCALARS[v]
+    if type(v) is int:
+        return int.__repr__(v)
+    return _ENCODE(v)
 
 
 def encode_json(doc: Any, *, compact: bool = False) -> bytes:
@@ -55,8 +66,8 @@ def encode_json(doc: Any, *, compact: bool = False) -> bytes:
     if compact:
         return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
     if isinstance(doc, dict) and doc:
-        return ("{\n" + ",\n".join(f"  {_VALUE(str(k))}: {_VALUE(v)}" for k, v in doc.items()) + "\n}\n").encode()
-    return (_VALUE(doc) + "\n").encode()
+        return ("{\n" + ",\n".join(f"  {_ENCODE(str(k))}: {_value(v)}" for k, v in doc.items()) + "\n}\n").encode()
+    return (_ENCODE(doc) + "\n").encode()
 
 
 def write_json(path: str | os.PathLike[str], doc: Any, *, compact: bool = False, durable: bool = True) -> None:

@@ -23,9 +23,14 @@ SECTION_PHASE = {
 }
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def rfc3339(ns: int) -> str:
     secs, rem = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem // 1_000_000:03d}Z"
+    if secs != _second[0]:  # most events of a run share their second with the one before
+        _second[:] = [secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))]
+    return f"{_second[1]}.{rem // 1_000_000:03d}Z"
 
 
 def family(phase_code: str | None) -> str | None:
