@@ -82,3 +82,32 @@ def test_the_logs_folder_is_marked_as_the_top_of_unrelated_trees(tmp_path: Path)
         assert _attributes(logs) == flags
     assert spread_children(tmp_path / "missing") is False
     log.events.close()
+
+
+def test_event_timestamps_match_a_fresh_formatting_across_seconds() -> None:
+    """rfc3339 formats each whole second once; every call must still equal a fresh formatting, in
+    order, backwards and across second, day and year boundaries."""
+    import random
+    import time
+
+    from loomrun.writer.events import rfc3339
+
+    def fresh(ns: int) -> str:
+        secs, rem = divmod(ns, 1_000_000_000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem // 1_000_000:03d}Z"
+
+    rng = random.Random(3)
+    start = 1_798_761_599_000_000_000  # 2026-12-31T23:59:59Z
+    stamps = [start + rng.randrange(0, 3_000_000_000) for _ in range(2_000)]
+    for ns in [*sorted(stamps), *stamps, 0, start, start - 1]:
+        assert rfc3339(ns) == fresh(ns)
+
+
+def test_documents_spell_scalars_as_json_does() -> None:
+    from loomrun.durable import encode_json
+
+    doc = {"none": None, "yes": True, "no": False, "int": -7, "big": 2**70, "float": 1.5, "text": 'a"é',
+           "list": [1, None, True], "map": {"k": False}}
+    text = encode_json(doc).decode()
+    assert json.loads(text) == doc
+    assert text.splitlines()[1:5] == ['  "none": null,', '  "yes": true,', '  "no": false,', '  "int": -7,']
