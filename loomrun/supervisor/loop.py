@@ -161,8 +161,6 @@ class Supervisor:
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())
-            for skipped, reason in self.sched.finish(name, "failed"):
-                self._record(skipped, "skipped", None, m.DEPENDENCY_FAILED, reason, None, started_ns=None)
             return
         self.slots[name] = slot
 
@@ -325,7 +323,7 @@ class Supervisor:
         if status in ("failed", "canceled"):
             self.finish_order.append(name)
         self.term.job_ended(name, status, seconds, self._why(job, status, code, kind, message))
-        if slot is not None:
+        if self.sched.state[name] == "running":  # not for a job settled before it started (skipped, canceled)
             for skipped, reason in self.sched.finish(name, status):
                 self._record(skipped, "skipped", None, m.DEPENDENCY_FAILED, reason, None, started_ns=None)
 

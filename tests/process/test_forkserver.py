@@ -3,14 +3,18 @@ the run goes on, it dies with the supervisor, and its warm-up job runs for real 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
-from tests.process.runner import Background, load, loom_env, make_repo, run_loom, run_processes
+from loomrun.proctree import JobCgroup
+from tests.process.runner import LOOM, Background, Result, load, loom_env, make_repo, run_loom, run_processes
 from workers.main import warm_up
 
 TWO = """
@@ -109,3 +113,70 @@ def test_the_warm_up_job_runs_a_real_step_and_leaves_nothing_behind() -> None:
     result = warm_up()
     assert result is not None
     assert (result.job_id, result.status, result.exit_code, result.failure_kind) == ("warm-up", "success", 0, None)
+
+
+CHAIN = """
+version: v1
+stages: [s]
+first:
+  stage: s
+  target: linux
+  script:
+    - touch "$MARK"; while [ ! -e "$MARK.go" ]; do sleep 0.02 || :; done; true
+second:
+  stage: s
+  target: linux
+  needs: [first]
+  script:
+    - echo second ran
+third:
+  stage: s
+  target: linux
+  needs: [second]
+  script:
+    - echo third ran
+"""
+
+
+def test_a_worker_that_cannot_be_forked_fails_its_job_and_skips_its_dependents(tmp_path: Path) -> None:
+    """`loom run` in a cgroup whose pids.max drops to 3 (supervisor, fork server, writer) while
+    `first` runs: the fork server's clone for `second` fails with EAGAIN. `second` fails as
+    worker_crashed with the reason, `third` is skipped because of it, and the run ends with a
+    receipt; nothing of it is left."""
+    cgroup = JobCgroup(f"test-nofork-{os.getpid()}")
+    if not cgroup.create(None, None, None):
+        pytest.skip("no cgroup can be created here (not root?)")
+    proc = None
+    try:
+        pids_dir = cgroup.dirs.get("unified") or cgroup.dirs["pids"]
+        join = "; ".join(f"echo $$ > {path / 'cgroup.procs'}" for path in cgroup.dirs.values())
+        mark = tmp_path / "first-running"
+        repo = make_repo(tmp_path / "repo", CHAIN, git=False)
+        proc = subprocess.Popen(["sh", "-c", f'{join}; exec "$@"', "sh", *LOOM, "run", "--local"], cwd=repo,
+                                env=loom_env(MARK=str(mark)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not mark.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        (pids_dir / "pids.max").write_text("3")
+        mark.with_name(mark.name + ".go").touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        result = Result(proc.returncode, out, err, repo)
+        assert result.receipt["status"] == "failure"
+        assert result.job_summary("first")["status"] == "success"
+        second = result.job_summary("second")
+        assert (second["status"], second["failure_kind"]) == ("failed", "worker_crashed")
+        assert second["message"].startswith("worker could not start: [Errno 11]"), second["message"]
+        third = result.job_summary("third")
+        assert (third["status"], third["failure_kind"], third["message"]) == (
+            "skipped", "dependency_failed", 'needs "second", which failed')
+        assert run_processes(result.receipt["run_id"]) == []
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for path in cgroup.dirs.values():
+            with contextlib.suppress(OSError):
+                (path / "pids.max").write_text("max")
+        cgroup.remove()
