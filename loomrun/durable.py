@@ -46,14 +46,17 @@ def write_temp(path: str | os.PathLike[str], data: bytes, *, fsync: bool,
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode  # the C encoder
-_SCALARS = {None: "null", True: "true", False: "false"}
 
 
 def _value(v: Any) -> str:
     """One JSON value. The C encoder behind `_ENCODE` is set up anew on every call for anything but
     a string, so the scalars most document fields hold (null, booleans, integers) are spelled here."""
-    if v is None or v is True or v is False:
-        return _SCALARS[v]
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
     if type(v) is int:
         return int.__repr__(v)
     return _ENCODE(v)

@@ -66,6 +66,8 @@ def main(*, local: bool, workflow: str | None, stream: bool, verbose: bool, quie
     finally:
         if forks is not None:
             forks.close()
+
+
 def _options(workflow: str | None, stream: bool, verbose: bool, quiet: bool, cache_diff: bool,
              docker_workspace_mount: str | None, max_jobs: int | None, only_jobs: tuple[str, ...]) -> RunOptions:
     from loomrun.supervisor.run import RunOptions

@@ -731,9 +731,7 @@ class DockerProvider:
                 continue
             with contextlib.suppress(APIError, DockerException):
                 api.stop(sid, timeout=max(0, math.ceil(grace_s)))
-            with contextlib.suppress(APIError, DockerException):
-                if api.inspect_container(sid)["State"].get("Running"):
-                    api.kill(sid)
+            _kill_if_running(api, sid)
 
     def _stop_session(self, api: Any, cid: str, session: _Session, grace_s: float) -> None:
         """`docker stop` by hand: the container's shell acts on TERM only between commands, and waits
@@ -748,9 +746,7 @@ class DockerProvider:
             session.send("\n")
         with contextlib.suppress(Exception):  # requests' ReadTimeout when the grace runs out
             api.wait(cid, timeout=max(1, math.ceil(grace_s)))
-        with contextlib.suppress(APIError, DockerException):
-            if api.inspect_container(cid)["State"].get("Running"):
-                api.kill(cid)
+        _kill_if_running(api, cid)
 
     # -- workspace transfer --
 
@@ -836,6 +832,13 @@ class DockerProvider:
         if ctx.state.get("network"):
             with contextlib.suppress(Exception):
                 api.remove_network(ctx.state["network"])
+
+
+def _kill_if_running(api: Any, cid: str) -> None:
+    """SIGKILL for a container still running once its grace is over."""
+    with contextlib.suppress(APIError, DockerException):
+        if api.inspect_container(cid)["State"].get("Running"):
+            api.kill(cid)
 
 
 # ---- leftovers (run in a short-lived child of the supervisor) --------------------------------

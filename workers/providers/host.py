@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
@@ -159,17 +160,12 @@ class HostProvider:
             cgroup.remove()
 
 
-_CALLER_ENV: dict[str, str] | None = None
-
-
+@functools.cache
 def _caller_env() -> dict[str, str]:
     """The environment `loom` was started with, decoded once: the fork server fills this in its
     warm-up, so workers inherit it instead of each decoding `os.environ` (nothing in the fork server
     or a worker changes `os.environ` before a step starts)."""
-    global _CALLER_ENV
-    if _CALLER_ENV is None:
-        _CALLER_ENV = dict(os.environ)
-    return _CALLER_ENV
+    return dict(os.environ)
 
 
 def _say(ctx: JobContext, text: str) -> None:
