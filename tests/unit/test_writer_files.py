@@ -4,10 +4,14 @@ crash turns the complete temp files of its predecessor into documents. Real file
 from __future__ import annotations
 
 import json
+import random
 import subprocess
+import time
 from pathlib import Path
 
+from loomrun.durable import encode_json
 from loomrun.protocol import messages as m
+from loomrun.writer.events import rfc3339
 from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children
 from loomrun.writer.runlog import RunLog
 
@@ -87,10 +91,6 @@ def test_the_logs_folder_is_marked_as_the_top_of_unrelated_trees(tmp_path: Path)
 def test_event_timestamps_match_a_fresh_formatting_across_seconds() -> None:
     """rfc3339 formats each whole second once; every call must still equal a fresh formatting, in
     order, backwards and across second, day and year boundaries."""
-    import random
-    import time
-
-    from loomrun.writer.events import rfc3339
 
     def fresh(ns: int) -> str:
         secs, rem = divmod(ns, 1_000_000_000)
@@ -104,8 +104,6 @@ def test_event_timestamps_match_a_fresh_formatting_across_seconds() -> None:
 
 
 def test_documents_spell_scalars_as_json_does() -> None:
-    from loomrun.durable import encode_json
-
     doc = {"none": None, "yes": True, "no": False, "int": -7, "big": 2**70, "float": 1.5, "text": 'a"é',
            "list": [1, None, True], "map": {"k": False}}
     text = encode_json(doc).decode()
