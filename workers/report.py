@@ -37,6 +37,11 @@ class OpenSection:
     def line(self, text: str, stream: str = "stdout") -> None:
         self.rep.record(m.SectionLines(self.job_id, self.name, (text,), stream, time.time_ns()))
 
+    def warn(self, text: str) -> None:
+        """`warning: <text>` in this section's events (stderr) and on the terminal."""
+        self.line(f"warning: {text}", "stderr")
+        self.rep.warn(text)
+
 
 class PhaseState:
     __slots__ = ("status",)
@@ -120,6 +125,10 @@ class Reporter:
 
     def notice(self, text: str) -> None:
         self.supervisor.send(m.Notice(self.job_id, text))
+
+    def warn(self, text: str) -> None:
+        """A warning line for the terminal (the caller writes it into its section's events)."""
+        self.supervisor.send(m.Warned(self.job_id, text))
 
 
 def _error_of(exc: BaseException) -> tuple[str, str]:

@@ -63,6 +63,15 @@ class Notice(NamedTuple):
     text: str
 
 
+class Warned(NamedTuple):
+    """A warning for the terminal, whatever the verbosity but -q (spec §11): a path that matched
+    nothing, an optional secret skipped, a quarantined key bypassed. The worker also writes it into
+    the section's events."""
+
+    job_id: str
+    text: str
+
+
 class JobFinished(NamedTuple):
     job_id: str
     status: str  # success | failed | canceled

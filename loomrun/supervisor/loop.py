@@ -176,6 +176,8 @@ class Supervisor:
                     slot.step = None
                 elif isinstance(msg, m.Notice):
                     self.term.detail(f'job "{slot.name}": {msg.text}')
+                elif isinstance(msg, m.Warned):
+                    self.term.event(f'warning: job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.JobFinished):
                     slot.result = msg
         except (EOFError, OSError):
