@@ -112,6 +112,24 @@ def bench_100_jobs(tmp: Path, reps: int) -> None:
           f"({(m - b) / 100 * 1000:.1f} ms/job; target: at most +0.5s)")
 
 
+def check_seq_lines(result: subprocess.CompletedProcess[str], n: int) -> int:
+    """Every line 1..n of the `seq` job's step, in order, in its events; returns the summary's count."""
+    step = Path(str(receipt_of(result)["logs_dir"])) / "jobs/seq/user/script/01"
+    lines = int(json.loads((step / "summary.json").read_text())["output_lines"])
+    got = 0
+    expect = 1
+    with open(step / "events.jsonl") as fh:
+        for raw in fh:
+            ev = json.loads(raw)
+            if ev["type"] == "output":
+                for ln in ev["lines"] if "lines" in ev else [ev["line"]]:
+                    assert ln == str(expect), (ln, expect)
+                    expect += 1
+                    got += 1
+    assert got == n == lines, (got, lines)
+    return lines
+
+
 def bench_3m_lines(tmp: Path, reps: int) -> None:
     repo = repo_with(tmp / "seq", "version: v1\nstages: [s]\nseq:\n  stage: s\n  target: linux\n"
                      "  script: [\"seq 1 3000000\"]\n")
@@ -127,19 +145,7 @@ def bench_3m_lines(tmp: Path, reps: int) -> None:
         loom.append(elapsed)
         assert peak is not None
         peaks.append(peak)
-        step = Path(str(receipt_of(result)["logs_dir"])) / "jobs/seq/user/script/01"
-        lines = json.loads((step / "summary.json").read_text())["output_lines"]
-        got = 0
-        expect = 1
-        with open(step / "events.jsonl") as fh:
-            for raw in fh:
-                ev = json.loads(raw)
-                if ev["type"] == "output":
-                    for ln in ev["lines"] if "lines" in ev else [ev["line"]]:
-                        assert ln == str(expect), (ln, expect)
-                        expect += 1
-                        got += 1
-        assert got == 3_000_000 == lines, (got, lines)
+        lines = check_seq_lines(result, 3_000_000)
     m, p, n = statistics.median(loom), statistics.median(plain), statistics.median(loop)
     sup = max(pk.supervisor for pk in peaks) / 2**20
     wri = max(pk.writer for pk in peaks) / 2**20
