@@ -9,7 +9,6 @@ owners are not recorded; set-uid / set-gid bits are dropped.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import stat
@@ -21,7 +20,7 @@ from typing import IO, Any
 
 import zstandard
 
-from loomrun.globs import check_pattern, match_paths
+from loomrun.globs import ALL_DIRS, match_paths
 
 # Chosen by measurement (scripts/bench_cache.py --levels, and zstd alone on 50 MB of the bench's
 # text-like data, best of 3): level 1 compresses text in 0.18 s / 13.3 MB, level 3 in 0.22 s / 12.7 MB,
@@ -110,29 +109,10 @@ class _TarWriter:
         self.flush()
 
 
-def _real_dir(root: Path, real_root: str, rel: str) -> bool:
-    """`rel` is a directory reached without going through any symlink."""
-    full = os.path.join(root, rel)
-    return os.path.isdir(full) and os.path.realpath(full) == os.path.join(real_root, rel)
-
-
 def collect(workspace: Path, patterns: Sequence[str]) -> list[str]:
     """Sorted members to archive: matched files and symlinks plus the real directories under matched
     directories (so empty directories and directory modes survive). Parents sort before children."""
-    members = set(match_paths(workspace, patterns))
-    real_root = os.path.realpath(workspace)
-    for pattern in patterns:
-        for hit in glob.glob(check_pattern(pattern), root_dir=workspace, recursive=True, include_hidden=True):
-            rel = os.path.normpath(hit)
-            if rel == "." or not _real_dir(workspace, real_root, rel):
-                continue
-            members.add(rel)
-            for dirpath, dirnames, _files in os.walk(workspace / rel):
-                base = os.path.relpath(dirpath, workspace)
-                members.update(
-                    os.path.join(base, d) for d in dirnames if not os.path.islink(os.path.join(dirpath, d))
-                )
-    return sorted(members)
+    return match_paths(workspace, patterns, dirs=ALL_DIRS)
 
 
 def _add(tar: _TarWriter, workspace: Path, rel: str, stats: PackStats) -> None:
