@@ -147,10 +147,13 @@ def _under(path: str, tops: set[str]) -> bool:
     return False
 
 
-def _expand(root: Path, patterns: Iterable[str], dirs: str) -> dict[str, bool]:
+def _expand(root: Path, patterns: Iterable[str], dirs: str, unmatched: list[str] | None) -> dict[str, bool]:
     hits: set[str] = set()
     for pattern in patterns:
-        hits |= glob_hits(root, pattern)
+        named = glob_hits(root, pattern)
+        if not named and unmatched is not None:
+            unmatched.append(pattern)
+        hits |= named
     top = str(root)
     found: dict[str, bool] = {}
     walked: set[str] = set()
@@ -166,17 +169,19 @@ def _expand(root: Path, patterns: Iterable[str], dirs: str) -> dict[str, bool]:
     return found
 
 
-def match_paths(root: Path, patterns: Sequence[str], exclude: Sequence[str] = (), *, dirs: str = FILES) -> list[str]:
+def match_paths(root: Path, patterns: Sequence[str], exclude: Sequence[str] = (), *, dirs: str = FILES,
+                unmatched: list[str] | None = None) -> list[str]:
     """Sorted workspace-relative POSIX paths matched by `patterns`, minus what `exclude` matches
     (an excluded folder takes everything below it along).
 
     Files and symlinks always (a symlink is listed, never followed); folders as `dirs` says:
     `FILES` none, `EMPTY_DIRS` those that hold nothing (so an empty folder can travel as an
     artifact), `ALL_DIRS` every real folder below a matched one (the cache keeps folder modes).
+    Patterns that name nothing at all (before `exclude`) are appended to `unmatched`.
     """
     if not patterns:
         return []
-    found = _expand(root, patterns, dirs)
+    found = _expand(root, patterns, dirs, unmatched)
     if exclude:
         gone: set[str] = set()
         for pattern in exclude:
