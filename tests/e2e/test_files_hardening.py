@@ -8,7 +8,6 @@ dependent restores the artifacts over it.
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import textwrap
@@ -18,7 +17,7 @@ import pytest
 import zstandard
 
 from loomrun.cache.quarantine import Quarantine
-from tests.process.runner import Result, assert_logs_valid, load, make_repo, run_loom
+from tests.process.runner import Result, assert_logs_valid, load, make_repo, output_lines, run_loom
 
 
 def _warnings(result: Result) -> list[str]:
@@ -26,13 +25,7 @@ def _warnings(result: Result) -> list[str]:
 
 
 def _section_lines(result: Result, job: str, section: str) -> list[str]:
-    path = result.logs_dir / "jobs" / job / "system" / section / "events.jsonl"
-    lines: list[str] = []
-    for raw in path.read_text().splitlines():
-        ev = json.loads(raw)
-        if ev["type"] == "output":
-            lines.extend(ev["lines"] if "lines" in ev else [ev["line"]])
-    return lines
+    return output_lines(result.logs_dir / "jobs" / job / "system" / section / "events.jsonl")
 
 
 # -- items 1 and 2: links and empty folders in artifacts, restored over anything ---------------------
