@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks: `python scripts/bench.py {check|run|ab|docker|cache|workspace} [...]`.
+"""Benchmarks: `python scripts/bench.py SUITE [...]`, SUITE one of the keys of SUITES below.
 
 Each figure is printed next to a baseline measured in the same run (these machines are noisy), as
 a ratio or a difference. Never used by tests.
@@ -11,8 +11,15 @@ import importlib
 import sys
 from pathlib import Path
 
-SUITES = {"check": "bench_check", "run": "bench_run", "ab": "bench_ab", "docker": "bench_docker",
-          "cache": "bench_cache", "workspace": "bench_workspace"}
+SUITES = {
+    "check": "bench_check",
+    "run": "bench_run",
+    "ab": "bench_ab",
+    "docker": "bench_docker",
+    "cache": "bench_cache",
+    "workspace": "bench_workspace",
+    "globs": "bench_globs",
+}
 
 
 def main(argv: list[str]) -> int:

@@ -15,12 +15,13 @@ from typing import Any
 
 from loomrun.cache.keys import CacheKeyError, compute_key, expand_fallbacks
 from loomrun.cache.policy import restores, saves
-from loomrun.cache.store import CacheStore
+from loomrun.cache.store import CacheStore, SaveResult
 from loomrun.cache.unpack import CacheEntryError
 from loomrun.errors import LoomError
+from loomrun.oserror import describe
 from loomrun.protocol.messages import PROVIDER_ERROR
 from loomrun.workflow.model import CacheSpec
-from workers.providers.base import JobContext, Provider
+from workers.providers.base import JobContext, Provider, ProviderError
 from workers.report import OpenSection, Reporter, SectionFailed
 
 
@@ -46,6 +47,16 @@ class JobCaches:
         self.staging_root = runtime_dir / "tmp" / ctx.run_id / "cache" / ctx.job.name
         self.hits: list[str] = []
         self.caches = [c for c in ctx.job.caches if not c.disabled and c.paths]
+        self._warned: set[str] = set()
+
+    def _warn(self, sec: OpenSection, text: str) -> None:
+        """A warning in the section's events, and on the terminal the first time (a key is resolved
+        for the restore and again for the save: its warnings would show twice)."""
+        if text in self._warned:
+            sec.line(f"warning: {text}", "stderr")
+            return
+        self._warned.add(text)
+        sec.warn(text)
 
     @property
     def direct(self) -> bool:
@@ -63,7 +74,7 @@ class JobCaches:
             sec.line(f"cache {spec.name or 'default'}: unusable key: {exc}", "stderr")
             return None
         for warning in [*warnings, *more]:
-            sec.line(f"warning: {warning}", "stderr")
+            self._warn(sec, warning)
         return ResolvedCache(spec, key, fallbacks)
 
     # -- restore -------------------------------------------------------------------------------
@@ -93,10 +104,11 @@ class JobCaches:
         if not self.direct:
             shutil.rmtree(target, ignore_errors=True)
         for key in res.quarantined:
-            sec.line(f"cache {cache.label}: {key} is quarantined; not restored")
+            self._warn(sec, f"cache {cache.label}: key {key} is quarantined; not restored "
+                            f"(`loom cache release {key}` allows it again)")
             self.rep.notice(f"cache {key}: quarantined")
-        for why in res.refused:
-            sec.line(f"cache {cache.label}: refused {why}", "stderr")
+        for why in res.refused:  # a bad entry is a miss with a warning, never a failed job
+            self._warn(sec, f"cache {cache.label}: entry {why}; treated as a miss")
         if res.hit:
             assert res.key is not None
             self.hits.append(res.key)
@@ -123,27 +135,34 @@ class JobCaches:
                 cache = self._resolve(spec, sec)
                 if cache is None:
                     continue
-                source = self.ctx.workspace
-                if not self.direct:
-                    source = Path(tempfile.mkdtemp(prefix="save-", dir=self._staging()))
-                    self.provider.export_paths(self.ctx, spec.paths, (), source)
-                try:
-                    res = self.store.save(cache.key, source, spec.paths, source_run=self.ctx.run_id)
-                except CacheEntryError as exc:
-                    raise SectionFailed(f"cache {cache.label}: cannot save {cache.key}: {exc}",
-                                        PROVIDER_ERROR, "LOOM_CACHE_SAVE") from exc
-                finally:
-                    if not self.direct:
-                        shutil.rmtree(source, ignore_errors=True)
+                res = self._save_one(cache, sec)
+                if res is None:
+                    continue
                 sec.line(f"cache {cache.label}: saved {cache.key}, {res.files} files, "
                          f"{res.total_size} bytes ({res.archive_size} compressed)")
                 for warning in res.warnings:
-                    sec.line(f"warning: {warning}", "stderr")
+                    self._warn(sec, warning)
                 doc = res.as_dict()
                 doc.update({"name": cache.label, "duration_ms": int(res.duration_s * 1000)})
                 doc.pop("duration_s", None)
                 results.append(doc)
             sec.details["caches"] = results
+
+    def _save_one(self, cache: ResolvedCache, sec: OpenSection) -> SaveResult | None:
+        """Save one cache; a save that cannot be made is skipped with a warning (the job passes)."""
+        source = self.ctx.workspace
+        try:
+            if not self.direct:
+                source = Path(tempfile.mkdtemp(prefix="save-", dir=self._staging()))
+                self.provider.export_paths(self.ctx, cache.spec.paths, (), source)
+            return self.store.save(cache.key, source, cache.spec.paths, source_run=self.ctx.run_id)
+        except (CacheEntryError, ProviderError, OSError) as exc:
+            why = exc.message if isinstance(exc, ProviderError) else describe(exc, source)
+            self._warn(sec, f"cache {cache.label}: not saved under {cache.key}: {why}")
+            return None
+        finally:
+            if not self.direct and source != self.ctx.workspace:
+                shutil.rmtree(source, ignore_errors=True)
 
     def _staging(self) -> Path:
         self.staging_root.mkdir(parents=True, exist_ok=True)

@@ -14,15 +14,18 @@ import resource
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loomrun.globs import matches_nothing
+from loomrun.oserror import describe, printable
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
 from workers.providers import get_provider
 from workers.providers.base import JobContext, Provider, ProviderError, StepHandle
-from workers.report import Reporter, SectionFailed
+from workers.report import OpenSection, Reporter, SectionFailed
 
 if TYPE_CHECKING:
     from workers.caching import JobCaches
@@ -147,7 +150,12 @@ class JobRunner:
             return
         with self.rep.phase("job.artifact_restore"), self.rep.section("artifact_restore") as sec:
             for dep, folder in deps:
-                self.provider.import_tree(self.ctx, folder)
+                try:
+                    self.provider.import_tree(self.ctx, folder)
+                except OSError as exc:  # shutil.Error too: one line, never a crash
+                    why = describe(exc, self.spec.workspace, folder)
+                    raise SectionFailed(f"cannot restore the artifacts of {dep}: {why}", m.PROVIDER_ERROR,
+                                        "LOOM_ARTIFACT_RESTORE") from exc
                 sec.line(f"restored artifacts of {dep}")
 
     def _execute(self) -> int:
@@ -243,16 +251,56 @@ class JobRunner:
             if staging.exists():
                 shutil.rmtree(staging)
             staging.mkdir(parents=True)
+            self.ctx.log = sec  # what the provider says while it copies belongs to this section
             try:
                 files = self.provider.export_paths(self.ctx, art.paths, art.exclude, staging)
             except ValueError as exc:
                 raise SectionFailed(str(exc), m.PROVIDER_ERROR, "LOOM_ARTIFACT_PATH") from exc
+            except OSError as exc:
+                why = describe(exc, self.spec.workspace, staging)
+                raise SectionFailed(f"cannot copy the artifacts: {why}", m.PROVIDER_ERROR,
+                                    "LOOM_ARTIFACT_COPY") from exc
+            finally:
+                self.ctx.log = None
+            self._warn_unmatched(sec, art.paths, bool(art.exclude), staging)
+            files = self._drop_unnamable(sec, files, staging)
             sec.details["files"] = len(files)
             for rel in files:
-                sec.line(rel)
+                sec.line(f"{rel}/" if os.path.isdir(staging / rel) and not os.path.islink(staging / rel) else rel)
             link_dir = staging.with_name(self.job.name + ".adopt")
             shutil.copytree(staging, link_dir, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
             self.rep.writer.send(m.ArtifactsStaged(self.job.name, str(link_dir), tuple(files)))
+
+    def _drop_unnamable(self, sec: OpenSection, files: list[str], staging: Path) -> list[str]:
+        """A name that is not UTF-8 cannot be listed in the (JSON) manifest: skipped, with a warning."""
+        kept = []
+        for rel in files:
+            try:
+                rel.encode()
+            except UnicodeEncodeError:
+                sec.warn(f"artifact {printable(rel)} skipped: its name is not UTF-8")
+                path = staging / rel
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                continue
+            kept.append(rel)
+        return kept
+
+    def _warn_unmatched(self, sec: OpenSection, paths: Sequence[str], excluding: bool, staging: Path) -> None:
+        """Spec §11: an artifacts path that matched nothing is a warning on the terminal. Checked on
+        what was copied (any provider); a host workspace also tells "excluded" from "nothing"."""
+        direct = self.job.provider == "host" or self.spec.mount_mode == "bind_mount"
+        for pattern in paths:
+            if not matches_nothing(staging, pattern):
+                continue
+            if not excluding or (direct and matches_nothing(self.spec.workspace, pattern)):
+                sec.warn(f'artifacts path "{pattern}" matched nothing')
+            elif direct:
+                sec.warn(f'artifacts path "{pattern}": everything it matched is excluded')
+            else:
+                sec.warn(f'artifacts path "{pattern}" matched nothing (after exclude)')
 
     def _fingerprint(self) -> dict[str, str]:
         """sha256 + exec bit of every declared output (artifacts.paths and cache.paths)."""

@@ -12,7 +12,8 @@ Decisions where the spec is silent:
 
       <path utf-8> NUL <decimal content length, ASCII> NUL <content>
 
-  The second NUL keeps the length and the content apart (`1` + `23…` vs `12` + `3…`). A matched
+  The second NUL keeps the length and the content apart (`1` + `23…` vs `12` + `3…`). A path that
+  is not valid UTF-8 on disk is hashed as its bytes there. A matched
   symlink is hashed by what it points at when that is a regular file, else skipped with a warning.
   The key is `<prefix>-<hex digest>` (just the digest when the prefix is empty).
 * Keys are free text with no control characters and are not empty. They never become paths as
@@ -68,8 +69,9 @@ def check_key(key: str) -> str:
 
 def files_digest(workspace: Path, patterns: Sequence[str]) -> tuple[str, list[str]]:
     """sha256 hex over the files matched by `patterns` (framing in the module docstring)."""
+    unmatched: list[str] = []
     try:
-        paths = match_paths(workspace, patterns)
+        paths = match_paths(workspace, patterns, unmatched=unmatched)
     except ValueError as exc:
         raise CacheKeyError(f"cache key files: {exc}") from exc
     warnings: list[str] = []
@@ -87,7 +89,7 @@ def files_digest(workspace: Path, patterns: Sequence[str]) -> tuple[str, list[st
             if not stat.S_ISREG(st.st_mode):
                 warnings.append(f"cache key files: {rel} is not a regular file; skipped")
                 continue
-            digest.update(rel.encode() + b"\0" + str(st.st_size).encode() + b"\0")
+            digest.update(os.fsencode(rel) + b"\0" + str(st.st_size).encode() + b"\0")
             while chunk := fh.read(_CHUNK):
                 digest.update(chunk)
         hashed += 1
@@ -95,6 +97,8 @@ def files_digest(workspace: Path, patterns: Sequence[str]) -> tuple[str, list[st
         warnings.append(
             f"cache key files: no file matched {', '.join(patterns)}; using the digest of nothing"
         )
+    else:
+        warnings.extend(f'cache key files: "{p}" matched nothing' for p in unmatched)
     return digest.hexdigest(), warnings
 
 

@@ -9,7 +9,6 @@ owners are not recorded; set-uid / set-gid bits are dropped.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import stat
@@ -21,7 +20,8 @@ from typing import IO, Any
 
 import zstandard
 
-from loomrun.globs import check_pattern, match_paths
+from loomrun.globs import ALL_DIRS, match_paths
+from loomrun.oserror import printable
 
 # Chosen by measurement (scripts/bench_cache.py --levels, and zstd alone on 50 MB of the bench's
 # text-like data, best of 3): level 1 compresses text in 0.18 s / 13.3 MB, level 3 in 0.22 s / 12.7 MB,
@@ -43,6 +43,7 @@ class PackStats:
     files: list[dict[str, Any]] = field(default_factory=list)  # per-member metadata
     total_size: int = 0  # bytes of regular-file content
     warnings: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # patterns that named nothing
 
 
 def _ustar(name: bytes, mode: int, size: int, mtime: int, kind: bytes, link: bytes) -> bytes:
@@ -84,7 +85,8 @@ class _TarWriter:
         if kind == tarfile.DIRTYPE:
             rel += "/"
         name, target = rel.encode(), link.encode()
-        if len(name) <= 100 and len(target) <= 100 and name.isascii() and target.isascii() and size < 8**11:
+        if (len(name) <= 100 and len(target) <= 100 and name.isascii() and target.isascii() and size < 8**11
+                and 0 <= mtime < 8**11):  # else PAX, which holds any name, size and time
             self._write(_ustar(name, mode, size, mtime, kind, target))
             return
         info = tarfile.TarInfo(rel)
@@ -110,40 +112,42 @@ class _TarWriter:
         self.flush()
 
 
-def _real_dir(root: Path, real_root: str, rel: str) -> bool:
-    """`rel` is a directory reached without going through any symlink."""
-    full = os.path.join(root, rel)
-    return os.path.isdir(full) and os.path.realpath(full) == os.path.join(real_root, rel)
-
-
-def collect(workspace: Path, patterns: Sequence[str]) -> list[str]:
+def collect(workspace: Path, patterns: Sequence[str], unmatched: list[str] | None = None) -> list[str]:
     """Sorted members to archive: matched files and symlinks plus the real directories under matched
-    directories (so empty directories and directory modes survive). Parents sort before children."""
-    members = set(match_paths(workspace, patterns))
-    real_root = os.path.realpath(workspace)
-    for pattern in patterns:
-        for hit in glob.glob(check_pattern(pattern), root_dir=workspace, recursive=True, include_hidden=True):
-            rel = os.path.normpath(hit)
-            if rel == "." or not _real_dir(workspace, real_root, rel):
-                continue
-            members.add(rel)
-            for dirpath, dirnames, _files in os.walk(workspace / rel):
-                base = os.path.relpath(dirpath, workspace)
-                members.update(
-                    os.path.join(base, d) for d in dirnames if not os.path.islink(os.path.join(dirpath, d))
-                )
-    return sorted(members)
+    directories (so empty directories and directory modes survive). Parents sort before children.
+    Patterns that name nothing are appended to `unmatched`."""
+    return match_paths(workspace, patterns, dirs=ALL_DIRS, unmatched=unmatched)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a name that is not UTF-8 on disk (os gives it surrogate escapes)
+        return False
+    return True
 
 
 def _add(tar: _TarWriter, workspace: Path, rel: str, stats: PackStats) -> None:
+    """Append one member; a path the archive (or its UTF-8 metadata) cannot hold is skipped with a
+    warning, never a failed save."""
     full = os.path.join(workspace, rel)
-    st = os.lstat(full)
+    if not _utf8(rel):
+        stats.warnings.append(f"cache save: {printable(rel)}: the name is not UTF-8; skipped")
+        return
+    try:
+        st = os.lstat(full)
+    except FileNotFoundError:
+        stats.warnings.append(f"cache save: {rel} disappeared while it was being cached; skipped")
+        return
     mode, mtime = stat.S_IMODE(st.st_mode) & _MODE_MASK, int(st.st_mtime)
     if stat.S_ISDIR(st.st_mode):
         tar.header(rel, mode, 0, mtime, tarfile.DIRTYPE)
         stats.files.append({"path": rel, "type": "dir", "mode": mode})
     elif stat.S_ISLNK(st.st_mode):
         target = os.readlink(full)
+        if not _utf8(target):
+            stats.warnings.append(f"cache save: {rel}: the link target is not UTF-8; skipped")
+            return
         tar.header(rel, mode, 0, mtime, tarfile.SYMTYPE, target)
         stats.files.append({"path": rel, "type": "symlink", "target": target})
     elif stat.S_ISREG(st.st_mode):
@@ -165,7 +169,7 @@ def pack(dest: IO[bytes], workspace: Path, patterns: Sequence[str], *, level: in
     cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
     with cctx.stream_writer(dest, closefd=False) as zw:
         tar = _TarWriter(zw)
-        for rel in collect(workspace, patterns):
+        for rel in collect(workspace, patterns, stats.unmatched):
             _add(tar, workspace, rel, stats)
         tar.close()
     return stats

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import shutil
 import time
 import uuid
@@ -39,11 +40,14 @@ from filelock import FileLock
 from loomrun.cache import pack, unpack
 from loomrun.cache.atomic import read_json, write_json
 from loomrun.cache.quarantine import Quarantine
+from loomrun.errors import LoomError
+from loomrun.oserror import describe
 
 SCHEMA = "loom.cache.entry.v1"
 META = "meta.json"
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _MAX_NAME = 180
+_STAGED = re.compile(r"\.loom-cache-restore-[^/]*/")  # unpack()'s staging folder, gone by the time we say so
 
 
 def key_dirname(key: str) -> str:
@@ -57,6 +61,9 @@ def key_dirname(key: str) -> str:
 
 
 def _read_meta(entry_dir: Path) -> Any:
+    """The parsed metadata, or None (missing, unreadable, or a link: never followed out of the store)."""
+    if entry_dir.is_symlink():
+        return None
     try:
         return read_json(entry_dir / META)
     except (ValueError, OSError):
@@ -115,9 +122,12 @@ class CacheStore:
         return self.root / "entries" / key_dirname(key)
 
     def _lock(self, key: str) -> FileLock:
+        return FileLock(str(self._lock_path(key_dirname(key))))
+
+    def _lock_path(self, dirname: str) -> Path:
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(locks / f"{key_dirname(key)}.lock"))
+        return locks / f"{dirname}.lock"
 
     # ---- queries -----------------------------------------------------------------------------
 
@@ -133,7 +143,7 @@ class CacheStore:
         entries = self.root / "entries"
         if not entries.is_dir():
             return []
-        metas = [_read_meta(d) for d in entries.iterdir() if d.is_dir()]
+        metas = [_read_meta(d) for d in entries.iterdir() if not d.is_symlink() and d.is_dir()]
         return sorted((m for m in metas if isinstance(m, dict) and "key" in m), key=lambda m: str(m["key"]))
 
     # ---- save --------------------------------------------------------------------------------
@@ -170,6 +180,8 @@ class CacheStore:
             tmp.unlink(missing_ok=True)
         if not stats.files:
             stats.warnings.append(f"cache save: no file matched {', '.join(paths)}; saved an empty entry")
+        else:
+            stats.warnings.extend(f'cache save: path "{p}" matched nothing' for p in stats.unmatched)
         return SaveResult(
             key=key,
             files=len(stats.files),
@@ -192,16 +204,25 @@ class CacheStore:
     # ---- restore -----------------------------------------------------------------------------
 
     def _open_archive(self, key: str) -> tuple[dict[str, Any], IO[bytes]] | None:
-        """(metadata, open archive file) or None when there is no entry."""
+        """(metadata, open archive file), or None when there is no entry; `CacheEntryError` for an
+        entry that cannot be used (unreadable metadata, a link in the store, a bad archive name)."""
+        entry_dir = self._entry_dir(key)
+        if entry_dir.is_symlink():
+            raise unpack.CacheEntryError("the entry is a symlink (not followed out of the store)")
         for _ in range(5):
-            meta = self.entry(key)
+            try:
+                meta = read_json(entry_dir / META)
+            except (ValueError, OSError) as exc:
+                raise unpack.CacheEntryError(f"its metadata is unreadable ({describe(exc, self.root)})") from exc
             if meta is None:
                 return None
+            if not isinstance(meta, dict) or meta.get("key") != key:
+                raise unpack.CacheEntryError("its metadata does not describe this key")
             name = str(meta.get("archive", ""))
             if not name or "/" in name or name.startswith("."):
                 raise unpack.CacheEntryError(f"metadata names a bad archive {name!r}")
             try:
-                return meta, open(self._entry_dir(key) / name, "rb")  # the caller closes it
+                return meta, open(os.path.join(entry_dir, name), "rb")  # the caller closes it
             except FileNotFoundError:
                 continue  # a concurrent save replaced the entry between our two reads
         return None
@@ -227,6 +248,9 @@ class CacheStore:
             except unpack.CacheEntryError as exc:
                 refused.append(f"{key}: {exc}")
                 continue
+            except OSError as exc:  # a member the file system refuses (a name over 255 bytes), a full disk
+                refused.append(f"{key}: cannot be unpacked ({_STAGED.sub('', describe(exc, workspace))})")
+                continue
             return RestoreResult(
                 status="hit" if index == 0 else "fallback_hit",
                 key=key,
@@ -247,29 +271,44 @@ class CacheStore:
 
     # ---- clear -------------------------------------------------------------------------------
 
+    def exists(self, key: str) -> bool:
+        """Something is stored under `key` (an entry, even an unreadable one, or a link)."""
+        return os.path.lexists(self._entry_dir(key))
+
     def clear(self, key: str | None = None) -> int:
         """Remove one entry (or all, and any half-written leftovers); the number of entries removed.
-        The quarantine list is left alone."""
-        keys = [key] if key is not None else [str(m["key"]) for m in self.list()]
+        A link among the entries is removed, never followed. Everything that can be removed is,
+        then the first failure (if any) is raised as `LoomError`. The quarantine list is left alone."""
+        entries = self.root / "entries"
+        if key is not None:
+            dirs = [self._entry_dir(key)] if self.exists(key) else []
+        else:
+            dirs = sorted(entries.iterdir()) if entries.is_dir() else []
+        removed, failures = 0, []
+        for d in dirs:
+            counts = d.is_symlink() or isinstance(_read_meta(d), dict)  # an orphan is not an entry
+            try:
+                self._remove_entry(d)
+            except OSError as exc:
+                failures.append(f"{d.name}: {describe(exc, self.root)}")
+                continue
+            removed += counts
         if key is None:
             self._remove_orphans()
-        removed = 0
-        for k in keys:
-            with self._lock(k):
-                if self.entry(k) is None:
-                    continue
-                shutil.rmtree(self._entry_dir(k))
-                removed += 1
+        if failures:
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise LoomError(f"removed {removed}, but could not remove {failures[0]}{more}")
         return removed
 
+    def _remove_entry(self, entry_dir: Path) -> None:
+        if entry_dir.is_symlink() or not entry_dir.is_dir():
+            entry_dir.unlink()
+            return
+        with FileLock(str(self._lock_path(entry_dir.name))):
+            shutil.rmtree(entry_dir)
+
     def _remove_orphans(self) -> None:
-        """Entry dirs without readable metadata (a crash between archive and metadata) and temp
-        archives of saves whose process is gone."""
-        entries = self.root / "entries"
-        if entries.is_dir():
-            for d in entries.iterdir():
-                if d.is_dir() and not isinstance(_read_meta(d), dict):
-                    shutil.rmtree(d, ignore_errors=True)
+        """Archives of saves whose process is gone (entry folders without metadata went with clear)."""
         tmp = self.root / "tmp"
         if tmp.is_dir():
             for f in tmp.iterdir():

@@ -60,7 +60,7 @@ def list_entries() -> int:
 
 def clear(key: str | None) -> int:
     store = _store()
-    if key is not None and store.entry(key) is None:
+    if key is not None and not store.exists(key):
         raise LoomError(f'no cache entry with key "{key}"')
     removed = store.clear(key)
     noun = "entry" if removed == 1 else "entries"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,31 @@ def test_clear_one_unknown_and_all(repo: Path) -> None:
     assert [e["key"] for e in store.list()] == ["b"]
     everything = _loom(repo, "clear")
     assert everything.returncode == 0 and store.list() == []
+
+
+def test_clear_removes_symlinked_entries_without_following_them(
+    repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A link among the entries (put there by hand, or by a tool) used to stop `clear` at the first
+    one. Everything is removed now, and nothing the links point at."""
+    store = CacheStore(cache_root(repo))
+    for key in ("a", "b", "c"):
+        store.save(key, repo, ["deps"], source_run="r")
+    outside = tmp_path_factory.mktemp("outside")
+    shutil.copytree(store.root / "entries" / "b", outside / "copy-of-b")
+    entries = store.root / "entries"
+    (entries / "a-link").symlink_to(outside / "copy-of-b")
+    (entries / "b").rename(outside / "moved-b")
+    (entries / "b").symlink_to(outside / "moved-b")
+    (entries / "dangling").symlink_to(outside / "nothing")
+    assert [e["key"] for e in store.list()] == ["a", "c"]  # links are not followed out of the store
+    one = _loom(repo, "clear", "b")
+    assert one.returncode == 0 and "removed 1 cache entry" in one.stderr, one.stderr
+    everything = _loom(repo, "clear")
+    assert everything.returncode == 0, everything.stderr
+    assert list(entries.iterdir()) == []
+    assert sorted(p.name for p in outside.iterdir()) == ["copy-of-b", "moved-b"]
+    assert (outside / "moved-b" / "meta.json").is_file() and (outside / "copy-of-b" / "meta.json").is_file()
 
 
 def test_quarantine_listing_and_release(repo: Path) -> None:

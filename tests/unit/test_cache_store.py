@@ -364,6 +364,33 @@ def test_unreadable_metadata_is_a_miss_and_clear_removes_leftovers(tmp_path: Pat
     assert not leftover.exists()
 
 
+def test_entries_the_file_system_or_the_store_cannot_use_are_refused_with_a_reason(
+    tmp_path: Path, store: CacheStore
+) -> None:
+    """A member name over 255 bytes (ENAMETOOLONG), torn metadata and an entry that is a link are
+    each a refused entry (a miss with a reason), never an exception out of restore."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _tree(src)
+    for key in ("long", "torn", "good"):
+        store.save(key, src, ["build.log"], source_run="r")
+    archive = next((store.root / "entries" / "long").glob("*.tar.zst"))
+    archive.write_bytes(_archive([_file("d/" + "n" * 300)]).getvalue())
+    (store.root / "entries" / "torn" / "meta.json").write_text('{"key": ')
+    outside = tmp_path / "outside-entry"
+    (store.root / "entries" / "good").rename(outside)
+    (store.root / "entries" / "linked").symlink_to(outside)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    result = store.restore(["long", "torn", "linked"], ws)
+    assert result.status == "miss"
+    assert result.refused[0].startswith("long: cannot be unpacked (File name too long: d/nnn")
+    assert len(result.refused[0]) < 200
+    assert result.refused[1].startswith("torn: its metadata is unreadable")
+    assert result.refused[2] == "linked: the entry is a symlink (not followed out of the store)"
+    assert list(ws.iterdir()) == []
+
+
 def test_saving_nothing_warns(tmp_path: Path, store: CacheStore) -> None:
     result = store.save("k", tmp_path, ["nothing-here"], source_run="r")
     assert result.files == 0 and any("no file matched" in w for w in result.warnings)

@@ -97,14 +97,19 @@ class Provider(Protocol):
         ...
 
     def import_tree(self, ctx: JobContext, src: Path) -> None:
-        """Copy the contents of host folder `src` into the job's workspace (caches, artifacts)."""
+        """Copy the contents of host folder `src` into the job's workspace (caches, artifacts).
+
+        Links are copied as links, never followed (in `src` or in the workspace); where the
+        workspace already holds a path, `src`'s version wins, whatever the two kinds are.
+        """
         ...
 
     def export_paths(self, ctx: JobContext, patterns: Sequence[str], exclude: Sequence[str], dest: Path) -> list[str]:
         """Copy workspace files matching the globs (minus `exclude`) to `dest`, keeping relative paths.
 
-        Returns the relative paths copied (files and symlinks), sorted. Globs are workspace-relative;
-        a match outside the workspace is refused.
+        Returns the relative paths copied, sorted: files, symlinks (copied as links) and empty
+        folders (`loomrun.globs.EMPTY_DIRS`: a matched folder that holds nothing must arrive
+        downstream). Globs are workspace-relative; a match outside the workspace is refused.
         """
         ...
 

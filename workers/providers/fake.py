@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from loomrun.globs import match_paths
+from loomrun.globs import EMPTY_DIRS, match_paths
 from workers.providers.base import JobContext
+from workers.trees import copy_into, copy_paths
 
 
 class FakeStep:
@@ -54,14 +54,10 @@ class FakeProvider:
         pass
 
     def import_tree(self, ctx: JobContext, src: Path) -> None:
-        shutil.copytree(src, ctx.workspace, symlinks=True, dirs_exist_ok=True)
+        copy_into(src, ctx.workspace)
 
     def export_paths(self, ctx: JobContext, patterns: Sequence[str], exclude: Sequence[str], dest: Path) -> list[str]:
-        found = match_paths(ctx.workspace, patterns, exclude)
-        for rel in found:
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ctx.workspace / rel, dest / rel, follow_symlinks=False)
-        return found
+        return copy_paths(ctx.workspace, match_paths(ctx.workspace, patterns, exclude, dirs=EMPTY_DIRS), dest)[0]
 
     def memory_exceeded(self, ctx: JobContext) -> bool:
         return False

@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import functools
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +23,10 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     import psutil
 
-from loomrun.globs import match_paths
+from loomrun.globs import EMPTY_DIRS, match_paths
 from loomrun.proctree import JobCgroup, descendants, exit_code_of, handles, stop_processes
 from workers.providers.base import JobContext, ProviderError
+from workers.trees import copy_into, copy_paths
 
 F_SETPIPE_SZ = 1031
 
@@ -112,18 +112,14 @@ class HostProvider:
         ctx.state.setdefault("stop_log", []).append(what)
 
     def import_tree(self, ctx: JobContext, src: Path) -> None:
-        shutil.copytree(src, ctx.workspace, symlinks=True, dirs_exist_ok=True)
+        copy_into(src, ctx.workspace)
 
     def export_paths(self, ctx: JobContext, patterns: Sequence[str], exclude: Sequence[str], dest: Path) -> list[str]:
-        files = match_paths(ctx.workspace, patterns, exclude)
-        for rel in files:
-            src, target = ctx.workspace / rel, dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_symlink():
-                os.symlink(os.readlink(src), target)
-            else:
-                shutil.copy2(src, target)
-        return files
+        copied, skipped = copy_paths(ctx.workspace, match_paths(ctx.workspace, patterns, exclude, dirs=EMPTY_DIRS),
+                                     dest)
+        for rel in skipped:
+            _say(ctx, f"skipped {rel}: a socket, fifo or device is not copied")
+        return copied
 
     def memory_exceeded(self, ctx: JobContext) -> bool:
         cgroup: JobCgroup | None = ctx.state.get("cgroup")
