@@ -31,6 +31,15 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     return loom_env(HOME=str(home), **extra)
 
 
+def keepass_repo(tmp_path: Path, vault: Path, secrets: dict[str, str], script: str) -> Path:
+    """A repo with one job `use` holding `secrets` (name -> flow mapping text) and one step."""
+    lines = "".join(f"    {name}: {spec}\n" for name, spec in secrets.items())
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [ci]\nuse:\n  stage: ci\n  target: linux\n"
+                     f"  secrets:\n{lines}  script: [{json.dumps(script)}]\n", git=False)
+    keepass_config(repo, vault)
+    return repo
+
+
 def section_events(result: Result, job: str, section: str = "secrets") -> list[dict[str, object]]:
     path = result.logs_dir / "jobs" / job / "system" / section / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -160,18 +169,10 @@ def test_a_vault_is_opened_once_for_twenty_jobs(tmp_path: Path) -> None:
 
 
 def test_optional_secret_is_skipped_with_a_warning(tmp_path: Path, vault: Path) -> None:
-    repo = make_repo(tmp_path / "repo", """
-    version: v1
-    stages: [ci]
-    use:
-      stage: ci
-      target: linux
-      secrets:
-        GONE: {ref: "keepass://local/main#services/loom/nothing:password", required: false}
-        THERE: {ref: "keepass://local/main#services/loom/deploy:username", file: false}
-      script: ['echo "gone=${GONE-unset} there=$THERE"']
-    """, git=False)
-    keepass_config(repo, vault)
+    repo = keepass_repo(tmp_path, vault, {
+        "GONE": '{ref: "keepass://local/main#services/loom/nothing:password", required: false}',
+        "THERE": '{ref: "keepass://local/main#services/loom/deploy:username", file: false}'},
+        'echo "gone=${GONE-unset} there=$THERE"')
     result = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
     assert result.code == 0, result.stderr
     assert result.step_lines("use", 1) == ["gone=unset there=[REDACTED:SECRET_THERE]"]
@@ -198,17 +199,7 @@ def _failed_once(result: Result, job: str, code: str) -> str:
 
 
 def test_ambiguous_entry_fails_the_job_naming_both(tmp_path: Path, vault: Path) -> None:
-    repo = make_repo(tmp_path / "repo", """
-    version: v1
-    stages: [ci]
-    use:
-      stage: ci
-      target: linux
-      secrets:
-        PW: {ref: "keepass://local/main#twin:password"}
-      script: [touch ran]
-    """, git=False)
-    keepass_config(repo, vault)
+    repo = keepass_repo(tmp_path, vault, {"PW": '{ref: "keepass://local/main#twin:password"}'}, "touch ran")
     result = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
     message = _failed_once(result, "use", "SECRETS_REF_INVALID")
     assert '"services/loom/twin" and "other/twin"' in message
@@ -216,17 +207,7 @@ def test_ambiguous_entry_fails_the_job_naming_both(tmp_path: Path, vault: Path) 
 
 
 def test_wrong_master_password_and_unset_variable(tmp_path: Path, vault: Path) -> None:
-    repo = make_repo(tmp_path / "repo", """
-    version: v1
-    stages: [ci]
-    use:
-      stage: ci
-      target: linux
-      secrets:
-        PW: {ref: "keepass://local/main#deploy:password"}
-      script: ["true"]
-    """, git=False)
-    keepass_config(repo, vault)
+    repo = keepass_repo(tmp_path, vault, {"PW": '{ref: "keepass://local/main#deploy:password"}'}, "true")
     wrong = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD="Wr0ng-Master-Pass"))
     message = _failed_once(wrong, "use", "SECRETS_PROVIDER_UNAVAILABLE")
     assert message.endswith(f"wrong credentials for {vault} (the master password given do not open it)")
@@ -238,16 +219,9 @@ def test_wrong_master_password_and_unset_variable(tmp_path: Path, vault: Path) -
 
 
 def test_alias_only_through_environment_overlays(tmp_path: Path, vault: Path) -> None:
-    repo = make_repo(tmp_path / "repo", """
-    version: v1
-    stages: [ci]
-    use:
-      stage: ci
-      target: linux
-      secrets:
-        TOKEN: {ref: "keepass://prod.eu#deploy:token", file: false}
-      script: ['test -n "$TOKEN"']
-    """, git=False)
+    repo = keepass_repo(tmp_path, vault, {"TOKEN": '{ref: "keepass://prod.eu#deploy:token", file: false}'},
+                        'test -n "$TOKEN"')
+    (repo / ".loom" / "config.yml").unlink()  # the alias only through the variables
     env = env_for(tmp_path, LOOM_KEEPASS_DB_PROD_EU_PATH=str(vault), LOOM_KEEPASS_DB_PROD_EU_PASSWORD_ENV="MY_PW",
                   MY_PW=PASSWORD)
     result = run_loom(repo, "run", "--local", env=env)
@@ -263,17 +237,7 @@ def test_missing_extra_names_the_pip_line(tmp_path: Path, vault: Path, fake_op: 
     shadow = tmp_path / "shadow" / {"keepass": "pykeepass", "op": "onepassword"}[extra]
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
-    repo = make_repo(tmp_path / "repo", f"""
-    version: v1
-    stages: [ci]
-    use:
-      stage: ci
-      target: linux
-      secrets:
-        S: {{ref: "{ref}"}}
-      script: ["true"]
-    """, git=False)
-    keepass_config(repo, vault)
+    repo = keepass_repo(tmp_path, vault, {"S": f'{{ref: "{ref}"}}'}, "true")
     env = env_for(tmp_path, KP_PASSWORD=PASSWORD, OP_SERVICE_ACCOUNT_TOKEN="ops_x")
     env["PYTHONPATH"] = f"{shadow.parent}:{env.get('PYTHONPATH', '')}"
     result = run_loom(repo, "run", "--local", env=env)
