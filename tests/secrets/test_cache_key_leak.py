@@ -56,3 +56,19 @@ def test_secret_in_a_cache_key_is_never_stored_or_printed_and_still_hits(tmp_pat
     assert "miss" in other.stderr  # another value is another key, never the old entry
     names = {p.name for p in (runtime / "cache" / "entries").iterdir()}
     assert len(names) == 2 and all(n.startswith("%secret-") for n in names)
+
+
+def test_conceal_and_the_entry_folder() -> None:
+    from loomrun.cache.keys import conceal
+    from loomrun.cache.store import key_dirname
+
+    pepper = b"p" * 32
+    secrets = [("SHORT", "abc"), ("LONG", "abcdef")]
+    assert conceal("plain-key", secrets, pepper) == "plain-key"
+    hidden = conceal("k-abcdef-abc", secrets, pepper)
+    assert hidden.startswith("k-[REDACTED:SECRET_LONG]-[REDACTED:SECRET_SHORT]@") and "abc" not in hidden
+    assert conceal("k-abcdef-abc", secrets, pepper) == hidden  # stable: the next run hits
+    assert conceal("k-abcdef-abc", secrets, b"q" * 32) != hidden  # keyed by the store's own key
+    assert conceal("k-abcdef-abx", [("LONG", "abcdef")], pepper).split("@")[0] == "k-[REDACTED:SECRET_LONG]-abx"
+    assert key_dirname(hidden).startswith("%secret-") and "REDACTED" not in key_dirname(hidden)
+    assert key_dirname("plain-key") == "plain-key"
