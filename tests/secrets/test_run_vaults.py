@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 
 from tests.process.runner import Result, load, loom_env, make_repo, run_loom
 from tests.secrets.conftest import PASSWORD, VALUES, assert_nowhere, keepass_config, make_vault, read_account
+
+LOOM = [sys.executable, "-m", "loomrun"]
 
 
 def sha(value: str) -> str:
@@ -260,3 +264,24 @@ def test_debug_trace_is_refused_before_any_vault_is_opened(tmp_path: Path, vault
     assert message.startswith(f"{name} is on and this job has secrets")
     assert not any("keepass" in line for line in section_lines(result, "use"))
     assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+
+
+def test_a_value_that_is_not_utf8_reaches_the_file_byte_for_byte(tmp_path: Path) -> None:
+    raw = b"key-\xff\xfe-\x80end\n"
+    repo = make_repo(tmp_path / "repo", f"""
+    version: v1
+    stages: [ci]
+    use:
+      stage: ci
+      target: linux
+      secrets:
+        BIN: {{ref: "env://BIN_SECRET"}}
+      script: ['[ "$(sha256sum < "$BIN" | cut -c1-64)" = "{hashlib.sha256(raw).hexdigest()}" ] && echo same-bytes']
+    """, git=False)
+    env: dict[str, str | bytes] = {**env_for(tmp_path)}
+    env["BIN_SECRET"] = raw
+    out = subprocess.run([*LOOM, "run", "--local"], cwd=repo, env=env, capture_output=True, text=True, check=False,
+                         timeout=120)
+    result = Result(out.returncode, out.stdout, out.stderr, repo)
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1) == ["same-bytes"]

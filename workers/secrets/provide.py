@@ -149,8 +149,8 @@ def _deliver(ctx: JobContext, spec: SecretSpec, value: str, staging: Path, sec: 
     os.chmod(staging, 0o700)
     path = staging / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(value)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(os.fsencode(value))  # the variable's bytes as they were, valid UTF-8 or not
     if ctx.job.provider == "docker":
         inner = f"{CONTAINER_DIR}/{name}"
         ctx.secret_mounts[str(path)] = inner  # bind-mounted read-only by the Docker provider
