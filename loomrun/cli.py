@@ -166,5 +166,31 @@ def cache_release(key: str) -> None:
     _invoke("loom cache release", lambda: cache_cmd.release(key))
 
 
+class _LazyGroup(click.Group):
+    """A group whose subcommands are defined in `module` and built on first use: defining the
+    `loom secrets` tree cost every `loom` command ~1 ms at start-up."""
+
+    def __init__(self, name: str, module: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.module = module
+
+    def _real(self) -> click.Group:
+        import importlib
+
+        group: click.Group = importlib.import_module(self.module).group
+        return group
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._real().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._real().get_command(ctx, cmd_name)
+
+
+cli.add_command(_LazyGroup("secrets", "loomrun.commands.secrets_cli",
+                           help="Manage KeePass vaults and 1Password items (values only from variables, never "
+                                "printed)."))
+
+
 def main() -> None:
     cli(prog_name="loom")

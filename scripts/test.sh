@@ -2,9 +2,10 @@
 # THE test command: `scripts/test.sh [pytest args...]`, from any folder.
 #
 # Works on a fresh Debian 12 as root with only Python 3.11 + pip: makes (or refreshes) a venv at
-# .venv, installs loomrun with its test extras, brings up Docker through scripts/docker-up.sh when
-# that script exists, then runs ruff, mypy (strict on loomrun/ and workers/) and pytest. Every
-# stage runs even when an earlier one failed; the exit code is non-zero if any failed.
+# .venv, installs loomrun with its test extras and the optional secrets providers (keepass, op),
+# brings up Docker through scripts/docker-up.sh when that script exists, then runs ruff, mypy
+# (strict on loomrun/ and workers/) and pytest. Every stage runs even when an earlier one failed;
+# the exit code is non-zero if any failed.
 #
 # Environment:
 #   LOOM_TEST_NO_VENV=1     use the current interpreter ($PYTHON or python3) instead of .venv
@@ -74,10 +75,10 @@ setup_python() {
     fi
     want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
     if [ -n "$stamp" ] && [ "${LOOM_TEST_REINSTALL:-0}" != 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-        echo "loomrun[test] already installed for this pyproject.toml"
+        echo "loomrun[test,keepass,op] already installed for this pyproject.toml"
     else
-        echo "pip install -e '.[test]'"
-        "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+        echo "pip install -e '.[test,keepass,op]'"
+        "$PY" -m pip install -q --disable-pip-version-check -e '.[test,keepass,op]'
         if [ -n "$stamp" ]; then
             echo "$want" > "$stamp"
         fi

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loomrun.cache.keys import CacheKeyError, compute_key, expand_fallbacks
+from loomrun.cache.keys import CacheKeyError, compute_key, conceal, conceal_text, expand_fallbacks
 from loomrun.cache.policy import restores, saves
 from loomrun.cache.store import CacheStore, SaveResult
 from loomrun.cache.unpack import CacheEntryError
@@ -67,14 +67,18 @@ class JobCaches:
         ids: dict[str, Any] = {"job_name": self.ctx.job.name, "job_id": self.ctx.job.name,
                                "run_id": self.ctx.run_id, "pipeline_id": self.ctx.pipeline_id,
                                "head_sha": self.head_sha}
+        secrets = self.ctx.state.get("secret_values") or ()
         try:
             key, warnings = compute_key(spec, variables=self.ctx.env, workspace=self.ctx.workspace, **ids)
             fallbacks, more = expand_fallbacks(spec, primary=key, variables=self.ctx.env, **ids)
         except CacheKeyError as exc:
-            sec.line(f"cache {spec.name or 'default'}: unusable key: {exc}", "stderr")
+            sec.line(f"cache {spec.name or 'default'}: unusable key: {conceal_text(str(exc), secrets)}", "stderr")
             return None
         for warning in [*warnings, *more]:
-            self._warn(sec, warning)
+            self._warn(sec, conceal_text(warning, secrets))
+        if secrets:  # spec §7.3: a key holding a secret value is stored and shown under a digest name
+            pepper = self.store.pepper
+            key, fallbacks = conceal(key, secrets, pepper), [conceal(k, secrets, pepper) for k in fallbacks]
         return ResolvedCache(spec, key, fallbacks)
 
     # -- restore -------------------------------------------------------------------------------

@@ -42,9 +42,10 @@ class Canceled(Exception):
 
 
 class JobRunner:
-    def __init__(self, spec: WorkerSpec, rep: Reporter) -> None:
+    def __init__(self, spec: WorkerSpec, rep: Reporter, broker: Connection | None = None) -> None:
         self.spec = spec
         self.rep = rep
+        self.broker = broker  # the run's secrets broker, for a job with keepass:// or op:// refs
         self.sup: Connection = rep.supervisor
         self.job = spec.job
         self.cancel: m.Cancel | None = None
@@ -110,7 +111,11 @@ class JobRunner:
             if self.job.secrets:
                 from workers import secrets
 
-                secrets.provide(self.ctx, self.rep, self._secret_dir, self.spec.trace)
+                try:
+                    secrets.provide(self.ctx, self.rep, self._secret_dir, self.spec.trace, self.broker,
+                                    self._check_stop)
+                finally:
+                    self._close_broker()
             with self.rep.section("provider") as sec:
                 sec.line(f"provider {self.provider.name}"
                          + (f", image {self.job.image.name}" if self.job.image else ""))
@@ -232,6 +237,19 @@ class JobRunner:
             if self.cancel is None:
                 self.cancel = msg
 
+    def _check_stop(self) -> None:
+        """While secrets are resolved: read what the supervisor said; stop the job if it must stop."""
+        self._read_supervisor()
+        if self.cancel is not None:
+            raise Canceled(self.cancel.kind, self.cancel.reason or self.cancel.kind)
+        if self.lost_supervisor:
+            raise Canceled(m.CANCELED, "the supervisor went away")
+
+    def _close_broker(self) -> None:
+        if self.broker is not None:
+            self.broker.close()
+            self.broker = None
+
     def _hurry(self) -> bool:
         """Polled during a stop's grace period: a second ^C (Cancel with grace 0) ends it early."""
         if not self.lost_supervisor and self.sup.poll(0):
@@ -322,6 +340,7 @@ class JobRunner:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _cleanup(self) -> None:
+        self._close_broker()
         with self.rep.phase("job.cleanup"), self.rep.section("cleanup") as sec:
             self.provider.cleanup(self.ctx)
             if self._leftovers is not None:

@@ -46,13 +46,13 @@ def _isolate(keep: set[int]) -> None:
     set_child_subreaper()
 
 
-def worker_main(spec: WorkerSpec, sup: Connection, writer: Connection) -> NoReturn:
+def worker_main(spec: WorkerSpec, sup: Connection, writer: Connection, broker: Connection | None = None) -> NoReturn:
     code = m.WORKER_EXIT_BOOT_ERROR
     rep: Reporter | None = None
     try:
-        _isolate({sup.fileno(), writer.fileno()})
+        _isolate({sup.fileno(), writer.fileno(), *([broker.fileno()] if broker is not None else [])})
         rep = Reporter(spec.job.name, writer, sup)
-        runner = JobRunner(spec, rep)
+        runner = JobRunner(spec, rep, broker)
         result = runner.run()
         code = m.WORKER_EXIT_LOST_SUPERVISOR if runner.lost_supervisor else m.WORKER_EXIT_OK
         rep.flush()

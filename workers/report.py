@@ -132,8 +132,8 @@ class Reporter:
 
 
 def _error_of(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, SectionFailed):
-        return exc.code, exc.message
+    if isinstance(exc, SectionFailed):  # the code goes in its own field, not twice in the event
+        return exc.code, exc.message.removeprefix(f"{exc.code}: ") if exc.code else exc.message
     if isinstance(exc, ProviderError):
         return "LOOM_PROVIDER_ERROR", exc.message
     if isinstance(exc, OSError):

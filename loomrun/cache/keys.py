@@ -18,11 +18,17 @@ Decisions where the spec is silent:
   The key is `<prefix>-<hex digest>` (just the digest when the prefix is empty).
 * Keys are free text with no control characters and are not empty. They never become paths as
   written: the store encodes them (see `store.key_dirname`), so `/`, `..` and the like are harmless.
+* A key that holds the value of one of the job's secrets (`key: "k-$TOKEN"`, spec §7.3) is stored,
+  reported and listed under `conceal(key)`: each value replaced by `[REDACTED:SECRET_<NAME>]`, then
+  `@` and a keyed digest of the real key (HMAC-SHA256 with the store's own random key, so a short
+  value cannot be found by hashing guesses). The same value gives the same name, so the next run
+  hits; another value gives another name. Its folder in the store is a digest too (`key_dirname`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 import stat
@@ -35,6 +41,7 @@ from loomrun.workflow.model import CacheSpec, KeyFiles, KeyPrefix, KeyTemplate
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CHUNK = 1 << 20
+SECRET_MARK = "[REDACTED:SECRET_"
 
 
 class CacheKeyError(ValueError):
@@ -55,6 +62,23 @@ def expand(text: str, variables: Mapping[str, str], warnings: list[str] | None =
         return ""
 
     return _VAR.sub(sub, text)
+
+
+def conceal(key: str, secrets: Sequence[tuple[str, str]], pepper: bytes) -> str:
+    """The name `key` is stored and shown under: itself, or, when it holds a secret value, that value
+    replaced by `[REDACTED:SECRET_<NAME>]` plus `@<digest>` (see the module docstring)."""
+    hidden = conceal_text(key, secrets)
+    if hidden == key:
+        return key
+    return f"{hidden}@{hmac.new(pepper, key.encode(), 'sha256').hexdigest()[:32]}"
+
+
+def conceal_text(text: str, secrets: Sequence[tuple[str, str]]) -> str:
+    """`text` (a key, or a message that may quote one) with every secret value replaced."""
+    for name, value in sorted(secrets, key=lambda s: -len(s[1])):  # longest first: a value inside another
+        if value:
+            text = text.replace(value, f"{SECRET_MARK}{name}]")
+    return text
 
 
 def check_key(key: str) -> str:

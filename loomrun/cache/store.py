@@ -18,7 +18,10 @@ leave exactly one complete entry (the last to commit) and readers never see half
 Keys never become paths as written: `key_dirname` percent-encodes every byte outside
 `[A-Za-z0-9_.-]` (and a leading `.`), which is injective, so `a/b`, `..` or `../../etc` are plain
 names. Over-long names keep a readable head plus the key's sha256. `meta.json` records the real key
-and is checked on every lookup.
+and is checked on every lookup. A key concealed because it held a secret value (`keys.conceal`) is
+stored in `%secret-<sha256 of the key>`: a digest, never a value (`%` followed by a non-hex letter
+is not something the encoding makes, so it cannot collide with another key's folder). The HMAC key
+of `keys.conceal` is `cache/secret-digest.key` (32 random bytes, 0600, made once per store).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from filelock import FileLock
 
 from loomrun.cache import pack, unpack
 from loomrun.cache.atomic import read_json, write_json
+from loomrun.cache.keys import SECRET_MARK
 from loomrun.cache.quarantine import Quarantine
 from loomrun.errors import LoomError
 from loomrun.oserror import describe
@@ -52,6 +56,8 @@ _STAGED = re.compile(r"\.loom-cache-restore-[^/]*/")  # unpack()'s staging folde
 
 def key_dirname(key: str) -> str:
     """A file-name-safe, injective encoding of `key`."""
+    if SECRET_MARK in key:
+        return f"%secret-{hashlib.sha256(key.encode()).hexdigest()}"
     name = "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in key)
     if name.startswith("."):
         name = "%2E" + name[1:]
@@ -128,6 +134,27 @@ class CacheStore:
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         return locks / f"{dirname}.lock"
+
+    @property
+    def pepper(self) -> bytes:
+        """The store's key for `keys.conceal`, made on first use (two makers race: one link wins)."""
+        path = self.root / "secret-digest.key"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".secret-digest.{os.getpid()}.{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(os.urandom(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_bytes()
 
     # ---- queries -----------------------------------------------------------------------------
 

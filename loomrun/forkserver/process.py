@@ -12,7 +12,8 @@ The fork server ignores ^C and TERM (the supervisor decides), dies with the supe
 (`PR_SET_PDEATHSIG`), and exits on EOF.
 
 Wire: the supervisor sends a 4-byte length, then the pickled `WorkerSpec`; the worker's two
-connection fds ride on the first byte (SCM_RIGHTS). The fork server answers with the worker's pid as
+connection fds (and a third, its socket to the run's secrets broker, for a job with vault refs)
+ride on the first byte (SCM_RIGHTS). The fork server answers with the worker's pid as
 a signed 4-byte integer (negative: errno of a failed fork).
 """
 
@@ -59,7 +60,8 @@ class ForkServer:
         return pid, ours
 
     def spawn(self, spec: WorkerSpec, fds: list[int]) -> int:
-        """A new worker (the caller's child) running `spec` with `fds` as its two connections. A fork
+        """A new worker (the caller's child) running `spec` with `fds` as its connections (supervisor,
+        writer and, for a job with vault refs, the secrets broker). A fork
         server that died (killed by hand, OOM) is replaced once; a failed fork raises OSError."""
         try:
             return self._spawn(spec, fds)
@@ -131,18 +133,18 @@ def _serve(sock: socket.socket, preload_docker: bool) -> NoReturn:
         gc.collect()
         gc.freeze()  # what is here now is never collected, so workers do not copy it to collect
         while True:
-            msg, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, 2)
+            msg, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, 3)
             if not msg:
                 break
             head = msg + (_recv_exactly(sock, _HEADER - len(msg)) or b"") if len(msg) < _HEADER else msg
             body = _recv_exactly(sock, int.from_bytes(head, "little"))
-            if body is None or len(fds) != 2:
+            if body is None or len(fds) not in (2, 3):
                 break
             spec = pickle.loads(body)
             pid = _clone_parent(libc)
             if pid == 0:
                 sock.close()
-                worker_main(spec, Connection(fds[0]), Connection(fds[1]))
+                worker_main(spec, *(Connection(fd) for fd in fds))
             for fd in fds:
                 os.close(fd)
             sock.sendall(pid.to_bytes(_HEADER, "little", signed=True))

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loomrun.forkserver.process import ForkServer
 from loomrun.proctree import JobCgroup, describe_status, stop_processes, tagged
@@ -25,6 +25,9 @@ from loomrun.supervisor.slots import JobSlot, start_worker
 from loomrun.supervisor.terminal import Terminal
 from loomrun.workflow.model import Job
 from loomrun.writer.process import WriterHandle
+
+if TYPE_CHECKING:
+    from loomrun.supervisor.secrets_broker import SecretsBroker
 
 STOP_SLACK_S = 10.0  # how long past its grace a stopping worker may take before it is SIGKILLed
 
@@ -47,7 +50,8 @@ class WriterLost(Exception):
 class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
                  writer: WriterHandle, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
-                 run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None) -> None:
+                 run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None,
+                 secrets: SecretsBroker | None = None) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.sched = Scheduler(jobs, deps, max_jobs)
         self.writer = writer
@@ -65,6 +69,7 @@ class Supervisor:
         self.ended: list[m.JobEnded] = []  # everything told to the writer, for a writer that takes over
         self.exiting: dict[int, JobSlot] = {}  # sentinel -> worker that reported and is exiting
         self.forks = forks  # started early by `loom run`; else this supervisor starts (and ends) its own
+        self.secrets = secrets  # the run's secrets broker (started at the first job with a vault ref)
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
@@ -157,7 +162,7 @@ class Supervisor:
         spec = self.make_spec(job)
         self.term.job_started(name, job.provider, job.image.name if job.image else None)
         try:
-            slot = start_worker(spec, self.writer, forks, job.timeout_s)
+            slot = start_worker(spec, self.writer, forks, job.timeout_s, self.secrets)
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())

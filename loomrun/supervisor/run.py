@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loomrun.errors import ExitCode, LoomError
 from loomrun.forkserver.process import ForkServer
@@ -28,6 +28,9 @@ from loomrun.supervisor.loop import Outcome, Supervisor, WriterLost
 from loomrun.supervisor.terminal import Terminal
 from loomrun.workflow.model import Job, Workflow
 from loomrun.writer import process as writer_process
+
+if TYPE_CHECKING:
+    from loomrun.supervisor.secrets_broker import SecretsBroker
 
 KEEP_SNAPSHOTS = 5
 GRACE_S = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
@@ -96,6 +99,7 @@ class Run:
         self.sup: Supervisor | None = None
         self.forks: ForkServer | None = None
         self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
+        self.secrets: SecretsBroker | None = None  # when a job has keepass:// or op:// refs
 
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -243,9 +247,14 @@ class Run:
         if any(j.provider == "docker" for j in jobs):
             # The first Docker job's worker removes dead runs' leftovers: it imports the SDK anyway.
             self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
+        if any(s.ref.startswith(("keepass://", "op://")) for j in jobs for s in j.secrets):
+            from loomrun.supervisor.secrets_broker import SecretsBroker
+
+            self.secrets = SecretsBroker(self.repo_root, self.run_id)  # started lazily, by the first such job
         sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
-                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks)
+                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks,
+                         secrets=self.secrets)
         self.sup = sup
         sup.execute()
         status = "success" if not _failed_jobs(sup) else "failed"
@@ -271,6 +280,8 @@ class Run:
             error = f"{error + '; ' if error else ''}the writer process is gone; no receipt was written"
             exit_code = exit_code or ExitCode.FAILED
         self._stop_writer()
+        if self.secrets is not None:
+            self.secrets.close()
         for j in self.janitors:
             j.wait(60.0)
         shutil.rmtree(self.runtime / "tmp" / self.run_id, ignore_errors=True)

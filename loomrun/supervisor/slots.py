@@ -13,11 +13,15 @@ import socket
 import time
 from multiprocessing import Pipe, reduction
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from loomrun.forkserver.process import ForkServer
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
 from loomrun.writer.process import WriterHandle
+
+if TYPE_CHECKING:
+    from loomrun.supervisor.secrets_broker import SecretsBroker
 
 # Allowed transitions of the job lifecycle (supervisord-style): state -> states it may go to.
 TRANSITIONS = {
@@ -76,7 +80,9 @@ class JobSlot:
             pass
 
 
-def start_worker(spec: WorkerSpec, writer: WriterHandle, forks: ForkServer, timeout_s: float | None) -> JobSlot:
+def start_worker(spec: WorkerSpec, writer: WriterHandle, forks: ForkServer, timeout_s: float | None,
+                 secrets: SecretsBroker | None = None) -> JobSlot:
+    broker_end = secrets.attach(spec.job) if secrets is not None and spec.job.secrets else None
     sup_end, worker_end = Pipe(duplex=True)
     writer_end, worker_writer_end = Pipe(duplex=True)
     writer.conn.send(m.AttachWorker(spec.job.name))
@@ -84,11 +90,14 @@ def start_worker(spec: WorkerSpec, writer: WriterHandle, forks: ForkServer, time
         reduction.sendfds(s, [writer_end.fileno()])
     writer_end.close()
     started_ns, started_mono = time.time_ns(), time.monotonic()
+    fds = [worker_end.fileno(), worker_writer_end.fileno(), *([broker_end] if broker_end is not None else [])]
     try:
-        pid = forks.spawn(spec, [worker_end.fileno(), worker_writer_end.fileno()])
+        pid = forks.spawn(spec, fds)
     finally:
         worker_end.close()
         worker_writer_end.close()
+        if broker_end is not None:
+            os.close(broker_end)
     slot = JobSlot(spec.job.name, pid, sup_end, os.pidfd_open(pid), started_ns, started_mono)
     if timeout_s is not None:
         slot.deadline = started_mono + timeout_s

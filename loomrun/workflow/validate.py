@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
+from loomrun.workflow import secret_refs
 from loomrun.workflow.durations import parse_duration, parse_memory
 from loomrun.workflow.load import YNode
 from loomrun.workflow.model import Diagnostic
@@ -26,8 +27,6 @@ JOB_KEYS = ("stage", "target", "script", "extends", "needs", "image", "services"
 CACHE_KEYS = ("name", "disabled", "paths", "key", "fallback_keys", "policy", "when")
 CACHE_UNKNOWN = "remove unknown cache key; allowed keys are name, disabled, paths, key, fallback_keys, policy, when"
 TARGETS = ("linux",)
-SECRET_REF = re.compile(r"^(env://[A-Za-z_][A-Za-z0-9_]*|keepass://[^#\s]+#[^:\s][^:]*:[^:\s]+"
-                        r"|op://[^/\s]+(/[^/\s][^/]*)+/[^/\s]+)$")
 
 
 def ptr(*parts: str | int) -> str:
@@ -349,10 +348,11 @@ def _secrets(chk: Checker, node: YNode, pointer: str) -> None:
         if ref is None:
             chk.error(spec, where, f'missing required key "ref" in secret "{name}"',
                       "write `ref: env://NAME`, keepass://... or op://...")
-        elif chk.string(ref, f"{where}/ref", f"secrets.{name}.ref") and not SECRET_REF.match(ref.value):
-            chk.error(ref, f"{where}/ref", f'invalid secret ref for "{name}"; expected env://NAME, '
-                      "keepass://<alias>#<entry path>:<field> or op://<vault>/<item>/<field>",
-                      "fix the ref scheme and shape")
+        elif chk.string(ref, f"{where}/ref", f"secrets.{name}.ref"):
+            try:
+                secret_refs.parse(ref.value)
+            except secret_refs.RefError as exc:
+                chk.error(ref, f"{where}/ref", f'invalid secret ref for "{name}": {exc}', "fix the ref")
         for key in ("file", "required"):
             if (flag := spec.get(key)) is not None:
                 chk.boolean(flag, f"{where}/{key}", f"secrets.{name}.{key}")

@@ -125,8 +125,8 @@ CASES: list[tuple[str, str, dict[str, str], int, str, str, str]] = [
     ("secrets-no-ref", H + job("build", extra="  secrets:\n    TOKEN: {file: true}\n"), {}, 8,
      'missing required key "ref" in secret "TOKEN"', "/build/secrets/TOKEN", "workflow.yml"),
     ("secrets-bad-ref", H + job("build", extra="  secrets:\n    TOKEN: {ref: vault://x}\n"), {}, 8,
-     'invalid secret ref for "TOKEN"; expected env://NAME, keepass://<alias>#<entry path>:<field> or '
-     "op://<vault>/<item>/<field>", "/build/secrets/TOKEN/ref", "workflow.yml"),
+     'invalid secret ref for "TOKEN": unknown secret scheme "vault"; use env://, keepass:// or op://',
+     "/build/secrets/TOKEN/ref", "workflow.yml"),
     ("secrets-file-type", H + job("build", extra="  secrets:\n    TOKEN: {ref: env://T, file: 'yes'}\n"), {}, 8,
      'expected boolean for "secrets.TOKEN.file", got string', "/build/secrets/TOKEN/file", "workflow.yml"),
     ("secrets-unknown-key", H + job("build", extra="  secrets:\n    TOKEN: {ref: env://T, mask: true}\n"), {},

@@ -1,0 +1,287 @@
+"""keepass:// and op:// secrets through real `loom run --local` runs (spec §7): the docs examples,
+redaction of every value everywhere, the per-run secrets broker (a vault opened once for all jobs),
+optional secrets, ambiguous entries, wrong credentials, missing extras, debug-trace refusal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.process.runner import Result, load, loom_env, make_repo, run_loom
+from tests.secrets.conftest import PASSWORD, VALUES, assert_nowhere, keepass_config, make_vault, read_account
+
+LOOM = [sys.executable, "-m", "loomrun"]
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def checks(var: str, value: str, file: bool) -> str:
+    """A step line that proves the job got `value` without the workflow holding it."""
+    read = f'cat "${var}"' if file else f'printf %s "${var}"'
+    return f'[ "$({read} | sha256sum | cut -c1-64)" = "{sha(value)}" ] && echo {var.lower()}-ok'
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return loom_env(HOME=str(home), **extra)
+
+
+def keepass_repo(tmp_path: Path, vault: Path, secrets: dict[str, str], script: str) -> Path:
+    """A repo with one job `use` holding `secrets` (name -> flow mapping text) and one step."""
+    lines = "".join(f"    {name}: {spec}\n" for name, spec in secrets.items())
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [ci]\nuse:\n  stage: ci\n  target: linux\n"
+                     f"  secrets:\n{lines}  script: [{json.dumps(script)}]\n", git=False)
+    keepass_config(repo, vault)
+    return repo
+
+
+def section_events(result: Result, job: str, section: str = "secrets") -> list[dict[str, object]]:
+    path = result.logs_dir / "jobs" / job / "system" / section / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def section_lines(result: Result, job: str) -> list[str]:
+    return [str(e["line"]) for e in section_events(result, job) if e["type"] == "output"]
+
+
+KEEPASS_DOCS = """
+version: v1
+stages: [ci]
+deploy:
+  stage: ci
+  target: linux
+  secrets:
+    DATABASE_PASSWORD:
+      ref: keepass://local/main#services/loom/deploy:password
+      file: true
+      required: true
+    API_TOKEN:
+      ref: keepass://local/main#services/loom/deploy:token
+      file: false
+  script:
+    - echo "Deploying with credentials..."
+    - {pw}
+    - {tok}
+    - echo "admin:$(cat "$DATABASE_PASSWORD") $API_TOKEN"; printf 'tail:%s' "$API_TOKEN" >&2
+"""
+
+
+def test_keepass_docs_example_runs_and_nothing_leaks(tmp_path: Path, vault: Path) -> None:
+    text = KEEPASS_DOCS.format(pw=json.dumps(checks("DATABASE_PASSWORD", VALUES["password"], True)),
+                               tok=json.dumps(checks("API_TOKEN", VALUES["token"], False)))
+    repo = make_repo(tmp_path / "repo", text, git=False)
+    keepass_config(repo, vault)
+    result = run_loom(repo, "run", "--local", "--stream", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
+    assert result.code == 0, result.stderr
+    assert result.step_lines("deploy", 2) == ["database_password-ok"]
+    assert result.step_lines("deploy", 3) == ["api_token-ok"]
+    assert result.step_lines("deploy", 4) == [
+        "admin:[REDACTED:SECRET_DATABASE_PASSWORD] [REDACTED:SECRET_API_TOKEN]", "tail:[REDACTED:SECRET_API_TOKEN]"]
+    assert section_lines(result, "deploy") == [
+        "secret DATABASE_PASSWORD: file from keepass local/main (opened for this run; vaults opened in this run: 1)",
+        "secret API_TOKEN: variable from keepass local/main (already open; vaults opened in this run: 1)"]
+    for value in (*VALUES.values(), PASSWORD):
+        assert_nowhere(value, repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())
+
+
+OP_DOCS = """
+version: v1
+stages: [ci]
+deploy:
+  stage: ci
+  target: linux
+  secrets:
+    DEPLOY_TOKEN:
+      ref: op://Engineering/services/loom/deploy/token
+  script:
+    - {check}
+    - echo "token $(cat "$DEPLOY_TOKEN")"
+"""
+
+
+def test_op_docs_example_runs_against_the_fake_account(tmp_path: Path, fake_op: Path) -> None:
+    repo = make_repo(tmp_path / "repo", OP_DOCS.format(check=json.dumps(checks("DEPLOY_TOKEN", "op-tok-91b7e", True))),
+                     git=False)
+    env = env_for(tmp_path, OP_SERVICE_ACCOUNT_TOKEN="ops_fake_token_1234", LOOM_OP_FAKE=str(fake_op))
+    result = run_loom(repo, "run", "--local", "--stream", env=env)
+    assert result.code == 0, result.stderr
+    assert result.step_lines("deploy", 1) == ["deploy_token-ok"]
+    assert result.step_lines("deploy", 2) == ["token [REDACTED:SECRET_DEPLOY_TOKEN]"]
+    assert_nowhere("op-tok-91b7e", repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())
+    assert_nowhere("ops_fake_token_1234", repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())
+
+
+def test_token_variable_from_config_and_missing_token(tmp_path: Path, fake_op: Path) -> None:
+    repo = make_repo(tmp_path / "repo", OP_DOCS.format(check=json.dumps("true")), git=False)
+    (repo / ".loom" / "config.yml").write_text("providers:\n  op:\n    serviceAccountTokenEnv: LOOM_OP_TOKEN\n")
+    missing = run_loom(repo, "run", "--local", env=env_for(tmp_path, OP_SERVICE_ACCOUNT_TOKEN="ops_fake_token_1234",
+                                                             LOOM_OP_FAKE=str(fake_op)))
+    assert missing.code == 1
+    assert missing.job_summary("deploy")["message"] == (
+        "SECRETS_PROVIDER_UNAVAILABLE: secret DEPLOY_TOKEN (op://Engineering/services/loom/deploy/token): "
+        "1Password: the service-account token is read from $LOOM_OP_TOKEN, which is not set")
+    ok = run_loom(repo, "run", "--local", env=env_for(tmp_path, LOOM_OP_TOKEN="ops_fake_token_1234",
+                                                        LOOM_OP_FAKE=str(fake_op)))
+    assert ok.code == 0, ok.stderr
+    wrong = run_loom(repo, "run", "--local", env=env_for(tmp_path, LOOM_OP_TOKEN="ops_bad_token_0000",
+                                                           LOOM_OP_FAKE=str(fake_op)))
+    assert wrong.code == 1 and "SECRETS_PROVIDER_UNAVAILABLE" in wrong.stderr
+    assert_nowhere("ops_bad_token_0000", repo / ".loom" / ".runtime", wrong.stdout, wrong.stderr, skip=())
+
+
+def test_a_vault_is_opened_once_for_twenty_jobs(tmp_path: Path) -> None:
+    """Every job reads a keepass secret from a database with KeePass's real key-derivation cost, and
+    an op secret: one open of the database and one sign-in for the whole run (the broker's own count,
+    reported in each job's `secrets` section, and the fake account's sign-in counter)."""
+    vault = make_vault(tmp_path / "real.kdbx", fast=False)
+    account = tmp_path / "op.json"
+    account.write_text(json.dumps({"vaults": [{"id": "v", "title": "Eng", "items": [
+        {"id": "i", "title": "a/b", "fields": [{"id": "t", "title": "t", "value": "op-value-20"}]}]}]}))
+    jobs = "".join(textwrap.dedent(f"""
+        j{i:02d}:
+          stage: ci
+          target: linux
+          secrets:
+            PW: {{ref: "keepass://local/main#services/loom/deploy:password"}}
+            OP: {{ref: "op://Eng/a/b/t", file: false}}
+          script: ['test -s "$PW" && test -n "$OP"']
+        """) for i in range(20))
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [ci]\n" + jobs, git=False)
+    keepass_config(repo, vault)
+    result = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD=PASSWORD,
+                                                           OP_SERVICE_ACCOUNT_TOKEN="t", LOOM_OP_FAKE=str(account)))
+    assert result.code == 0, result.stderr
+    lines = [line for i in range(20) for line in section_lines(result, f"j{i:02d}")]
+    assert len(lines) == 40
+    keepass = [line for line in lines if "keepass local/main" in line]
+    assert sum("(opened for this run;" in line for line in keepass) == 1
+    assert sum("(already open;" in line for line in keepass) == 19
+    opened_op = [line for line in lines if "from 1password (opened for this run" in line]
+    assert len(opened_op) == 1
+    assert all(line.endswith("vaults opened in this run: 2)") or line.endswith("vaults opened in this run: 1)")
+               for line in lines)
+    assert read_account(account)["sign_ins"] == 1
+
+
+def test_optional_secret_is_skipped_with_a_warning(tmp_path: Path, vault: Path) -> None:
+    repo = keepass_repo(tmp_path, vault, {
+        "GONE": '{ref: "keepass://local/main#services/loom/nothing:password", required: false}',
+        "THERE": '{ref: "keepass://local/main#services/loom/deploy:username", file: false}'},
+        'echo "gone=${GONE-unset} there=$THERE"')
+    result = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1) == ["gone=unset there=[REDACTED:SECRET_THERE]"]
+    warning = ('secret GONE (keepass://local/main#services/loom/nothing:password) skipped, not required: '
+               'SECRETS_REF_NOT_FOUND: keepass alias "local/main": no entry "services/loom/nothing" in ')
+    assert any(warning in line and line.startswith("warning:") for line in result.stderr.splitlines()), result.stderr
+    stderr_lines = [e for e in section_events(result, "use") if e["type"] == "output" and e["stream"] == "stderr"]
+    assert len(stderr_lines) == 1 and warning in str(stderr_lines[0]["line"])
+
+
+def _failed_once(result: Result, job: str, code: str) -> str:
+    """The code appears exactly once in the terminal line, the section's error event and the job summary."""
+    assert result.code == 1
+    [terminal] = [line for line in result.stderr.splitlines() if code in line and f'"{job}"' in line
+                  and "failed" in line and not line.startswith(("loom run", "receipt"))]
+    assert terminal.count(code) == 1, terminal
+    [error] = [e for e in section_events(result, job) if e["type"] == "error"]
+    assert error["code"] == code and code not in str(error["message"]), error
+    summary = result.job_summary(job)
+    assert summary["failure_kind"] == "secrets_error" and str(summary["message"]).count(code) == 1
+    assert result.job_manifest(job)["failing_section"] == "secrets"
+    assert load(result.logs_dir / "jobs" / job / "system/secrets/summary.json")["error_code"] == code
+    return str(error["message"])
+
+
+def test_ambiguous_entry_fails_the_job_naming_both(tmp_path: Path, vault: Path) -> None:
+    repo = keepass_repo(tmp_path, vault, {"PW": '{ref: "keepass://local/main#twin:password"}'}, "touch ran")
+    result = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
+    message = _failed_once(result, "use", "SECRETS_REF_INVALID")
+    assert '"services/loom/twin" and "other/twin"' in message
+    assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+
+
+def test_wrong_master_password_and_unset_variable(tmp_path: Path, vault: Path) -> None:
+    repo = keepass_repo(tmp_path, vault, {"PW": '{ref: "keepass://local/main#deploy:password"}'}, "true")
+    wrong = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD="Wr0ng-Master-Pass"))
+    message = _failed_once(wrong, "use", "SECRETS_PROVIDER_UNAVAILABLE")
+    assert message.endswith(f"wrong credentials for {vault} (the master password given do not open it)")
+    assert_nowhere("Wr0ng-Master-Pass", repo / ".loom" / ".runtime", wrong.stdout, wrong.stderr, skip=())
+    unset = run_loom(repo, "run", "--local", env=env_for(tmp_path))
+    message = _failed_once(unset, "use", "SECRETS_PROVIDER_UNAVAILABLE")
+    assert message.endswith('keepass alias "local/main": its master password is read from $KP_PASSWORD, '
+                            "which is not set")
+
+
+def test_alias_only_through_environment_overlays(tmp_path: Path, vault: Path) -> None:
+    repo = keepass_repo(tmp_path, vault, {"TOKEN": '{ref: "keepass://prod.eu#deploy:token", file: false}'},
+                        'test -n "$TOKEN"')
+    (repo / ".loom" / "config.yml").unlink()  # the alias only through the variables
+    env = env_for(tmp_path, LOOM_KEEPASS_DB_PROD_EU_PATH=str(vault), LOOM_KEEPASS_DB_PROD_EU_PASSWORD_ENV="MY_PW",
+                  MY_PW=PASSWORD)
+    result = run_loom(repo, "run", "--local", env=env)
+    assert result.code == 0, result.stderr
+
+
+@pytest.mark.parametrize(("extra", "ref"), [
+    ("keepass", "keepass://local/main#deploy:password"),
+    ("op", "op://Engineering/services/loom/deploy/token"),
+])
+def test_missing_extra_names_the_pip_line(tmp_path: Path, vault: Path, fake_op: Path, extra: str, ref: str) -> None:
+    """The package made unimportable (a shadow package that raises ImportError comes first on the path)."""
+    shadow = tmp_path / "shadow" / {"keepass": "pykeepass", "op": "onepassword"}[extra]
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    repo = keepass_repo(tmp_path, vault, {"S": f'{{ref: "{ref}"}}'}, "true")
+    env = env_for(tmp_path, KP_PASSWORD=PASSWORD, OP_SERVICE_ACCOUNT_TOKEN="ops_x")
+    env["PYTHONPATH"] = f"{shadow.parent}:{env.get('PYTHONPATH', '')}"
+    result = run_loom(repo, "run", "--local", env=env)
+    message = _failed_once(result, "use", "SECRETS_PROVIDER_UNAVAILABLE")
+    assert message.endswith(f"which is not installed: pip install 'loomrun[{extra}]'")
+
+
+@pytest.mark.parametrize(("where", "name"), [("env", "LOOM_DEBUG_TRACE"), ("env", "CI_DEBUG_TRACE"),
+                                             ("variables", "CI_DEBUG_TRACE")])
+def test_debug_trace_is_refused_before_any_vault_is_opened(tmp_path: Path, vault: Path, where: str,
+                                                          name: str) -> None:
+    variables = f"  variables: {{{name}: 'true'}}\n" if where == "variables" else ""
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [ci]\nuse:\n  stage: ci\n  target: linux\n"
+                     + variables + "  secrets:\n    PW: {ref: 'keepass://local/main#deploy:password'}\n"
+                     "  script: [touch ran]\n", git=False)
+    keepass_config(repo, vault)
+    env = env_for(tmp_path, KP_PASSWORD=PASSWORD, **({name: "1"} if where == "env" else {}))
+    result = run_loom(repo, "run", "--local", env=env)
+    message = _failed_once(result, "use", "SECRETS_UNSAFE_DEBUG_TRACE")
+    assert message.startswith(f"{name} is on and this job has secrets")
+    assert not any("keepass" in line for line in section_lines(result, "use"))
+    assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+
+
+def test_a_value_that_is_not_utf8_reaches_the_file_byte_for_byte(tmp_path: Path) -> None:
+    raw = b"key-\xff\xfe-\x80end\n"
+    repo = make_repo(tmp_path / "repo", f"""
+    version: v1
+    stages: [ci]
+    use:
+      stage: ci
+      target: linux
+      secrets:
+        BIN: {{ref: "env://BIN_SECRET"}}
+      script: ['[ "$(sha256sum < "$BIN" | cut -c1-64)" = "{hashlib.sha256(raw).hexdigest()}" ] && echo same-bytes']
+    """, git=False)
+    env: dict[str, str | bytes] = {**env_for(tmp_path)}
+    env["BIN_SECRET"] = raw
+    out = subprocess.run([*LOOM, "run", "--local"], cwd=repo, env=env, capture_output=True, text=True, check=False,
+                         timeout=120)
+    result = Result(out.returncode, out.stdout, out.stderr, repo)
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1) == ["same-bytes"]
