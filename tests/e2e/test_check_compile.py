@@ -659,6 +659,56 @@ def test_config_init_and_show(tmp_path: Path) -> None:
                                   "LOOM_DOCKER_WORKSPACE_MOUNT; expected bind_mount or ephemeral_volume")
 
 
+def _config_env(home: Path) -> dict[str, str]:
+    drop = ("LOOM_DOCKER_WORKSPACE_MOUNT", "LOOM_JOBSERVER", "RAY_ADDRESS", "LOOM_DEBUG")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, "HOME": str(home)}
+
+
+def test_config_show_prints_every_field_and_its_layer(tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()
+    repo = make_repo(tmp_path / "repo", H + J)
+    user = tmp_path / "home" / ".config" / "loom" / "config.yml"
+    user.parent.mkdir(parents=True)
+    user.write_text("runtime: {retention: {runs: 7}}\nproviders:\n  keepass:\n    aliases:\n"
+                    "      team/app: {path: v/app.kdbx, passwordEnv: APP_PW}\n")
+    (repo / ".loom" / "config.yml").write_text("runtime: {cache: {maxSize: 512m}}\nproviders:\n  keepass:\n"
+                                               "    aliases:\n      team/app: {keyfileEnv: APP_KEY}\n")
+    env = {**_config_env(tmp_path / "home"), "LOOM_JOBSERVER": "off"}
+    out = subprocess.run([sys.executable, "-m", "loomrun", "config", "show"], cwd=repo, capture_output=True, text=True,
+                         timeout=60, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    project = repo / ".loom" / "config.yml"
+    assert out.stdout.splitlines() == [
+        "runtime:", "  docker:", "    workspaceMount: ephemeral_volume  # from default",
+        "  retention:", f"    runs: 7  # from {user}", '    maxAge: "14d"  # from default',
+        "  cache:", f'    maxSize: "512m"  # from {project}',
+        '  jobserver: "off"  # from env LOOM_JOBSERVER',
+        "remote:", "  ray:", "    address: null  # from default",
+        "providers:", "  keepass:", "    aliases:", '      "team/app":',
+        f'        path: "{user.parent / "v" / "app.kdbx"}"  # from {user}',
+        f'        passwordEnv: "APP_PW"  # from {user}', f'        keyfileEnv: "APP_KEY"  # from {project}',
+        "  op:", '    serviceAccountTokenEnv: "OP_SERVICE_ACCOUNT_TOKEN"  # from default',
+    ]
+
+
+def test_config_starter_shows_the_new_keys_and_loads_as_the_defaults(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, H + J)
+    env = _config_env(tmp_path / "home")
+    init = subprocess.run([sys.executable, "-m", "loomrun", "config", "init"], cwd=repo, capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+    assert init.returncode == 0, init.stderr
+    text = (repo / ".loom" / "config.yml").read_text()
+    for key in ("retention: {runs: 50, maxAge: 14d}", "cache: {maxSize: 5g}", 'jobserver: "on"', "#   ray:",
+                "#     serviceAccountTokenEnv:", "keyfileEnv"):
+        assert key in text
+    show = subprocess.run([sys.executable, "-m", "loomrun", "config", "show"], cwd=repo, capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+    assert show.returncode == 0, show.stderr
+    project = repo / ".loom" / "config.yml"
+    assert f"    runs: 50  # from {project}" in show.stdout.splitlines()
+    assert f'  jobserver: "on"  # from {project}' in show.stdout.splitlines()
+
+
 @pytest.mark.parametrize(("args", "stderr"), [(("version",), ""), (("compile",), "loom compile: Broken pipe\n")])
 def test_output_into_a_closed_pipe_ends_in_one_line_at_most(tmp_path: Path, args: tuple[str, ...], stderr: str) -> None:
     """`loom compile | head -c0`: the reader is gone before loom writes. loom leaves without
