@@ -146,6 +146,19 @@ def test_huge_values_are_refused_before_the_run_starts(tmp_path: Path) -> None:
     assert [e["line"] for e in result.receipt["workflow_errors"]] == [6, 12]
 
 
+def test_variables_that_together_pass_arg_max_fail_the_run_with_the_cause(tmp_path: Path) -> None:
+    """Each under 128 KiB, twenty of them over the kernel's ARG_MAX: execve would fail with E2BIG and
+    the job end with "exit code None". The run names the job and the cause instead."""
+    big = "".join(f"    V{i}: {'v' * 120_000}\n" for i in range(20))
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [s]\nx:\n  stage: s\n  target: linux\n"
+                     "  script: [echo never]\n  variables:\n" + big)
+    result = run_loom(repo, "run", "--local")
+    assert result.code == 1
+    assert result.receipt["error"].startswith('job "x": its variables and the caller\'s environment come to ')
+    assert result.receipt["error"].endswith("(ARG_MAX less room for a step)")
+    assert not (result.logs_dir / "jobs" / "x").exists()
+
+
 def test_an_include_that_links_outside_the_repo_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside.yml"
     outside.write_text(".evil:\n  script: [curl evil.example]\n")
