@@ -79,9 +79,12 @@ def prepare_job(job: Job, pipeline: Mapping[str, str], project_dir: str,
 
 def _check_fits(job: Job, env: Mapping[str, str], caller: Mapping[str, str]) -> None:
     """The kernel takes at most ARG_MAX bytes of arguments and environment together (and a step's
-    `sh -c` argument may be up to MAX_ARG_STRLEN)."""
-    merged = {**caller, **env}
-    total = sum(env_string_size(k, v) + 8 for k, v in merged.items())  # + its pointer
+    `sh -c` argument may be up to MAX_ARG_STRLEN). Each string counts with its pointer."""
+    total = _size_of(caller) if caller else 0
+    for name, value in env.items():
+        total += env_string_size(name, value) + 8
+        if name in caller:  # the job's value replaces the caller's
+            total -= env_string_size(name, caller[name]) + 8
     room = _arg_max() - MAX_ARG_STRLEN
     if total > room:
         whose = "its variables and the caller's environment" if caller else "its variables"
@@ -92,6 +95,17 @@ def _check_fits(job: Job, env: Mapping[str, str], caller: Mapping[str, str]) -> 
 @cache
 def _arg_max() -> int:
     return os.sysconf("SC_ARG_MAX")
+
+
+_sizes: dict[int, tuple[Mapping[str, str], int]] = {}
+
+
+def _size_of(caller: Mapping[str, str]) -> int:
+    """The caller's environment is the same for every job of a run: sized once."""
+    known = _sizes.get(id(caller))
+    if known is None or known[0] is not caller or len(caller) != len(known[0]):
+        known = _sizes[id(caller)] = (caller, sum(env_string_size(k, v) + 8 for k, v in caller.items()))
+    return known[1]
 
 
 class _Expander:

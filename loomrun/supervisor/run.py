@@ -35,7 +35,18 @@ KEEP_SNAPSHOTS = 5
 # A job's variables made in `configure` are kept for its start below this size; bigger ones are
 # made again then, so a thousand jobs with large variables never sit in memory at once.
 PREPARED_KEEP_BYTES = 64 * 1024
-GRACE_S = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
+
+
+def _grace_s() -> float:
+    """LOOM_STOP_GRACE_S, bounded: it becomes a wait, and poll() takes a C int of milliseconds."""
+    try:
+        value = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
+    except ValueError:
+        return 5.0
+    return min(max(value, 0.0), 3600.0) if value == value else 5.0  # NaN is not equal to itself
+
+
+GRACE_S = _grace_s()
 
 
 class RunOptions(NamedTuple):

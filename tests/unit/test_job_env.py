@@ -93,3 +93,13 @@ def test_a_job_whose_environment_would_not_fit_a_process_is_refused() -> None:
     with pytest.raises(LoomError) as info:
         prepare_job(job, PIPE, "/snap", caller={"PATH": "/bin"})
     assert info.value.message.startswith('job "big": its variables and the caller\'s environment come to ')
+
+
+@pytest.mark.parametrize(("value", "grace"), [("5", 5.0), ("0.5", 0.5), ("1e12", 3600.0), ("inf", 3600.0),
+                                              ("nan", 5.0), ("-3", 0.0), ("soon", 5.0)])
+def test_the_stop_grace_is_a_wait_that_cannot_overflow(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                       grace: float) -> None:
+    from loomrun.supervisor.run import _grace_s
+
+    monkeypatch.setenv("LOOM_STOP_GRACE_S", value)
+    assert _grace_s() == grace
