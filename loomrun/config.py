@@ -58,7 +58,7 @@ ENV_FIELDS = {ENV_MOUNT: FIELD_MOUNT, ENV_JOBSERVER: FIELD_JOBSERVER, ENV_RAY: F
 
 class KeepassAlias(NamedTuple):
     name: str
-    path: str  # absolute
+    path: str  # absolute; "" when only the LOOM_KEEPASS_DB_<KEY>_PATH overlay gives it
     password_env: str | None = None
     keyfile_env: str | None = None
 
@@ -114,7 +114,7 @@ def load_runtime_config(repo_root: Path, flag_mount: str | None = None,
     if flag_mount is not None:
         fields[FIELD_MOUNT] = _Value(flag_mount, "flag --docker-workspace-mount", "flag --docker-workspace-mount")
     sources.update({name: v.layer for name, v in fields.items()})
-    return _merged(fields, aliases, sources)
+    return _merged(fields, aliases, sources, env)
 
 
 # ---- one layer ----------------------------------------------------------------------------------
@@ -204,11 +204,11 @@ def _get(data: dict[str, Any], *keys: str) -> Any:
 
 # ---- the merged result --------------------------------------------------------------------------
 
-def _merged(fields: dict[str, _Value], aliases: dict[str, dict[str, _Value]],
-            sources: dict[str, str]) -> RuntimeConfig:
+def _merged(fields: dict[str, _Value], aliases: dict[str, dict[str, _Value]], sources: dict[str, str],
+            env: Mapping[str, str]) -> RuntimeConfig:
     return RuntimeConfig(
         docker_workspace_mount=_mount(fields[FIELD_MOUNT]),
-        keepass_aliases={name: _alias(name, spec) for name, spec in aliases.items()},
+        keepass_aliases={name: _alias(name, spec, env) for name, spec in aliases.items()},
         op_token_env=_env_name(fields[FIELD_OP], FIELD_OP),
         sources=sources,
         retention_runs=_runs(fields[FIELD_RUNS]),
@@ -285,17 +285,22 @@ def _ray(v: _Value) -> str | None:
     return value
 
 
-def _alias(name: str, spec: dict[str, _Value]) -> KeepassAlias:
+def _alias(name: str, spec: dict[str, _Value], env: Mapping[str, str]) -> KeepassAlias:
     label = f'{ALIASES}."{name}"'
     if "path" not in spec:
-        raise LoomError(f'keepass alias "{name}" has no path in any config layer; set {label}.path')
-    where = spec["path"]
-    raw = _string(where, f"{label}.path")
-    path = Path(raw) if Path(raw).is_absolute() or where.folder is None else where.folder / raw
+        if env.get(f"LOOM_KEEPASS_DB_{alias_env_key(name)}_PATH"):
+            path = ""  # the run-time overlay gives it (applied where secrets are resolved)
+        else:
+            raise LoomError(f'keepass alias "{name}" has no path in any config layer; set {label}.path '
+                            f"(or LOOM_KEEPASS_DB_{alias_env_key(name)}_PATH)")
+    else:
+        where = spec["path"]
+        raw = _string(where, f"{label}.path")
+        path = str(Path(raw) if Path(raw).is_absolute() or where.folder is None else where.folder / raw)
     password = spec.get("passwordEnv")
     keyfile = spec.get("keyfileEnv")
     return KeepassAlias(
-        name=name, path=str(path),
+        name=name, path=path,
         password_env=_env_name(password, f"{label}.passwordEnv") if password is not None else None,
         keyfile_env=_env_name(keyfile, f"{label}.keyfileEnv") if keyfile is not None else None,
     )

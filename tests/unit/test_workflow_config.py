@@ -130,10 +130,13 @@ def test_validation_happens_on_the_merged_result(tmp_path: Path) -> None:
     cfg = load_runtime_config(repo, env=env)
     assert (cfg.docker_workspace_mount, cfg.retention_runs) == ("bind_mount", 9)
     (repo / ".loom" / "config.yml").write_text("providers: {keepass: {aliases: {a: {keyfileEnv: K}}}}\n")
+    env["LOOM_DOCKER_WORKSPACE_MOUNT"] = "bind_mount"  # the environment layer replaces the user file's nfs
     with pytest.raises(LoomError) as info:
-        load_runtime_config(repo, env={**env, "LOOM_DOCKER_WORKSPACE_MOUNT": "bind_mount"})
+        load_runtime_config(repo, env=env)
     assert info.value.message == ('keepass alias "a" has no path in any config layer; '
-                                  'set providers.keepass.aliases."a".path')
+                                  'set providers.keepass.aliases."a".path (or LOOM_KEEPASS_DB_A_PATH)')
+    overlaid = load_runtime_config(repo, env={**env, "LOOM_KEEPASS_DB_A_PATH": "/vaults/a.kdbx"})
+    assert overlaid.keepass_aliases["a"] == KeepassAlias("a", "", None, "K")  # the secrets code applies it
 
 
 @pytest.mark.parametrize(("project", "needle"), [
