@@ -20,9 +20,32 @@ from loomrun.cache.unpack import CacheEntryError
 from loomrun.errors import LoomError
 from loomrun.oserror import describe
 from loomrun.protocol.messages import PROVIDER_ERROR
-from loomrun.workflow.model import CacheSpec
+from loomrun.workflow.model import CacheSpec, KeyFiles, KeyPrefix, KeyTemplate
+from loomrun.workflow.variables import SECRET_OPEN
 from workers.providers.base import JobContext, Provider, ProviderError
 from workers.report import OpenSection, Reporter, SectionFailed
+
+
+def fill_secrets(spec: CacheSpec, env: dict[str, str]) -> CacheSpec:
+    """The supervisor expanded the key with a placeholder for each job secret it names (it never
+    sees their values): put the variable's value there now, before the key is concealed. A secret
+    that was not delivered (optional, skipped) expands to nothing, like an unset variable would."""
+    def fill(text: str) -> str:
+        while (start := text.find(SECRET_OPEN)) >= 0:
+            end = text.find("\0", start + len(SECRET_OPEN))
+            if end < 0:
+                break
+            text = text[:start] + env.get(text[start + len(SECRET_OPEN):end], "") + text[end + 1:]
+        return text
+
+    key = spec.key
+    if isinstance(key, str):
+        key = fill(key)
+    elif isinstance(key, KeyTemplate):
+        key = KeyTemplate(fill(key.template))
+    elif isinstance(key, (KeyFiles, KeyPrefix)):
+        key = key._replace(prefix=fill(key.prefix))
+    return spec._replace(key=key, fallback_keys=tuple(fill(k) for k in spec.fallback_keys))
 
 
 @dataclass
@@ -65,6 +88,8 @@ class JobCaches:
 
     def _resolve(self, spec: CacheSpec, sec: OpenSection) -> ResolvedCache | None:
         secrets = self.ctx.state.get("secret_values") or ()
+        if self.ctx.job.secrets:
+            spec = fill_secrets(spec, self.ctx.env)
         try:  # the supervisor expanded the job's keys already
             key, warnings = compute_key(spec, job_name=self.ctx.job.name, workspace=self.ctx.workspace)
             fallbacks, more = fallback_keys(spec, primary=key)

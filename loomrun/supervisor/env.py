@@ -19,7 +19,14 @@ from functools import cache
 
 from loomrun.errors import LoomError
 from loomrun.workflow.model import CacheKey, CacheSpec, Image, ImageBuild, Job, KeyFiles, KeyTemplate
-from loomrun.workflow.variables import MAX_ARG_STRLEN, ExpansionError, env_string_size, expand_value, resolve
+from loomrun.workflow.variables import (
+    MAX_ARG_STRLEN,
+    ExpansionError,
+    env_string_size,
+    expand_value,
+    resolve,
+    secret_placeholder,
+)
 from loomrun.workspace import GitFacts
 
 
@@ -114,8 +121,13 @@ class _Expander:
     §6.2 (`$job_name`, `$job_id`, `$run_id`, `$pipeline_id`, `$head_sha`)."""
 
     def __init__(self, job: Job, known: Mapping[str, str], pipeline: Mapping[str, str]) -> None:
-        self.name, self.src, self.known = job.name, job, known
-        self.with_ids = {**known, "job_name": job.name, "job_id": job.name,
+        # A job secret's name is none of the caller's or the workflow's: in a path it stays as
+        # written; in a cache key it becomes a placeholder the worker fills (spec §7.3).
+        secrets = {s.name for s in job.secrets}
+        self.name, self.src = job.name, job
+        self.known = {k: v for k, v in known.items() if k not in secrets} if secrets else known
+        self.keys = {**self.known, **{n: secret_placeholder(n) for n in secrets}}
+        self.with_ids = {**self.keys, "job_name": job.name, "job_id": job.name,
                          "run_id": pipeline["LOOM_RUN_ID"], "pipeline_id": pipeline["LOOM_PIPELINE_ID"],
                          "head_sha": pipeline.get("CI_COMMIT_SHA", "")}
 
@@ -153,12 +165,13 @@ class _Expander:
         if key is None:
             return None
         if isinstance(key, str):
-            return self.text(key, "cache key")
+            return self.text(key, "cache key", self.keys)
         if isinstance(key, KeyFiles):
-            return KeyFiles(self.paths(key.files, "cache key file"), self.text(key.prefix, "cache key prefix"))
+            return KeyFiles(self.paths(key.files, "cache key file"), self.text(key.prefix, "cache key prefix",
+                                                                               self.keys))
         if isinstance(key, KeyTemplate):
             return KeyTemplate(self.text(key.template, "cache key template", self.with_ids))
-        return key._replace(prefix=self.text(key.prefix, "cache key prefix"))
+        return key._replace(prefix=self.text(key.prefix, "cache key prefix", self.keys))
 
     def image(self, image: Image | None) -> Image | None:
         if image is None:

@@ -155,3 +155,14 @@ class _Known(Mapping[str, str]):
 
     def __len__(self) -> int:
         return 0
+
+
+SECRET_OPEN = "\0secret:"
+
+
+def secret_placeholder(name: str) -> str:
+    """What `$NAME` of a job secret becomes in a cache key when the supervisor expands it: it never
+    learns secret values; the worker, which does, puts the variable's value in its place
+    (`workers.caching.fill_secrets`). NUL never appears in a usable key (`check_key` refuses control
+    characters), so nothing else can match."""
+    return f"{SECRET_OPEN}{name}\0"

@@ -103,3 +103,20 @@ def test_the_stop_grace_is_a_wait_that_cannot_overflow(monkeypatch: pytest.Monke
 
     monkeypatch.setenv("LOOM_STOP_GRACE_S", value)
     assert _grace_s() == grace
+
+
+def test_a_secret_named_in_a_cache_key_is_left_for_the_worker() -> None:
+    """The supervisor never sees secret values: `$TOKEN` of a job secret becomes a placeholder the
+    worker fills (never the caller's variable of the same name); in a path it stays as written."""
+    from loomrun.workflow.model import SecretSpec
+    from workers.caching import fill_secrets
+
+    job = Job(name="j", stage="s", script=("x",), secrets=(SecretSpec("TOKEN", "env://T", file=False),),
+              artifacts=Artifacts(paths=("out/$TOKEN",)),
+              caches=(CacheSpec(name="a", paths=("c",), key="k-$TOKEN-$$TOKEN", fallback_keys=("f-${TOKEN}",)),))
+    _, out = prepare_job(job, PIPE, "/snap", caller={"TOKEN": "from-the-caller"})
+    assert out.artifacts is not None and out.artifacts.paths == ("out/$TOKEN",)
+    [cache] = out.caches
+    assert "from-the-caller" not in repr(cache) and isinstance(cache.key, str) and "\0" in cache.key
+    filled = fill_secrets(cache, {"TOKEN": "s3cret"})
+    assert (filled.key, filled.fallback_keys) == ("k-s3cret-$TOKEN", ("f-s3cret",))
