@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,24 @@ def test_limits_reach_the_container(provider: DockerProvider, make_job: MakeJob,
     assert (host_config["Memory"], host_config["NanoCpus"], host_config["PidsLimit"]) == (96 << 20, 500_000_000, 50)
     forks = run_step(provider, ctx, "for i in $(seq 80); do sleep 5 & done; wait")
     assert forks.code != 0 or "can't fork" in forks.err or "Resource temporarily unavailable" in forks.err
+
+
+def test_a_fork_bomb_over_the_pids_limit_is_reported(provider: DockerProvider, make_job: MakeJob) -> None:
+    ctx = make_job(limits=Limits(pids=30))
+    provider.prepare(ctx)
+    calm = run_step(provider, ctx, "for i in 1 2 3; do sleep 0.1 & done; wait; echo calm")
+    assert (calm.code, calm.out) == (0, "calm\n")
+    assert provider.pids_exceeded(ctx) is False
+    bomb = RunningStep(provider, ctx, "echo bombing; b() { b | b & }; b; sleep 300")
+    bomb.wait_for_output("bombing\n")
+    # The kernel refuses forks from the moment the bomb reaches the limit: a bound on tries, not on time.
+    for _ in range(600):
+        if provider.pids_exceeded(ctx):
+            break
+        time.sleep(0.05)
+    assert provider.pids_exceeded(ctx) is True
+    provider.stop(ctx, grace_s=1)
+    assert bomb.finish().code != 0
 
 
 def test_stop_kills_a_step_that_ignores_sigterm(provider: DockerProvider, make_job: MakeJob, engine: Any) -> None:

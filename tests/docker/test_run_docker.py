@@ -241,6 +241,23 @@ def test_memory_limit_comes_from_the_engine_not_the_exit_code(
     assert result.job_summary("self-killed")["exit_code"] == 137
 
 
+def test_a_fork_bomb_under_limits_pids_is_a_pids_limit_failure(
+    tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str]
+) -> None:
+    limits = "  limits: {pids: 40}\n"
+    workflow = HEAD + job("bomb", ["echo bombing; b() { b | b & }; b; sleep 3005"], extra=limits)
+    # Refused forks that end the step at once (ash gives up with exit 2): reported the same way.
+    workflow += job("forks", ["for i in $(seq 80); do sleep 300 & done; wait"], extra=limits)
+    workflow += job("calm", ["for i in 1 2 3; do sleep 0.1 & done; wait"], extra=limits)
+    repo = make_repo(tmp_path / "repo", workflow)
+    result = checked(run_loom(repo, "run", "--local", env=env), engine_clean, engine)
+    assert result.code == 1
+    assert failure(result, "bomb") == ("failed", "pids_limit", "user")
+    assert "bombing" in result.step_lines("bomb", 1)
+    assert failure(result, "forks") == ("failed", "pids_limit", "user")
+    assert result.job_summary("calm")["status"] == "success"
+
+
 def test_timeout_stops_and_removes_the_container(
     tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str]
 ) -> None:

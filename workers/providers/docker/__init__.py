@@ -3,6 +3,7 @@ supervisor's janitor child). Importing the package imports the Docker SDK.
 
 * `engine`    connecting to the engine, the API version, labels and names, an engine error in words
 * `images`    pulling a missing image, `image.build`
+* `limits`    whether the job broke `limits.memory` (the engine) or `limits.pids` (its pids cgroup)
 * `session`   the job container's shell, fed one line per step through the attach socket
 * `steps`     a running step: by the session, or as an exec
 * `workspace` seeding the ephemeral volume, copying trees in and files out

@@ -30,6 +30,7 @@ from workers.providers.base import JobContext, ProviderError
 from workers.providers.docker import workspace
 from workers.providers.docker.engine import WORKDIR, connect, engine_is_local, labels, object_name, reason
 from workers.providers.docker.images import build_image, ensure_image
+from workers.providers.docker.limits import memory_exceeded, pids_exceeded
 from workers.providers.docker.session import PREAMBLE, RAW_UNSAFE, SESSION_ENTRYPOINT, Session
 from workers.providers.docker.steps import DockerStep, ExecStep
 from workers.providers.docker.workspace import SEED_DIR
@@ -207,9 +208,10 @@ class DockerProvider:
         for its input when idle. So: TERM to the step in flight (an exec: the shell would act only
         after it), TERM to the shell plus an empty line to wake it (its trap then ends everything
         else, with the grace), and SIGKILL when the grace is over."""
-        with contextlib.suppress(APIError, DockerException):
-            if session.step is not None:
+        if session.step is not None:
+            with contextlib.suppress(APIError, DockerException):  # no fork left (a job at limits.pids)
                 api.exec_start(api.exec_create(cid, ["/bin/sh", "-c", "kill -TERM -1"])["Id"])
+        with contextlib.suppress(APIError, DockerException):
             api.kill(cid, signal="SIGTERM")
         with contextlib.suppress(OSError):
             session.send("\n")
@@ -233,25 +235,10 @@ class DockerProvider:
     # -- outcome and cleanup --
 
     def memory_exceeded(self, ctx: JobContext) -> bool:
-        cid = ctx.state.get("container")
-        if not cid:
-            return False
-        api = self.api()
-        try:
-            if api.inspect_container(cid)["State"].get("OOMKilled"):
-                return True
-            # OOMKilled is only set once the container exits; an exec killed while it runs shows as an event.
-            events = api.events(
-                since=int(ctx.state.get("created_at", 0)), until=time.time(),
-                filters={"container": cid, "event": "oom"}, decode=True,
-            )  # fmt: skip
-            return any(True for _ in events)
-        except (APIError, DockerException):
-            return False
+        return memory_exceeded(self.api(), ctx)
 
     def pids_exceeded(self, ctx: JobContext) -> bool:
-        # The engine keeps no record of a refused fork; a job over `limits.pids` fails by its own exit code.
-        return False
+        return pids_exceeded(self.api(), ctx)
 
     def peak_memory(self, ctx: JobContext) -> int | None:
         return None  # the engine's stats stream would cost a request per tick; not worth it here
