@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.docker.helpers import BUSYBOX, labelled
-from tests.process.runner import Background, Result, assert_logs_valid, loom_env, make_repo, run_loom
+from tests.process.runner import Background, Result, assert_logs_valid, loom_env, make_repo, run_loom, run_processes
 from workers.providers.docker import reap_run
 
 pytestmark = pytest.mark.docker
@@ -414,6 +414,35 @@ def test_a_run_removes_leftovers_of_dead_runs(
     result = checked(run_loom(repo, "run", "--local", env=env), engine_clean, engine)
     assert result.code == 0, result.stderr
     assert labelled(engine, dead) == []
+
+
+@pytest.mark.parametrize("command", [("run", "--local", "--job", "plain"), ("logs",), ("cache", "list")],
+                         ids=["host-only run", "logs", "cache list"])
+def test_the_next_command_removes_what_a_sigkilled_run_left_on_the_engine(
+    tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str], command: tuple[str, ...]
+) -> None:
+    # The step ignores TERM and the grace is long: the orphaned worker is still stopping its container
+    # when the next command reaps the dead run (SIGKILL, no grace), so nothing of the job is cleaned up
+    # but by that command. A host-only run, `loom logs` and `loom cache` never start a Docker job.
+    workflow = HEAD + job("boxed", ["trap '' TERM; echo started; sleep 300"], extra="  services: [{name: "
+                                    "'loom-test/httpd:latest'}]\n") + job("plain", ["true"], image=None)
+    repo = make_repo(tmp_path / "repo", workflow)
+    bg = Background(repo, "run", "--local", "--job", "boxed", env={**env, "LOOM_STOP_GRACE_S": "120"})
+    dead = _wait_for_step_output(repo, bg, "boxed", "started")
+    engine_clean.append(dead)
+    assert len(labelled(engine, dead)) == 4  # job container, service, network, volume
+    bg.signal(signal.SIGKILL)
+    bg.proc.wait(timeout=30)
+    if command[0] == "logs":
+        command = (*command, dead)
+    result = run_loom(repo, *command, env=env)
+    bg.proc.communicate(timeout=60)  # EOF once the dead run's writer and worker are gone
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert labelled(engine, dead) == []
+    assert run_processes(dead) == []
+    receipt = json.loads((repo / ".loom" / ".runtime" / "receipts" / f"{dead}.json").read_text())
+    assert (receipt["status"], receipt["error"]) == ("failure", "abandoned")
 
 
 def test_a_run_leaves_a_live_run_of_another_repo_alone(
