@@ -425,6 +425,8 @@ def _artifact_entry(rel: str, path: Path) -> dict[str, Any]:
     if path.is_symlink():
         target = os.readlink(path)
         return {"path": rel, "size": 0, "sha256": hashlib.sha256(target.encode()).hexdigest(), "symlink": target}
+    if path.is_dir():  # an empty folder the artifact lists
+        return {"path": rel, "size": 0, "sha256": hashlib.sha256(b"").hexdigest(), "directory": True}
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

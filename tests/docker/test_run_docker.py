@@ -192,6 +192,42 @@ def test_host_to_docker_to_host_passes_artifacts(
     assert [j["id"] for j in result.receipt["jobs"]] == ["make", "transform", "check"]
 
 
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_artifacts_with_links_and_empty_folders_reach_the_next_docker_job(
+    tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str], mode: str
+) -> None:
+    # The repo holds other things at the artifact's paths: every restore is onto existing paths (in
+    # bind_mount mode the producer's own output too, links included).
+    repo = tmp_path / "repo"
+    (repo / "lib").mkdir(parents=True)
+    (repo / "lib" / "libfoo.so").write_text("old\n")
+    (repo / "empty").write_text("a file where the artifact has a folder\n")
+    (repo / "node_modules" / ".bin").mkdir(parents=True)
+    (repo / "node_modules" / ".bin" / "tool").write_text("old tool\n")
+    make = ["rm -rf lib empty node_modules", "mkdir -p lib/empty-sub node_modules/tool node_modules/.bin empty",
+            "echo so > lib/libfoo.so.1.2 && ln -s libfoo.so.1.2 lib/libfoo.so.1",
+            "ln -s /workspace/lib/libfoo.so.1 lib/libfoo.so && echo js > node_modules/tool/cli.js",
+            "ln -s ../tool/cli.js node_modules/.bin/tool"]
+    show = ("for p in lib/libfoo.so lib/libfoo.so.1 lib/libfoo.so.1.2 lib/empty-sub node_modules/.bin/tool empty;"
+            " do if [ -L $p ]; then echo \"$p -> $(readlink $p)\";"
+            " elif [ -d $p ]; then echo \"$p/ $(ls -A $p | wc -l)\"; else echo \"$p: $(cat $p)\"; fi; done;"
+            " cat lib/libfoo.so node_modules/.bin/tool")
+    workflow = HEAD + job("make", make, extra="  artifacts: {paths: [lib, node_modules, empty]}\n") + job(
+        "use", [show], stage="second")
+    make_repo(repo, workflow)
+    result = checked(run_loom(repo, "run", "--local", "--docker-workspace-mount", mode, env=env), engine_clean, engine)
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1) == [
+        "lib/libfoo.so -> /workspace/lib/libfoo.so.1", "lib/libfoo.so.1 -> libfoo.so.1.2", "lib/libfoo.so.1.2: so",
+        "lib/empty-sub/ 0", "node_modules/.bin/tool -> ../tool/cli.js", "empty/ 0", "so", "js"]
+    extract = [line for line in section_text(result, "make", "artifact_extract").splitlines() if line]
+    assert extract == ["empty", "lib/empty-sub", "lib/libfoo.so", "lib/libfoo.so.1", "lib/libfoo.so.1.2",
+                       "node_modules/.bin/tool", "node_modules/tool/cli.js"]
+    kept = result.logs_dir / "jobs" / "make" / "artifacts"
+    assert os.readlink(kept / "lib" / "libfoo.so") == "/workspace/lib/libfoo.so.1"
+    assert (kept / "empty").is_dir() and not any((kept / "empty").iterdir())
+
+
 def test_job_sees_loom_variables_and_the_image_env_only(
     tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str]
 ) -> None:

@@ -6,6 +6,7 @@ supervisor's janitor child). Importing the package imports the Docker SDK.
 * `limits`    whether the job broke `limits.memory` (the engine) or `limits.pids` (its pids cgroup)
 * `session`   the job container's shell, fed one line per step through the attach socket
 * `steps`     a running step: by the session, or as an exec
+* `tree`      trees on this machine: overlay (the tree wins), links kept, empty folders found
 * `workspace` seeding the ephemeral volume, copying trees in and files out
 * `reaping`   removing what dead runs left on the engine
 * `provider`  `DockerProvider`, the `Provider` of jobs with an image

@@ -9,7 +9,6 @@ or an image that cannot copy. In `bind_mount` mode the workspace is the host fol
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -22,6 +21,7 @@ from docker.errors import APIError, DockerException, NotFound
 from loomrun.globs import check_pattern, match_paths
 from workers.providers.base import JobContext, ProviderError
 from workers.providers.docker.engine import CHUNK, WORKDIR, reason
+from workers.providers.docker.tree import empty_folders, overlay, place
 
 if TYPE_CHECKING:
     from workers.providers.docker.session import Session
@@ -58,20 +58,28 @@ def seed(api: Any, ctx: JobContext) -> None:
 
 
 def import_into_volume(api: Any, ctx: JobContext, src: Path) -> None:
+    """The engine untars onto /workspace: whatever is at a path of the tree is replaced (a folder
+    onto a folder merges), links are written as links."""
     try:
         api.put_archive(ctx.state["container"], WORKDIR, tar_stream(src))
     except (APIError, DockerException) as exc:
-        raise ProviderError(f"cannot copy {src} into the job's workspace: {reason(exc)}") from exc
+        raise ProviderError(f"cannot restore into the job's workspace: {reason(exc)}") from exc
 
 
 def import_into_folder(ctx: JobContext, src: Path) -> None:
-    shutil.copytree(src, ctx.workspace, symlinks=True, dirs_exist_ok=True)
+    try:
+        overlay(src, ctx.workspace)
+    except OSError as exc:
+        raise ProviderError(f"cannot restore into the job's workspace: {_os_reason(exc, ctx.workspace)}") from exc
 
 
 def export_from_folder(ctx: JobContext, patterns: Sequence[str], exclude: Sequence[str], dest: Path) -> list[str]:
     found = _matches(ctx.workspace, patterns, exclude)
-    for rel in found:
-        _place(ctx.workspace / rel, dest / rel, move=False)
+    try:
+        for rel in found:
+            place(ctx.workspace / rel, dest / rel, move=False)
+    except OSError as exc:
+        raise ProviderError(f"cannot copy files out of the job's workspace: {_os_reason(exc, ctx.workspace)}") from exc
     return found
 
 
@@ -89,7 +97,7 @@ def export_from_volume(api: Any, ctx: JobContext, patterns: Sequence[str], exclu
             raise ProviderError(f"cannot copy files out of the job's workspace: {reason(exc)}") from exc
         found = _matches(root, patterns, exclude)
         for rel in found:
-            _place(root / rel, dest / rel, move=True)
+            place(root / rel, dest / rel, move=True)
     return found
 
 
@@ -166,18 +174,16 @@ def _top_components(patterns: Sequence[str]) -> list[str] | None:
 
 
 def _matches(root: Path, patterns: Sequence[str], exclude: Sequence[str]) -> list[str]:
-    # glob.glob("missing/**", recursive=True) yields "missing/": keep only what exists.
-    return [rel for rel in match_paths(root, patterns, exclude) if os.path.lexists(root / rel)]
+    """Files and links the patterns match (glob.glob("missing/**", recursive=True) yields "missing/":
+    only what exists), and the empty folders they name or hold."""
+    found = {rel for rel in match_paths(root, patterns, exclude) if os.path.lexists(root / rel)}
+    return sorted(found | empty_folders(root, patterns, exclude))
 
 
-def _place(src: Path, dest: Path, move: bool) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_symlink() or dest.exists():
-        dest.unlink()
-    if move:
-        os.replace(src, dest)
-    elif src.is_symlink():
-        os.symlink(os.readlink(src), dest)
-    else:
-        shutil.copy2(src, dest)
-
+def _os_reason(exc: OSError, root: Path) -> str:
+    """`lib/x: Permission denied`: the path inside the workspace and the cause, in one line."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    path = os.fsdecode(exc.filename)
+    rel = os.path.relpath(path, root) if path.startswith(str(root) + os.sep) else path
+    return f"{rel}: {exc.strerror}"
