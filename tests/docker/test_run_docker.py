@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -379,12 +380,19 @@ def test_sigint_cancels_and_leaves_nothing_on_the_engine(
 
 def test_unreachable_daemon_is_a_provider_error(tmp_path: Path, env: dict[str, str]) -> None:
     repo = make_repo(tmp_path / "repo", HEAD + job("boxed", ["echo never"]))
-    env["DOCKER_HOST"] = "unix:///nonexistent.sock"
+    dead = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX) as sock:  # a real socket file nobody listens on
+        sock.bind(str(dead))
+    env["DOCKER_HOST"] = f"unix://{dead}"
     result = run_loom(repo, "run", "--local", env=env)
     assert result.code == 1
     assert failure(result, "boxed") == ("failed", "provider_error", "provider")
-    assert "Docker daemon unreachable at unix:///nonexistent.sock" in section_text(result, "boxed", "provider")
-    assert "Docker daemon unreachable at unix:///nonexistent.sock" in result.stderr
+    said = (f"Docker daemon unreachable at unix://{dead} (DOCKER_HOST): nothing accepts connections there "
+            "(connection refused); start the engine (sudo systemctl start docker, or run dockerd) or set "
+            "DOCKER_HOST to one that runs")
+    assert said in section_text(result, "boxed", "provider")
+    assert result.stderr.splitlines()[-1] == f'loom run: job "boxed" failed (provider_error: {said})'
+    assert "Error(" not in result.stderr and "('" not in result.stderr
     assert (result.receipt["status"], result.receipt["exit_code"]) == ("failure", 1)
     assert not (result.logs_dir / "jobs" / "boxed" / "user" / "script" / "01" / "summary.json").exists()
 
@@ -396,8 +404,10 @@ def test_missing_image_is_a_provider_error_naming_it(
     result = checked(run_loom(repo, "run", "--local", env=env), engine_clean, engine)
     assert result.code == 1
     assert failure(result, "ghost") == ("failed", "provider_error", "provider")
-    assert "'loom-test/does-not-exist:1' not found locally and pull failed" in section_text(result, "ghost", "provider")
-    assert "loom-test/does-not-exist:1" in result.stderr.splitlines()[-1]
+    said = "image 'loom-test/does-not-exist:1' not found locally and pull failed: registry docker.io "
+    assert said in section_text(result, "ghost", "provider")
+    assert said in result.stderr.splitlines()[-1]
+    assert "Error(" not in result.stderr and "('" not in result.stderr
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from typing import Any
 
 import docker
@@ -27,7 +28,6 @@ def connect(timeout_s: float = 60.0) -> Any:
     The API version is fixed (`DOCKER_API_VERSION`, else 1.41: Docker 20.10 and every engine since)
     instead of asked for, which saves a round trip per connection; an older engine refuses the ping,
     and then the version is negotiated after all."""
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
         try:
             client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION") or API_VERSION,
@@ -36,11 +36,20 @@ def connect(timeout_s: float = 60.0) -> Any:
         except APIError:
             client = docker.from_env(version="auto", timeout=math.ceil(timeout_s))
             client.api.ping()
-    except DockerException as exc:  # also covers requests' ConnectionError wrapped by the SDK
-        raise ProviderError(f"Docker daemon unreachable at {where}: {reason(exc)}") from exc
-    except OSError as exc:
-        raise ProviderError(f"Docker daemon unreachable at {where}: {exc}") from exc
+    except (DockerException, OSError) as exc:  # DockerException also wraps requests' ConnectionError
+        raise ProviderError(unreachable(exc)) from exc
     return client.api
+
+
+def unreachable(exc: BaseException) -> str:
+    """`Docker daemon unreachable at <where>: <cause>; <how to start it>`, in one line."""
+    host = os.environ.get("DOCKER_HOST")
+    where = f"{host} (DOCKER_HOST)" if host else DEFAULT_HOST
+    if host and not host.startswith("unix://"):
+        hint = "check that the engine there runs and accepts connections, or unset DOCKER_HOST"
+    else:
+        hint = "start the engine (sudo systemctl start docker, or run dockerd) or set DOCKER_HOST to one that runs"
+    return f"Docker daemon unreachable at {where}: {reason(exc)}; {hint}"
 
 
 def engine_is_local() -> bool:
@@ -50,9 +59,47 @@ def engine_is_local() -> bool:
 
 
 def reason(exc: BaseException) -> str:
+    """The cause of an engine error in words, in one line: the engine's own explanation, or what the
+    connection's underlying OS error means. Never a Python repr (requests and urllib3 nest them:
+    `('Connection aborted.', FileNotFoundError(2, ...))`)."""
     if isinstance(exc, APIError):
-        return str(exc.explanation or exc)
-    return str(exc).strip() or type(exc).__name__
+        text = str(exc.explanation or "") or f"the engine answered HTTP {exc.status_code}"
+    elif (cause := _os_error(exc)) is not None:
+        text = _OS_WORDS.get(type(cause)) or (cause.strerror or type(cause).__name__).lower()
+    else:
+        text = str(exc) or type(exc).__name__
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_REASON else line[: MAX_REASON - 3] + "..."
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OS error at the bottom of a chain of wrapped exceptions (causes, contexts, arguments, and
+    urllib3's `reason`), if there is one."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and (current.errno is not None or isinstance(current, TimeoutError)):
+            return current
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo += [e for e in nested if isinstance(e, BaseException)]
+    return None
+
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+MAX_REASON = 300
+_OS_WORDS: dict[type[OSError], str] = {
+    FileNotFoundError: "no such socket",
+    ConnectionRefusedError: "nothing accepts connections there (connection refused)",
+    PermissionError: "permission denied (is this user in the docker group?)",
+    ConnectionResetError: "the engine closed the connection",
+    BrokenPipeError: "the engine closed the connection",
+    TimeoutError: "the engine did not answer in time",
+    socket.gaierror: "unknown host name",
+}
 
 
 def labels(ctx: JobContext, role: str) -> dict[str, str]:

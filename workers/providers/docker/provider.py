@@ -26,7 +26,7 @@ from docker.errors import APIError, DockerException
 from docker.types import Mount
 
 from loomrun.workflow.model import Service
-from workers.providers.base import JobContext, ProviderError
+from workers.providers.base import JobContext, ProviderError, SectionLog
 from workers.providers.docker import workspace
 from workers.providers.docker.engine import WORKDIR, connect, engine_is_local, labels, object_name, reason
 from workers.providers.docker.images import build_image, ensure_image
@@ -61,7 +61,7 @@ class DockerProvider:
         if image.build is not None:
             build_image(api, ctx)
         else:
-            ensure_image(api, image.name, "provider")
+            ensure_image(api, image.name, "provider", ctx.log)
         if ctx.job.services:
             self._start_services(api, ctx)
         self._create_job_container(api, ctx)
@@ -75,11 +75,11 @@ class DockerProvider:
             ctx.state["network"] = network["Id"]
             ctx.state["services"] = []
             for i, service in enumerate(ctx.job.services):
-                self._start_service(api, ctx, i, service)
+                self._start_service(api, ctx, i, service, log)
                 log.line(f"started {service.name} as {service.hostname}")
 
-    def _start_service(self, api: Any, ctx: JobContext, i: int, service: Service) -> None:
-        ensure_image(api, service.name, "services")
+    def _start_service(self, api: Any, ctx: JobContext, i: int, service: Service, log: SectionLog) -> None:
+        ensure_image(api, service.name, "services", log)
         endpoint = api.create_endpoint_config(aliases=[service.hostname])
         try:
             created = api.create_container(
