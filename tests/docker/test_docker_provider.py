@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.docker.helpers import BUSYBOX, MakeJob, RecordingSections, RunningStep, run_step
+from tests.docker.helpers import BUSYBOX, MakeJob, RecordingSections, RunningStep, listing, run_step
 from workers.providers.base import ProviderError
 from workers.providers.docker import DockerProvider
 
@@ -134,17 +134,6 @@ ARTIFACT = ("mkdir -p lib/empty-sub node_modules/tool node_modules/.bin empty &&
 ARTIFACT_PATHS = ["lib", "node_modules", "empty", "dangling"]
 
 
-def _listing(root: Path) -> dict[str, str]:
-    """Every path under `root`: a link as `-> target` (never followed), a folder as `/`, a file's text."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            out[rel] = "-> " + os.readlink(path) if path.is_symlink() else "/" if path.is_dir() else path.read_text()
-    return out
-
-
 @pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
 def test_export_keeps_links_as_links_and_empty_folders(
     provider: DockerProvider, make_job: MakeJob, tmp_path: Path, mode: str
@@ -156,7 +145,7 @@ def test_export_keeps_links_as_links_and_empty_folders(
     copied = provider.export_paths(ctx, ARTIFACT_PATHS, [], dest)
     assert copied == ["dangling", "empty", "lib/empty-sub", "lib/libfoo.so", "lib/libfoo.so.1", "lib/libfoo.so.1.2",
                       "node_modules/.bin/tool", "node_modules/tool/cli.js"]
-    assert _listing(dest) == {
+    assert listing(dest) == {
         "dangling": "-> /nonexistent", "empty": "/", "lib": "/", "lib/empty-sub": "/",
         "lib/libfoo.so": "-> /workspace/lib/libfoo.so.1", "lib/libfoo.so.1": "-> libfoo.so.1.2",
         "lib/libfoo.so.1.2": "so\n", "node_modules": "/", "node_modules/.bin": "/",

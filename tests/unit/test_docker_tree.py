@@ -9,17 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.docker.helpers import listing
 from workers.providers.docker.tree import empty_folders, overlay
-
-
-def _listing(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            out[rel] = "-> " + os.readlink(path) if path.is_symlink() else "/" if path.is_dir() else path.read_text()
-    return out
 
 
 def test_overlay_replaces_every_kind_of_path_and_never_writes_through_a_link(tmp_path: Path) -> None:
@@ -45,12 +36,12 @@ def test_overlay_replaces_every_kind_of_path_and_never_writes_through_a_link(tmp
     (src / "empty").mkdir()
     for _ in range(2):  # the second time onto itself: every path exists, links included
         overlay(src, dest)
-        assert _listing(dest) == {
+        assert listing(dest) == {
             "conf": "new conf\n", "data": "/", "data/sub": "/", "empty": "/", "keep.txt": "kept\n",
             "lib": "/", "lib/victim": "from the tree\n", "link-to-folder": f"-> {outside}", "plain.txt": "plain\n",
             "so": "-> lib/victim",
         }  # fmt: skip
-    assert _listing(outside) == {"victim": "untouched\n"}
+    assert listing(outside) == {"victim": "untouched\n"}
 
 
 def test_overlay_fails_with_the_path_that_could_not_be_written(tmp_path: Path) -> None:
