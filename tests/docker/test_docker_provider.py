@@ -158,6 +158,15 @@ def test_export_keeps_links_as_links_and_empty_folders(
         "lib/libfoo.so", "lib/libfoo.so.1", "lib/libfoo.so.1.2"]
 
 
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_export_leaves_named_pipes_out(provider: DockerProvider, make_job: MakeJob, tmp_path: Path, mode: str) -> None:
+    ctx = make_job(mount_mode=mode)
+    provider.prepare(ctx)
+    assert run_step(provider, ctx, "mkdir -p dist && mkfifo dist/pipe && echo x > dist/x.txt").code == 0
+    assert provider.export_paths(ctx, ["dist"], [], tmp_path / "out") == ["dist/x.txt"]
+    assert listing(tmp_path / "out") == {"dist": "/", "dist/x.txt": "x\n"}
+
+
 def _artifact_tree(src: Path) -> Path:
     (src / "lib").mkdir(parents=True)
     (src / "lib" / "libfoo.so.1.2").write_text("so\n")

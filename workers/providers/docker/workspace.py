@@ -9,6 +9,7 @@ or an image that cannot copy. In `bind_mount` mode the workspace is the host fol
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -129,7 +130,7 @@ def tar_stream(src: Path) -> Iterator[bytes]:
         err = proc.stderr.read().decode(errors="replace").strip()
         proc.stderr.close()
         if proc.wait() != 0:
-            raise ProviderError(f"could not archive the workspace {src}: {err}")
+            raise ProviderError(f"could not archive {src}: {err.splitlines()[0] if err else 'tar failed'}")
 
 
 class _ChunkReader:
@@ -158,8 +159,15 @@ def _fetch(api: Any, container: str, path: str, into: Path) -> bool:
     except NotFound:
         return False
     with tarfile.open(fileobj=_ChunkReader(iter(chunks)), mode="r|") as archive:  # type: ignore[call-overload]
-        archive.extractall(into, filter="tar")
+        archive.extractall(into, filter=_files_links_folders)
     return True
+
+
+def _files_links_folders(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's `tar` filter, and no named pipes, devices or sockets (not even in a temporary folder)."""
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        return None
+    return tarfile.tar_filter(member, dest)
 
 
 def _top_components(patterns: Sequence[str]) -> list[str] | None:
@@ -174,10 +182,19 @@ def _top_components(patterns: Sequence[str]) -> list[str] | None:
 
 
 def _matches(root: Path, patterns: Sequence[str], exclude: Sequence[str]) -> list[str]:
-    """Files and links the patterns match (glob.glob("missing/**", recursive=True) yields "missing/":
-    only what exists), and the empty folders they name or hold."""
-    found = {rel for rel in match_paths(root, patterns, exclude) if os.path.lexists(root / rel)}
+    """Files and links the patterns match, and the empty folders they name or hold. Only what exists
+    (glob.glob("missing/**", recursive=True) yields "missing/"), and no named pipe, device or socket:
+    they are no artifact, and a named pipe blocks whoever reads it next (the writer hashing it)."""
+    found = {rel for rel in match_paths(root, patterns, exclude) if _file_or_link(root / rel)}
     return sorted(found | empty_folders(root, patterns, exclude))
+
+
+def _file_or_link(path: Path) -> bool:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
 
 
 def _os_reason(exc: OSError, root: Path) -> str:
