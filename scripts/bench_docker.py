@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loomrun.workflow.model import Image, Job
 from workers.providers.base import JobContext
 from workers.providers.docker import DockerProvider, connect, reap_run
+from workers.providers.docker.workspace import seed
 
 IMAGE = "loom-test/busybox:latest"
 
@@ -206,7 +207,7 @@ def _seed_only(provider: DockerProvider, api: object, ctx: JobContext) -> None:
     cid = sdk.create_container(IMAGE, command=["true"], labels=ctx.labels, host_config=host_config)["Id"]
     ctx.state.update(container=cid, volume=vol)
     try:
-        provider._seed(sdk, ctx)
+        seed(sdk, ctx)
     finally:
         provider.cleanup(ctx)
 

@@ -3,20 +3,24 @@
 The next `loom run`, `loom logs` or `loom cache` in the repo does this (spec §5.5): the dead run's
 pipeline summary and receipt become `failure` / `abandoned` (written by a writer process), the
 processes still carrying its `LOOM_RUN_ID` and its cgroups are killed, and its lock is forgotten.
-Docker leftovers are removed by the next run that has a Docker job (it imports the SDK anyway).
+Its containers, volumes and networks are removed by a janitor (a forked child that imports the
+Docker SDK there), whatever the command and whatever jobs the next run has.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loomrun.proctree import CGROUP_ROOT, JobCgroup, stop_processes, tagged
-from loomrun.supervisor import locks
+from loomrun.supervisor import janitor, locks
 
 if TYPE_CHECKING:
     import psutil
+
+JANITOR_WAIT_S = 60.0
 
 
 def reap(runtime: Path, mark: Callable[[str], None]) -> list[str]:
@@ -44,7 +48,20 @@ def reap_with_oneshot_writer(runtime: Path) -> list[str]:
     def mark(run_id: str) -> None:
         run_in_writer(lambda: _mark(mark_abandoned, runtime, run_id), runtime / "receipts")
 
-    return reap(runtime, mark)
+    dead = reap(runtime, mark)
+    if dead and (sweeper := docker_janitor(runtime)) is not None:
+        sweeper.wait(JANITOR_WAIT_S)
+    return dead
+
+
+def docker_janitor(runtime: Path, alive: frozenset[str] = frozenset()) -> janitor.Janitor | None:
+    """After `reap` found dead runs: a janitor removing the Docker objects of every loom run whose lock
+    nobody holds (those runs and any older leftovers), or None when no engine can be there. The
+    caller waits for it (`Janitor.wait`); `alive` adds run ids to keep (the caller's own)."""
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return None
+    keep = locks.alive_runs(runtime) | alive
+    return janitor.spawn("docker leftovers", lambda: janitor.docker_reap_leftovers(keep))
 
 
 def _mark(fn: Callable[[Path, str], object], runtime: Path, run_id: str) -> None:

@@ -48,13 +48,13 @@ def spawn(what: str, fn: Callable[[], None]) -> Janitor:
 
 
 def docker_reap_leftovers(alive: set[str]) -> None:
-    from workers.providers.docker import reap_leftovers
+    from workers.providers.docker.reaping import reap_leftovers
 
     # Only loom's own run ids: objects of other tools (or of tests driving the provider) stay.
     reap_leftovers(alive, prefix="loom-run-local-")
 
 
 def docker_reap_run(run_id: str, job_id: str | None) -> None:
-    from workers.providers.docker import reap_run
+    from workers.providers.docker.reaping import reap_run
 
     reap_run(run_id, job_id)

@@ -161,9 +161,10 @@ class Run:
             self.term.detail(f"run {run_id} was abandoned; marking it and reaping what it left")
             self.writer.conn.send(m.MarkAbandoned(run_id))
 
-        if abandoned.reap(self.runtime, mark) and _docker_configured():
-            alive = locks.alive_runs(self.runtime) | {self.run_id}
-            self.janitors.append(janitor.spawn("docker leftovers", lambda: janitor.docker_reap_leftovers(alive)))
+        if abandoned.reap(self.runtime, mark):
+            sweeper = abandoned.docker_janitor(self.runtime, frozenset({self.run_id}))
+            if sweeper is not None:
+                self.janitors.append(sweeper)
 
     def load(self) -> Workflow:
         from loomrun.workflow.errors import WorkflowInvalid, format_diagnostic
@@ -361,10 +362,6 @@ class Run:
             self.writer.conn.send(m.JobRoster(tuple((j, self.sup.jobs[j].stage) for j in self.sup.sched.order)))
             for ended in self.sup.ended:
                 self.writer.conn.send(ended._replace(replay=True))
-
-
-def _docker_configured() -> bool:
-    return bool(os.environ.get("DOCKER_HOST")) or Path("/var/run/docker.sock").exists()
 
 
 def _failed_jobs(sup: Supervisor) -> list[str]:

@@ -1,4 +1,4 @@
-"""Helpers for the Docker tests: a recording `Sections`, steps run on real pipes, engine listings."""
+"""Helpers for the Docker tests: a recording `Sections`, steps run on real pipes, engine and tree listings."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from workers.providers.base import JobContext
@@ -18,6 +19,17 @@ BUSYBOX = "loom-test/busybox:latest"
 HTTPD = "loom-test/httpd:latest"
 
 MakeJob = Callable[..., JobContext]
+
+
+def listing(root: Path) -> dict[str, str]:
+    """Every path under `root`: a link as `-> target` (never followed), a folder as `/`, a file's text."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            out[rel] = "-> " + os.readlink(path) if path.is_symlink() else "/" if path.is_dir() else path.read_text()
+    return out
 
 
 def labelled(api: Any, run_id: str) -> list[str]:

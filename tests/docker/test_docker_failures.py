@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,24 @@ def test_limits_reach_the_container(provider: DockerProvider, make_job: MakeJob,
     assert forks.code != 0 or "can't fork" in forks.err or "Resource temporarily unavailable" in forks.err
 
 
+def test_a_fork_bomb_over_the_pids_limit_is_reported(provider: DockerProvider, make_job: MakeJob) -> None:
+    ctx = make_job(limits=Limits(pids=30))
+    provider.prepare(ctx)
+    calm = run_step(provider, ctx, "for i in 1 2 3; do sleep 0.1 & done; wait; echo calm")
+    assert (calm.code, calm.out) == (0, "calm\n")
+    assert provider.pids_exceeded(ctx) is False
+    bomb = RunningStep(provider, ctx, "echo bombing; b() { b | b & }; b; sleep 300")
+    bomb.wait_for_output("bombing\n")
+    # The kernel refuses forks from the moment the bomb reaches the limit: a bound on tries, not on time.
+    for _ in range(600):
+        if provider.pids_exceeded(ctx):
+            break
+        time.sleep(0.05)
+    assert provider.pids_exceeded(ctx) is True
+    provider.stop(ctx, grace_s=1)
+    assert bomb.finish().code != 0
+
+
 def test_stop_kills_a_step_that_ignores_sigterm(provider: DockerProvider, make_job: MakeJob, engine: Any) -> None:
     ctx = make_job()
     provider.prepare(ctx)
@@ -71,12 +92,19 @@ def test_stop_lets_a_step_handle_sigterm_within_the_grace(provider: DockerProvid
     assert (result.code, result.out) == (7, "started\ngot-term\n")
 
 
-def test_missing_image_names_it(provider: DockerProvider, make_job: MakeJob) -> None:
+def test_missing_image_names_it_and_the_cause_in_words(provider: DockerProvider, make_job: MakeJob) -> None:
     ctx = make_job(image="loom-test/does-not-exist:1.0")
+    ctx.log = RecordingSections.Log([])
     with pytest.raises(ProviderError) as err:
         provider.prepare(ctx)
     assert err.value.section == "provider"
-    assert "'loom-test/does-not-exist:1.0' not found locally and pull failed" in err.value.message
+    # No registry here: the name does not resolve; with a network, Docker Hub has no such repository.
+    message = err.value.message
+    assert message.startswith("image 'loom-test/does-not-exist:1.0' not found locally and pull failed: registry "
+                              "docker.io "), message
+    assert not REPR.search(message), message
+    assert [stream for _, stream in ctx.log.sink] == ["stderr"]  # the engine's own words, for the curious
+    assert ctx.log.sink[0][0].startswith("pull of loom-test/does-not-exist:1.0: ")
 
 
 def test_missing_service_image_fails_in_services(provider: DockerProvider, make_job: MakeJob) -> None:
@@ -87,14 +115,29 @@ def test_missing_service_image_fails_in_services(provider: DockerProvider, make_
     assert "loom-test/no-such-service:1" in err.value.message
 
 
-def test_daemon_unreachable(make_job: MakeJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# What a Python repr of a wrapped exception looks like: `('Connection aborted.', FileNotFoundError(2, ...))`.
+REPR = re.compile(r"\('|[A-Za-z]+(Error|Exception)\(|HTTPConnectionPool|Max retries")
+START = "start the engine (sudo systemctl start docker, or run dockerd) or set DOCKER_HOST to one that runs"
+
+
+@pytest.mark.parametrize(("socket_file", "cause"), [
+    (False, "no such socket"),
+    (True, "nothing accepts connections there (connection refused)"),
+])  # fmt: skip
+def test_daemon_unreachable_says_where_why_and_how_to_start_it(
+    make_job: MakeJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, socket_file: bool, cause: str
+) -> None:
+    dead = tmp_path / "dead.sock"
+    if socket_file:  # a real socket file nobody listens on (an engine that died)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(dead))
     ctx = make_job()
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/dead.sock")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{dead}")
     provider = DockerProvider(timeout_s=5)
     with pytest.raises(ProviderError) as err:
         provider.prepare(ctx)
     assert err.value.section == "provider"
-    assert err.value.message.startswith(f"Docker daemon unreachable at unix://{tmp_path}/dead.sock: ")
+    assert err.value.message == f"Docker daemon unreachable at unix://{dead} (DOCKER_HOST): {cause}; {START}"
     provider.cleanup(ctx)  # never raises, even without an engine
 
 

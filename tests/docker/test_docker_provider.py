@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.docker.helpers import BUSYBOX, MakeJob, RecordingSections, RunningStep, run_step
+from tests.docker.helpers import BUSYBOX, MakeJob, RecordingSections, RunningStep, listing, run_step
+from workers.providers.base import ProviderError
 from workers.providers.docker import DockerProvider
 
 pytestmark = pytest.mark.docker
@@ -121,6 +123,119 @@ def test_import_and_export_round_trip(provider: DockerProvider, make_job: MakeJo
     assert provider.export_paths(ctx, ["*.txt", "**/y.txt"], [], dest2) == ["dist/sub/y.txt", "seed.txt", "top.txt"]
     assert (dest2 / "top.txt").read_text() == "top\n"
     assert provider.export_paths(ctx, ["nothing-here/**"], [], tmp_path / "empty") == []
+
+
+# A shared library's version links (relative and absolute), a node_modules/.bin link, a link to
+# nowhere, an empty folder named by the artifact and one inside a named folder.
+ARTIFACT = ("mkdir -p lib/empty-sub node_modules/tool node_modules/.bin empty && echo so > lib/libfoo.so.1.2"
+            " && ln -s libfoo.so.1.2 lib/libfoo.so.1 && ln -s /workspace/lib/libfoo.so.1 lib/libfoo.so"
+            " && echo js > node_modules/tool/cli.js && ln -s ../tool/cli.js node_modules/.bin/tool"
+            " && ln -s /nonexistent dangling")
+ARTIFACT_PATHS = ["lib", "node_modules", "empty", "dangling"]
+
+
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_export_keeps_links_as_links_and_empty_folders(
+    provider: DockerProvider, make_job: MakeJob, tmp_path: Path, mode: str
+) -> None:
+    ctx = make_job(mount_mode=mode)
+    provider.prepare(ctx)
+    assert run_step(provider, ctx, ARTIFACT).code == 0
+    dest = tmp_path / "out"
+    copied = provider.export_paths(ctx, ARTIFACT_PATHS, [], dest)
+    assert copied == ["dangling", "empty", "lib/empty-sub", "lib/libfoo.so", "lib/libfoo.so.1", "lib/libfoo.so.1.2",
+                      "node_modules/.bin/tool", "node_modules/tool/cli.js"]
+    assert listing(dest) == {
+        "dangling": "-> /nonexistent", "empty": "/", "lib": "/", "lib/empty-sub": "/",
+        "lib/libfoo.so": "-> /workspace/lib/libfoo.so.1", "lib/libfoo.so.1": "-> libfoo.so.1.2",
+        "lib/libfoo.so.1.2": "so\n", "node_modules": "/", "node_modules/.bin": "/",
+        "node_modules/.bin/tool": "-> ../tool/cli.js", "node_modules/tool": "/", "node_modules/tool/cli.js": "js\n",
+    }  # fmt: skip
+    # An excluded empty folder stays behind; a pattern for files brings no folder along.
+    assert provider.export_paths(ctx, ["lib"], ["lib/empty-sub"], tmp_path / "out2") == [
+        "lib/libfoo.so", "lib/libfoo.so.1", "lib/libfoo.so.1.2"]
+    assert provider.export_paths(ctx, ["**/*.so*"], [], tmp_path / "out3") == [
+        "lib/libfoo.so", "lib/libfoo.so.1", "lib/libfoo.so.1.2"]
+
+
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_export_leaves_named_pipes_out(provider: DockerProvider, make_job: MakeJob, tmp_path: Path, mode: str) -> None:
+    ctx = make_job(mount_mode=mode)
+    provider.prepare(ctx)
+    assert run_step(provider, ctx, "mkdir -p dist && mkfifo dist/pipe && echo x > dist/x.txt").code == 0
+    assert provider.export_paths(ctx, ["dist"], [], tmp_path / "out") == ["dist/x.txt"]
+    assert listing(tmp_path / "out") == {"dist": "/", "dist/x.txt": "x\n"}
+
+
+def _artifact_tree(src: Path) -> Path:
+    (src / "lib").mkdir(parents=True)
+    (src / "lib" / "libfoo.so.1.2").write_text("so\n")
+    os.symlink("libfoo.so.1.2", src / "lib" / "libfoo.so.1")
+    os.symlink("/workspace/lib/libfoo.so.1", src / "lib" / "libfoo.so")
+    (src / "node_modules" / ".bin").mkdir(parents=True)
+    os.symlink("../tool/cli.js", src / "node_modules" / ".bin" / "tool")
+    (src / "conf").write_text("new conf\n")
+    (src / "data").mkdir()
+    (src / "data" / "d.txt").write_text("d\n")
+    (src / "plain.txt").write_text("plain\n")
+    (src / "empty").mkdir()
+    return src
+
+
+# What the workspace holds at the artifact's paths before the restore, each of another kind or content.
+BEFORE_RESTORE = ("mkdir -p lib conf elsewhere-dir && echo old > lib/libfoo.so && ln -s /elsewhere lib/libfoo.so.1"
+                  " && ln -s elsewhere-dir node_modules && echo inner > conf/inner && echo old > data"
+                  " && ln -s /etc/hostname plain.txt && echo kept > keep.txt")
+SHOW = ("for p in lib/libfoo.so lib/libfoo.so.1 lib/libfoo.so.1.2 node_modules node_modules/.bin/tool conf data"
+        " data/d.txt plain.txt empty keep.txt elsewhere-dir; do if [ -L $p ]; then echo \"$p -> $(readlink $p)\";"
+        " elif [ -d $p ]; then echo \"$p/ $(ls -A $p | wc -l)\"; else echo \"$p: $(cat $p)\"; fi; done")
+
+
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_a_restore_onto_existing_paths_the_artifact_wins(
+    provider: DockerProvider, make_job: MakeJob, tmp_path: Path, mode: str
+) -> None:
+    ctx = make_job(mount_mode=mode)
+    provider.prepare(ctx)
+    assert run_step(provider, ctx, BEFORE_RESTORE).code == 0
+    hostname = run_step(provider, ctx, "cat /etc/hostname").out
+    src = _artifact_tree(tmp_path / "artifact")
+    provider.import_tree(ctx, src)
+    provider.import_tree(ctx, src)  # again, onto itself: every path exists, links included
+    shown = run_step(provider, ctx, SHOW)
+    assert shown.out.splitlines() == [
+        "lib/libfoo.so -> /workspace/lib/libfoo.so.1", "lib/libfoo.so.1 -> libfoo.so.1.2", "lib/libfoo.so.1.2: so",
+        "node_modules/ 1", "node_modules/.bin/tool -> ../tool/cli.js", "conf: new conf", "data/ 1", "data/d.txt: d",
+        "plain.txt: plain", "empty/ 0", "keep.txt: kept", "elsewhere-dir/ 0",
+    ], shown.err  # fmt: skip
+    assert run_step(provider, ctx, "cat /etc/hostname").out == hostname  # never written through a link
+
+
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_a_restore_that_fails_is_one_short_line(
+    provider: DockerProvider, make_job: MakeJob, engine: Any, workspace: Path, tmp_path: Path, mode: str
+) -> None:
+    ctx = make_job(mount_mode=mode)
+    provider.prepare(ctx)
+    src = _artifact_tree(tmp_path / "artifact")
+    locked = workspace / "lib"
+    if mode == "bind_mount":  # a folder the restore may not write: read-only, and immutable for root
+        locked.mkdir()
+        locked.chmod(0o555)
+        subprocess.run(["chattr", "+i", str(locked)], check=os.geteuid() == 0, capture_output=True)
+    else:  # the engine has lost the container
+        engine.remove_container(ctx.state["container"], force=True, v=True)
+    try:
+        with pytest.raises(ProviderError) as err:
+            provider.import_tree(ctx, src)
+    finally:
+        if mode == "bind_mount":
+            subprocess.run(["chattr", "-i", str(locked)], check=False, capture_output=True)
+            locked.chmod(0o755)
+    message = err.value.message
+    assert "\n" not in message and len(message) < 300, message
+    assert message.startswith("cannot restore "), message
+    assert "lib" in message if mode == "bind_mount" else "No such container" in message, message
 
 
 def test_export_refuses_paths_outside_the_workspace(

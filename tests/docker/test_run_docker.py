@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 from tests.docker.helpers import BUSYBOX, labelled
-from tests.process.runner import Background, Result, assert_logs_valid, loom_env, make_repo, run_loom
+from tests.process.runner import Background, Result, assert_logs_valid, loom_env, make_repo, run_loom, run_processes
 from workers.providers.docker import reap_run
 
 pytestmark = pytest.mark.docker
@@ -192,6 +193,42 @@ def test_host_to_docker_to_host_passes_artifacts(
     assert [j["id"] for j in result.receipt["jobs"]] == ["make", "transform", "check"]
 
 
+@pytest.mark.parametrize("mode", ["ephemeral_volume", "bind_mount"])
+def test_artifacts_with_links_and_empty_folders_reach_the_next_docker_job(
+    tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str], mode: str
+) -> None:
+    # The repo holds other things at the artifact's paths: every restore is onto existing paths (in
+    # bind_mount mode the producer's own output too, links included).
+    repo = tmp_path / "repo"
+    (repo / "lib").mkdir(parents=True)
+    (repo / "lib" / "libfoo.so").write_text("old\n")
+    (repo / "empty").write_text("a file where the artifact has a folder\n")
+    (repo / "node_modules" / ".bin").mkdir(parents=True)
+    (repo / "node_modules" / ".bin" / "tool").write_text("old tool\n")
+    make = ["rm -rf lib empty node_modules", "mkdir -p lib/empty-sub node_modules/tool node_modules/.bin empty",
+            "echo so > lib/libfoo.so.1.2 && ln -s libfoo.so.1.2 lib/libfoo.so.1",
+            "ln -s /workspace/lib/libfoo.so.1 lib/libfoo.so && echo js > node_modules/tool/cli.js",
+            "ln -s ../tool/cli.js node_modules/.bin/tool"]
+    show = ("for p in lib/libfoo.so lib/libfoo.so.1 lib/libfoo.so.1.2 lib/empty-sub node_modules/.bin/tool empty;"
+            " do if [ -L $p ]; then echo \"$p -> $(readlink $p)\";"
+            " elif [ -d $p ]; then echo \"$p/ $(ls -A $p | wc -l)\"; else echo \"$p: $(cat $p)\"; fi; done;"
+            " cat lib/libfoo.so node_modules/.bin/tool")
+    workflow = HEAD + job("make", make, extra="  artifacts: {paths: [lib, node_modules, empty]}\n") + job(
+        "use", [show], stage="second")
+    make_repo(repo, workflow)
+    result = checked(run_loom(repo, "run", "--local", "--docker-workspace-mount", mode, env=env), engine_clean, engine)
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1) == [
+        "lib/libfoo.so -> /workspace/lib/libfoo.so.1", "lib/libfoo.so.1 -> libfoo.so.1.2", "lib/libfoo.so.1.2: so",
+        "lib/empty-sub/ 0", "node_modules/.bin/tool -> ../tool/cli.js", "empty/ 0", "so", "js"]
+    extract = [line for line in section_text(result, "make", "artifact_extract").splitlines() if line]
+    assert extract == ["empty/", "lib/empty-sub/", "lib/libfoo.so", "lib/libfoo.so.1", "lib/libfoo.so.1.2",
+                       "node_modules/.bin/tool", "node_modules/tool/cli.js"]
+    kept = result.logs_dir / "jobs" / "make" / "artifacts"
+    assert os.readlink(kept / "lib" / "libfoo.so") == "/workspace/lib/libfoo.so.1"
+    assert (kept / "empty").is_dir() and not any((kept / "empty").iterdir())
+
+
 def test_job_sees_loom_variables_and_the_image_env_only(
     tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str]
 ) -> None:
@@ -239,6 +276,23 @@ def test_memory_limit_comes_from_the_engine_not_the_exit_code(
     assert result.step_lines("hog", 1) == ["before"]
     assert failure(result, "self-killed") == ("failed", "step_failed", "user")
     assert result.job_summary("self-killed")["exit_code"] == 137
+
+
+def test_a_fork_bomb_under_limits_pids_is_a_pids_limit_failure(
+    tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str]
+) -> None:
+    limits = "  limits: {pids: 40}\n"
+    workflow = HEAD + job("bomb", ["echo bombing; b() { b | b & }; b; sleep 3005"], extra=limits)
+    # Refused forks that end the step at once (ash gives up with exit 2): reported the same way.
+    workflow += job("forks", ["for i in $(seq 80); do sleep 300 & done; wait"], extra=limits)
+    workflow += job("calm", ["for i in 1 2 3; do sleep 0.1 & done; wait"], extra=limits)
+    repo = make_repo(tmp_path / "repo", workflow)
+    result = checked(run_loom(repo, "run", "--local", env=env), engine_clean, engine)
+    assert result.code == 1
+    assert failure(result, "bomb") == ("failed", "pids_limit", "user")
+    assert "bombing" in result.step_lines("bomb", 1)
+    assert failure(result, "forks") == ("failed", "pids_limit", "user")
+    assert result.job_summary("calm")["status"] == "success"
 
 
 def test_timeout_stops_and_removes_the_container(
@@ -326,12 +380,19 @@ def test_sigint_cancels_and_leaves_nothing_on_the_engine(
 
 def test_unreachable_daemon_is_a_provider_error(tmp_path: Path, env: dict[str, str]) -> None:
     repo = make_repo(tmp_path / "repo", HEAD + job("boxed", ["echo never"]))
-    env["DOCKER_HOST"] = "unix:///nonexistent.sock"
+    dead = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX) as sock:  # a real socket file nobody listens on
+        sock.bind(str(dead))
+    env["DOCKER_HOST"] = f"unix://{dead}"
     result = run_loom(repo, "run", "--local", env=env)
     assert result.code == 1
     assert failure(result, "boxed") == ("failed", "provider_error", "provider")
-    assert "Docker daemon unreachable at unix:///nonexistent.sock" in section_text(result, "boxed", "provider")
-    assert "Docker daemon unreachable at unix:///nonexistent.sock" in result.stderr
+    said = (f"Docker daemon unreachable at unix://{dead} (DOCKER_HOST): nothing accepts connections there "
+            "(connection refused); start the engine (sudo systemctl start docker, or run dockerd) or set "
+            "DOCKER_HOST to one that runs")
+    assert said in section_text(result, "boxed", "provider")
+    assert result.stderr.splitlines()[-1] == f'loom run: job "boxed" failed (provider_error: {said})'
+    assert "Error(" not in result.stderr and "('" not in result.stderr
     assert (result.receipt["status"], result.receipt["exit_code"]) == ("failure", 1)
     assert not (result.logs_dir / "jobs" / "boxed" / "user" / "script" / "01" / "summary.json").exists()
 
@@ -343,8 +404,10 @@ def test_missing_image_is_a_provider_error_naming_it(
     result = checked(run_loom(repo, "run", "--local", env=env), engine_clean, engine)
     assert result.code == 1
     assert failure(result, "ghost") == ("failed", "provider_error", "provider")
-    assert "'loom-test/does-not-exist:1' not found locally and pull failed" in section_text(result, "ghost", "provider")
-    assert "loom-test/does-not-exist:1" in result.stderr.splitlines()[-1]
+    said = "image 'loom-test/does-not-exist:1' not found locally and pull failed: registry docker.io "
+    assert said in section_text(result, "ghost", "provider")
+    assert said in result.stderr.splitlines()[-1]
+    assert "Error(" not in result.stderr and "('" not in result.stderr
 
 
 @pytest.fixture
@@ -397,6 +460,35 @@ def test_a_run_removes_leftovers_of_dead_runs(
     result = checked(run_loom(repo, "run", "--local", env=env), engine_clean, engine)
     assert result.code == 0, result.stderr
     assert labelled(engine, dead) == []
+
+
+@pytest.mark.parametrize("command", [("run", "--local", "--job", "plain"), ("logs",), ("cache", "list")],
+                         ids=["host-only run", "logs", "cache list"])
+def test_the_next_command_removes_what_a_sigkilled_run_left_on_the_engine(
+    tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str], command: tuple[str, ...]
+) -> None:
+    # The step ignores TERM and the grace is long: the orphaned worker is still stopping its container
+    # when the next command reaps the dead run (SIGKILL, no grace), so nothing of the job is cleaned up
+    # but by that command. A host-only run, `loom logs` and `loom cache` never start a Docker job.
+    workflow = HEAD + job("boxed", ["trap '' TERM; echo started; sleep 300"], extra="  services: [{name: "
+                                    "'loom-test/httpd:latest'}]\n") + job("plain", ["true"], image=None)
+    repo = make_repo(tmp_path / "repo", workflow)
+    bg = Background(repo, "run", "--local", "--job", "boxed", env={**env, "LOOM_STOP_GRACE_S": "120"})
+    dead = _wait_for_step_output(repo, bg, "boxed", "started")
+    engine_clean.append(dead)
+    assert len(labelled(engine, dead)) == 4  # job container, service, network, volume
+    bg.signal(signal.SIGKILL)
+    bg.proc.wait(timeout=30)
+    if command[0] == "logs":
+        command = (*command, dead)
+    result = run_loom(repo, *command, env=env)
+    bg.proc.communicate(timeout=60)  # EOF once the dead run's writer and worker are gone
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert labelled(engine, dead) == []
+    assert run_processes(dead) == []
+    receipt = json.loads((repo / ".loom" / ".runtime" / "receipts" / f"{dead}.json").read_text())
+    assert (receipt["status"], receipt["error"]) == ("failure", "abandoned")
 
 
 def test_a_run_leaves_a_live_run_of_another_repo_alone(

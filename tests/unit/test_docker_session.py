@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from docker.utils.socket import STDERR, STDOUT
 
-from workers.providers.docker import _prefix_at_end, _SessionStep
+from workers.providers.docker.steps import SessionStep, _prefix_at_end
 
 NONCE = b"loom-0123456789abcdef0123456789abcdef"
 
@@ -29,7 +29,7 @@ def _run(out: bytes, err: bytes, cut: int) -> tuple[bytes, bytes, int | None, di
     session = _Session()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    step = _SessionStep(session, out_w, err_w)  # type: ignore[arg-type]
+    step = SessionStep(session, out_w, err_w)  # type: ignore[arg-type]
     got: dict[int, bytes] = {}
 
     def drain(fd: int, key: int) -> None:
