@@ -23,8 +23,8 @@ from loomrun.protocol.spec import WorkerSpec
 from loomrun.supervisor.scheduler import Scheduler
 from loomrun.supervisor.slots import JobSlot, start_worker
 from loomrun.supervisor.terminal import Terminal
+from loomrun.supervisor.writerlink import WriterLink
 from loomrun.workflow.model import Job
-from loomrun.writer.process import WriterHandle
 
 STOP_SLACK_S = 10.0  # how long past its grace a stopping worker may take before it is SIGKILLed
 
@@ -40,13 +40,9 @@ class Outcome(NamedTuple):
     outputs: dict[str, str]
 
 
-class WriterLost(Exception):
-    pass
-
-
 class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
-                 writer: WriterHandle, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
+                 writer: WriterLink, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
                  run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.sched = Scheduler(jobs, deps, max_jobs)
@@ -61,8 +57,8 @@ class Supervisor:
         self.interrupted: int | None = None  # the first SIGINT/SIGTERM
         self.hurry = False  # a second signal: no more grace
         self.writer_error: str | None = None
+        self.writer_deaths = len(writer.deaths)  # deaths already acted on (canceled the run)
         self.finish_order: list[str] = []
-        self.ended: list[m.JobEnded] = []  # everything told to the writer, for a writer that takes over
         self.exiting: dict[int, JobSlot] = {}  # sentinel -> worker that reported and is exiting
         self.forks = forks  # started early by `loom run`; else this supervisor starts (and ends) its own
 
@@ -85,16 +81,37 @@ class Supervisor:
 
     def _execute(self, forks: ForkServer) -> None:
         while not self.sched.done() or self.slots:
-            if self.interrupted is None and self.writer_error is None:
-                for name in self.sched.take_ready():
+            self._writer_check()
+            for name in self.sched.take_ready():
+                if self._stopping() is not None:  # the run is being stopped: it never starts
+                    self._record(name, "canceled", None, m.CANCELED, self._stopping() or "", None, started_ns=None)
+                else:
                     self._start(name, forks)
+                    self._writer_check()
             if self.sched.done() and not self.slots:
                 break
             self._wait_once()
         self._reap_exiting()
 
+    def _stopping(self) -> str | None:
+        """Why no job may start any more (an interrupt, a writer that failed or died), or None."""
+        if self.interrupted is not None:
+            return f"interrupted by {signal.Signals(self.interrupted).name}"
+        if self.writer_error is not None:
+            return f"cannot write logs: {self.writer_error}"
+        if self.writer.deaths:
+            return self.writer.deaths[0]
+        return None
+
+    def _writer_check(self) -> None:
+        """A writer that died since the last look (a send found it gone and the link took over):
+        the run fails, so every running job is canceled; the new writer records it all."""
+        if len(self.writer.deaths) > self.writer_deaths:
+            self.writer_deaths = len(self.writer.deaths)
+            self._cancel_all(m.CANCELED, self.writer.deaths[-1])
+
     def _wait_once(self) -> None:
-        objs: list[Any] = [self.wakeup_fd, self.writer.conn, self.writer.sentinel, *self.exiting]
+        objs: list[Any] = [self.wakeup_fd, *self.writer.waitables(), *self.exiting]
         for slot in self.slots.values():
             objs.append(slot.sentinel)
             if slot.conn is not None:
@@ -106,8 +123,9 @@ class Supervisor:
             self._signals()
         if self.writer.conn in ready:
             self._from_writer()
-        if self.writer.sentinel in ready:
-            raise WriterLost(self._writer_death())
+        if self.writer.sentinel in ready and self.writer.dead():
+            self.writer.take_over()
+        self._writer_check()
         for slot in list(self.slots.values()):
             if slot.conn is not None and slot.conn in ready:
                 self._read_worker(slot)
@@ -185,22 +203,10 @@ class Supervisor:
             slot.conn = None
 
     def _from_writer(self) -> None:
-        try:
-            while self.writer.conn.poll():
-                msg = self.writer.conn.recv()
-                if isinstance(msg, m.WriterFailed) and self.writer_error is None:
-                    self.writer_error = msg.message
-                    self._cancel_all(m.CANCELED, f"cannot write logs: {msg.message}")
-        except (EOFError, OSError):
-            pass  # the sentinel reports the writer's death
-
-    def _writer_death(self) -> str:
-        try:
-            _, status = os.waitpid(self.writer.pid, 0)
-            how = describe_status(status)
-        except ChildProcessError:
-            how = "unknown status"
-        return f"writer process died ({how})"
+        for msg in self.writer.pending():
+            if isinstance(msg, m.WriterFailed) and self.writer_error is None:
+                self.writer_error = msg.message
+                self._cancel_all(m.CANCELED, f"cannot write logs: {msg.message}")
 
     # -- signals and deadlines ------------------------------------------------------------------
     def _signals(self) -> None:
@@ -262,6 +268,11 @@ class Supervisor:
         self._complete(slot, status)
 
     def _complete(self, slot: JobSlot, status: int) -> None:
+        if (slot.result is None or slot.result.failure_kind == m.WORKER_CRASHED) and self.writer.dead():
+            # A worker whose writer socket broke may report before the writer's pidfd is seen: the
+            # writer's death comes first, so the job is canceled (the run's failure), not "crashed".
+            self.writer.take_over()
+            self._writer_check()
         self._sweep(slot)
         slot.transition("ended")
         del self.slots[slot.name]
@@ -319,8 +330,7 @@ class Supervisor:
             job.image.name if job.image else None, started_ns, now, resources or {},
             job.allow_failure, slot.step if slot is not None else None, slot.sweep if slot is not None else "",
         )
-        self.ended.append(ended)
-        self.writer.conn.send(ended)
+        self.writer.send(ended)
         self.outcomes[name] = Outcome(name, status, code, kind, message, seconds, cache_hits, outputs or {})
         if status in ("failed", "canceled"):
             self.finish_order.append(name)

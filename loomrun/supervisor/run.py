@@ -24,10 +24,10 @@ from loomrun.protocol.spec import WorkerSpec
 from loomrun.repo import DEFAULT_WORKFLOW, discover_repo_root, repo_root_for_workflow, runtime_dir
 from loomrun.supervisor import janitor, locks
 from loomrun.supervisor.env import job_env
-from loomrun.supervisor.loop import Outcome, Supervisor, WriterLost
+from loomrun.supervisor.loop import Outcome, Supervisor
 from loomrun.supervisor.terminal import Terminal
+from loomrun.supervisor.writerlink import WriterLink
 from loomrun.workflow.model import Job, Workflow
-from loomrun.writer import process as writer_process
 
 KEEP_SNAPSHOTS = 5
 GRACE_S = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
@@ -103,41 +103,25 @@ class Run:
             self.lock = locks.RunLock(self.runtime, self.run_id)
         except OSError as exc:
             raise LoomError(f"cannot use {self.runtime}: {exc.strerror or exc}") from exc
-        self.writer = writer_process.spawn()
-        self.writer.conn.send(m.RunStarted(
+        self.writer = WriterLink(m.RunStarted(
             self.run_id, self.pipeline_id, str(self.repo_root), str(self.workflow_path),
             self.opts.command, self.started_ns, stream=self.opts.stream))
-        reply = self._writer_reply(30.0)
-        if isinstance(reply, m.WriterFailed):
-            self._stop_writer()
+        logs_dir = self.writer.open()
+        if logs_dir is None:
+            self.writer.close()
             self.lock.release()
-            raise LoomError(f"cannot write logs: {reply.message}")
-        self.logs_dir = reply.logs_dir
+            raise LoomError(f"cannot write logs: {self.writer.failed or self.writer.broken}")
+        self.logs_dir = logs_dir
         self.term.detail(f"run id {self.run_id}")
         self.term.detail(f"logs {self.logs_dir}")
         self._reap_abandoned()
-
-    def _writer_reply(self, timeout_s: float) -> Any:
-        from multiprocessing.connection import wait
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready = wait([self.writer.conn, self.writer.sentinel], timeout=deadline - time.monotonic())
-            if self.writer.conn in ready:
-                try:
-                    return self.writer.conn.recv()
-                except (EOFError, OSError):
-                    pass
-            if ready:
-                return m.WriterFailed("writer process exited")
-        return m.WriterFailed("writer process did not answer")
 
     def _reap_abandoned(self) -> None:
         from loomrun.supervisor import abandoned
 
         def mark(run_id: str) -> None:
             self.term.detail(f"run {run_id} was abandoned; marking it and reaping what it left")
-            self.writer.conn.send(m.MarkAbandoned(run_id))
+            self.writer.send(m.MarkAbandoned(run_id))
 
         if abandoned.reap(self.runtime, mark) and _docker_configured():
             alive = locks.alive_runs(self.runtime) | {self.run_id}
@@ -147,7 +131,7 @@ class Run:
         from loomrun.workflow.errors import WorkflowInvalid, format_diagnostic
         from loomrun.workflow.resolve import load_workflow
 
-        self.writer.conn.send(m.RunPhase("run.bootstrap", time.time_ns()))
+        self.writer.send(m.RunPhase("run.bootstrap", time.time_ns()))
         try:
             wf = load_workflow(self.workflow_path, self.repo_root)
         except WorkflowInvalid as exc:
@@ -236,10 +220,10 @@ class Run:
 
         assert self.wf is not None
         deps = dependencies(self.wf)
-        self.writer.conn.send(m.JobRoster(tuple((j.name, j.stage) for j in jobs)))
-        self.writer.conn.send(m.RunPhase("run.bootstrap", time.time_ns(), "success"))
-        self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns()))
-        self.writer.conn.send(m.RunPhase("pipeline.execute", time.time_ns()))
+        self.writer.send(m.JobRoster(tuple((j.name, j.stage) for j in jobs)))
+        self.writer.send(m.RunPhase("run.bootstrap", time.time_ns(), "success"))
+        self.writer.send(m.RunPhase("run.pipeline_execute", time.time_ns()))
+        self.writer.send(m.RunPhase("pipeline.execute", time.time_ns()))
         if any(j.provider == "docker" for j in jobs):
             # The first Docker job's worker removes dead runs' leftovers: it imports the SDK anyway.
             self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
@@ -249,28 +233,31 @@ class Run:
         self.sup = sup
         sup.execute()
         status = "success" if not _failed_jobs(sup) else "failed"
-        self.writer.conn.send(m.RunPhase("pipeline.execute", time.time_ns(), status))
-        self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns(), status))
+        self.writer.send(m.RunPhase("pipeline.execute", time.time_ns(), status))
+        self.writer.send(m.RunPhase("run.pipeline_execute", time.time_ns(), status))
         return sup
 
     # -- finalize -----------------------------------------------------------------------------
     def finalize(self, exit_code: int, error: str | None) -> RunResult:
-        status = "success" if exit_code == 0 else "failure"
         receipt_path: str | None = None
-        try:
-            self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns()))
-            self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns(), status))
-            self.writer.conn.send(m.RunEnded(status, exit_code, time.time_ns(), error, self.receipt))
-            reply = self._writer_reply(120.0)
+        exit_code, error = self.with_writer_deaths(exit_code, error)
+        self.writer.send(m.RunPhase("run.finalize", time.time_ns()))
+        while True:
+            status = "success" if exit_code == 0 else "failure"
+            self.writer.send(m.RunPhase("run.finalize", time.time_ns(), status))
+            reply = self.writer.request(m.RunEnded(status, exit_code, time.time_ns(), error, self.receipt), 120.0)
+            if reply is None:  # the writer died before answering; a new one writes the receipt
+                exit_code, error = self.with_writer_deaths(exit_code, error)
+                continue
             if isinstance(reply, m.RunWritten):
                 receipt_path = reply.receipt_path
-            elif isinstance(reply, m.WriterFailed):
-                error = f"{error + '; ' if error else ''}cannot write the receipt: {reply.message}"
+            else:
+                why = reply.message if isinstance(reply, m.WriterFailed) else f"unexpected {type(reply).__name__}"
+                error = f"{error + '; ' if error else ''}cannot write the receipt: {why}"
                 exit_code = exit_code or ExitCode.FAILED
-        except OSError:
-            error = f"{error + '; ' if error else ''}the writer process is gone; no receipt was written"
-            exit_code = exit_code or ExitCode.FAILED
-        self._stop_writer()
+            break
+        status = "success" if exit_code == 0 else "failure"
+        self.writer.close()
         for j in self.janitors:
             j.wait(60.0)
         shutil.rmtree(self.runtime / "tmp" / self.run_id, ignore_errors=True)
@@ -278,34 +265,14 @@ class Run:
         outcomes = self.sup.outcomes if self.sup else {}
         return RunResult(self.run_id, exit_code, status, error, receipt_path, self.logs_dir, outcomes)
 
-    def _stop_writer(self) -> None:
-        from multiprocessing.connection import wait
-
-        with contextlib.suppress(OSError):
-            self.writer.conn.close()
-        with contextlib.suppress(OSError, ValueError):
-            wait([self.writer.sentinel], timeout=60)  # its pidfd: readable the moment it exits
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.writer.pid, os.WNOHANG)
-        with contextlib.suppress(OSError):
-            os.close(self.writer.sentinel)
-
-    def restart_writer(self, why: str) -> None:
-        """The writer died mid-run: a new one takes over to record the failure and the receipt."""
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.writer.pid, os.WNOHANG)
-        self.writer = writer_process.spawn()
-        self.writer.conn.send(m.RunStarted(
-            self.run_id, self.pipeline_id, str(self.repo_root), str(self.workflow_path),
-            self.opts.command, self.started_ns, stream=False))
-        reply = self._writer_reply(30.0)
-        if not isinstance(reply, m.WriterReady):
-            raise LoomError(f"{why}; a new writer could not start either")
-        if self.sup is not None:
-            self.sup.writer = self.writer
-            self.writer.conn.send(m.JobRoster(tuple((j, self.sup.jobs[j].stage) for j in self.sup.sched.order)))
-            for ended in self.sup.ended:
-                self.writer.conn.send(ended._replace(replay=True))
+    def with_writer_deaths(self, exit_code: int, error: str | None) -> tuple[int, str | None]:
+        """A writer that died fails the run (what it held of the jobs' output is lost), naming the
+        first death; an interrupt keeps its own exit code and error."""
+        if not self.writer.deaths or exit_code in (ExitCode.SIGINT, ExitCode.SIGTERM):
+            return exit_code, error
+        if error is not None and error.startswith("writer process died"):
+            return exit_code or ExitCode.FAILED, error
+        return ExitCode.FAILED, self.writer.deaths[0]
 
 
 def _docker_configured() -> bool:
@@ -376,13 +343,6 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
             signum = exc.signum
         except _Failed as exc:
             exit_code, error = ExitCode.FAILED, exc.message
-        except WriterLost as exc:
-            exit_code, error = ExitCode.FAILED, str(exc)
-            if run.sup is not None:
-                run.restart_writer(error)
-                run.sup._cancel_all(m.CANCELED, error)
-                with contextlib.suppress(WriterLost):
-                    run.sup.execute()
     finally:
         phase["bootstrap"] = False
         signal.set_wakeup_fd(old_fd)

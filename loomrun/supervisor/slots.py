@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
-from multiprocessing import Pipe, reduction
+from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 
 from loomrun.forkserver.process import ForkServer
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
-from loomrun.writer.process import WriterHandle
+from loomrun.supervisor.writerlink import WriterLink
 
 # Allowed transitions of the job lifecycle (supervisord-style): state -> states it may go to.
 TRANSITIONS = {
@@ -76,13 +75,13 @@ class JobSlot:
             pass
 
 
-def start_worker(spec: WorkerSpec, writer: WriterHandle, forks: ForkServer, timeout_s: float | None) -> JobSlot:
+def start_worker(spec: WorkerSpec, writer: WriterLink, forks: ForkServer, timeout_s: float | None) -> JobSlot:
     sup_end, worker_end = Pipe(duplex=True)
     writer_end, worker_writer_end = Pipe(duplex=True)
-    writer.conn.send(m.AttachWorker(spec.job.name))
-    with socket.fromfd(writer.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        reduction.sendfds(s, [writer_end.fileno()])
-    writer_end.close()
+    try:
+        writer.attach(spec.job.name, writer_end.fileno())  # a writer that died meanwhile is replaced
+    finally:
+        writer_end.close()
     started_ns, started_mono = time.time_ns(), time.monotonic()
     try:
         pid = forks.spawn(spec, [worker_end.fileno(), worker_writer_end.fileno()])
