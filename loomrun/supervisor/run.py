@@ -100,7 +100,9 @@ class Run:
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
         try:
-            self.lock = locks.RunLock(self.runtime, self.run_id)
+            self.lock = locks.RunLock(  # its sidecar keeps what an abandoned run's receipt needs
+                self.runtime, self.run_id, pipeline_id=self.pipeline_id, command=list(self.opts.command),
+                repo_root=str(self.repo_root), workflow_path=str(self.workflow_path), started_ns=self.started_ns)
         except OSError as exc:
             raise LoomError(f"cannot use {self.runtime}: {exc.strerror or exc}") from exc
         self.writer = WriterLink(m.RunStarted(
@@ -119,9 +121,9 @@ class Run:
     def _reap_abandoned(self) -> None:
         from loomrun.supervisor import abandoned
 
-        def mark(run_id: str) -> None:
+        def mark(run_id: str, facts: dict[str, Any]) -> None:
             self.term.detail(f"run {run_id} was abandoned; marking it and reaping what it left")
-            self.writer.send(m.MarkAbandoned(run_id))
+            self.writer.send(m.MarkAbandoned(run_id, facts))
 
         if abandoned.reap(self.runtime, mark) and _docker_configured():
             alive = locks.alive_runs(self.runtime) | {self.run_id}
@@ -227,15 +229,31 @@ class Run:
         if any(j.provider == "docker" for j in jobs):
             # The first Docker job's worker removes dead runs' leftovers: it imports the SDK anyway.
             self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
+        if any(j.secrets for j in jobs):
+            self._private_tmp()
+        self.lock.note(snapshot_path=self.receipt.get("snapshot_path"),
+                       snapshot_head_sha=self.receipt.get("snapshot_head_sha"),
+                       graph_ir=self.receipt.get("graph_ir"), roster=[[j.name, j.stage] for j in jobs])
         sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
-                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks)
+                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks,
+                         note=lambda path: self.lock.note(cgroup=path))
         self.sup = sup
         sup.execute()
         status = "success" if not _failed_jobs(sup) else "failed"
         self.writer.send(m.RunPhase("pipeline.execute", time.time_ns(), status))
         self.writer.send(m.RunPhase("run.pipeline_execute", time.time_ns(), status))
         return sup
+
+    def _private_tmp(self) -> None:
+        """`tmp/<run_id>/` and its `secrets/` folder are 0700 before any worker writes a secret
+        file into them (spec §7.3: nobody else may read one, even while it exists)."""
+        tmp = self.runtime / "tmp"
+        tmp.mkdir(exist_ok=True)
+        for folder in (tmp / self.run_id, tmp / self.run_id / "secrets"):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o700)
+            os.chmod(folder, 0o700)  # whatever the umask or whoever made it first
 
     # -- finalize -----------------------------------------------------------------------------
     def finalize(self, exit_code: int, error: str | None) -> RunResult:

@@ -36,7 +36,7 @@ class JobSlot:
     dataclasses cost ~0.7 ms each at every start of `loom`.)"""
 
     __slots__ = ("conn", "deadline", "exit_status", "kill_at", "name", "pid", "result", "sentinel", "started_mono",
-                 "started_ns", "state", "step", "stop_kind", "stop_reason", "sweep")
+                 "started_ns", "state", "step", "stop_kind", "stop_reason", "sweep", "tree_kill_at")
 
     def __init__(self, name: str, pid: int, conn: Connection | None, sentinel: int, started_ns: int,
                  started_mono: float) -> None:
@@ -53,6 +53,7 @@ class JobSlot:
         self.stop_reason = ""
         self.deadline: float | None = None  # monotonic: job timeout
         self.kill_at: float | None = None  # monotonic: worker did not finish stopping by then
+        self.tree_kill_at: float | None = None  # monotonic: the supervisor KILLs the job's processes
         self.exit_status: int | None = None
         self.sweep = ""
 
