@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -45,6 +46,14 @@ _LIBC = _load_libc()  # once, in the supervisor: every forked worker inherits th
 def set_child_subreaper() -> bool:
     try:
         return _LIBC is not None and int(_LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except AttributeError:
+        return False
+
+
+def die_with_parent(sig: int) -> bool:
+    """Have the kernel send `sig` to this process when its parent dies (PR_SET_PDEATHSIG)."""
+    try:
+        return _LIBC is not None and int(_LIBC.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
     except AttributeError:
         return False
 

@@ -322,9 +322,10 @@ class _Interrupted(BaseException):  # like KeyboardInterrupt: no `except Excepti
 
 
 def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | None = None,
-              forks: ForkServer | None = None) -> RunResult:
+              forks: ForkServer | None = None, relay: Callable[[int], None] | None = None) -> RunResult:
     """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
-    the receipt is written. `forks`: a fork server started early by the caller (else one per run)."""
+    the receipt is written. `forks`: a fork server started early by the caller (else one per run).
+    `relay` (--cache-diff) is told every SIGINT/SIGTERM this run gets, from its signal handler."""
     term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
     run = Run(opts, term)
     run.forks = forks
@@ -334,6 +335,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
     def on_signal(signum: int, _frame: object) -> None:
         # While bootstrapping (load, snapshot) a signal aborts at once; once jobs run, the handler
         # only records (the wake-up fd carries the number) and the event loop acts.
+        if relay is not None:
+            relay(signum)
         if phase["bootstrap"]:
             raise _Interrupted(signum)
 
