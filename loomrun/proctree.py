@@ -236,20 +236,25 @@ class TrackingCgroup:
                 _write(self.base() / self.home.lstrip("/") / "cgroup.procs", str(pid))
 
     def pids(self) -> set[int]:
-        try:
-            return {int(x) for x in (self.path / "cgroup.procs").read_text().split()}
-        except OSError:
-            return set()
+        """Its members and those of the cgroups below it (a `loom run` inside a job of ours makes
+        its own run's cgroup in ours)."""
+        found: set[int] = set()
+        for folder, _dirs, _files in os.walk(self.path):
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "cgroup.procs")) as fh:
+                found.update(int(x) for x in fh.read().split())
+        return found
 
     def processes(self) -> list[psutil.Process]:
         return handles(self.pids())
 
     def remove(self) -> bool:
-        """rmdir; False when processes are still in it."""
-        try:
-            os.rmdir(self.path)
-        except OSError as exc:
-            return exc.errno != errno.EBUSY
+        """rmdir, the cgroups below it first; False when processes are still in one."""
+        for folder, _dirs, _files in os.walk(self.path, topdown=False):
+            try:
+                os.rmdir(folder)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    return False
         return True
 
 

@@ -213,6 +213,8 @@ class Supervisor:
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())
             return
+        if self.tracked_pid != forks.pid:  # the fork server died and was replaced during the spawn
+            self._track(forks, slot.pid)
         self.slots[name] = slot
 
     # -- messages ---------------------------------------------------------------------------
@@ -377,12 +379,14 @@ class Supervisor:
             cgroup.remove()
 
     # -- the run's tracking cgroup ------------------------------------------------------------------
-    def _track(self, forks: ForkServer) -> None:
-        """Move the fork server (a new one, if it was replaced) into the run's tracking cgroup."""
+    def _track(self, forks: ForkServer, *also: int) -> None:
+        """Move the fork server (a new one, if it was replaced: with the worker it just forked)
+        into the run's tracking cgroup."""
         self.tracked_pid = forks.pid
         if self.run_cgroup is not None:  # a replaced fork server (the old one died) joins it too
-            with contextlib.suppress(OSError):
-                (self.run_cgroup.path / "cgroup.procs").write_text(str(forks.pid))
+            for pid in (forks.pid, *also):
+                with contextlib.suppress(OSError):
+                    (self.run_cgroup.path / "cgroup.procs").write_text(str(pid))
             return
         self.run_cgroup = TrackingCgroup.adopt(forks.pid, self.run_id)
         if self.run_cgroup is not None and self.note is not None:

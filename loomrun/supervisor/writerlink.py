@@ -31,7 +31,14 @@ from loomrun.writer import process as writer_process
 
 MAX_TAKEOVERS = 3
 READY_TIMEOUT_S = 30.0
-_FAULT = os.environ.get("LOOM_FAULT_KILL_WRITER", "")
+
+
+def _fault(spec: str) -> tuple[str, int] | None:
+    kind, _, nth = spec.partition(":")
+    return (kind, int(nth)) if kind and nth.isdigit() else None
+
+
+_FAULT = _fault(os.environ.get("LOOM_FAULT_KILL_WRITER", ""))
 
 
 class WriterLink:
@@ -232,11 +239,12 @@ class WriterLink:
 
     # -- fault injection -----------------------------------------------------------------------
     def _inject(self, kind: str) -> None:
-        want, _, nth = _FAULT.partition(":")
+        assert _FAULT is not None
+        want, nth = _FAULT
         if kind != want or self.handle is None:
             return
         self._counts[kind] = count = self._counts.get(kind, 0) + 1
-        if count == int(nth or "1"):
+        if count == nth:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.handle.pid, signal.SIGKILL)
             wait([self.handle.sentinel], timeout=10)
