@@ -70,22 +70,23 @@ class WriterLink:
         """Fork the writer and have it create the logs dir. Returns the logs dir, or None with
         `failed` (the writer cannot write there) or `broken` (no writer process) set."""
         while self.broken is None:
-            try:
-                self.handle = writer_process.spawn()
-            except OSError as exc:
-                self.broken = f"cannot start the writer process: {exc.strerror or exc}"
-                break
-            reply = self._ready()
+            reply = self._spawn()
             if isinstance(reply, m.WriterReady):
                 return reply.logs_dir
             if isinstance(reply, m.WriterFailed):
                 self.failed = reply.message
                 return None
-            self._buried()  # it died before answering: count it, try once more
+            self._buried()  # it died before answering: count it, try again
         return None
 
-    def _ready(self) -> Any:
-        """RunStarted, then the writer's answer; None when it died or did not answer."""
+    def _spawn(self) -> Any:
+        """Fork a writer and send it RunStarted: its answer (WriterReady, WriterFailed), or None when
+        it died or did not answer (or, with `broken` set, when no process could be forked)."""
+        try:
+            self.handle = writer_process.spawn()
+        except OSError as exc:
+            self.broken = f"cannot start a writer process: {exc.strerror or exc}"
+            return None
         if not self._deliver_once(self.start):
             return None
         reply = self._reply(READY_TIMEOUT_S)
@@ -186,12 +187,7 @@ class WriterLink:
         """The writer is gone (or must be): bury it and bring up a new one that knows the run so far."""
         self._buried()
         while self.broken is None:
-            try:
-                self.handle = writer_process.spawn()
-            except OSError as exc:
-                self.broken = f"cannot start a new writer process: {exc.strerror or exc}"
-                return
-            if isinstance(self._ready(), m.WriterReady) and self._replay():
+            if isinstance(self._spawn(), m.WriterReady) and self._replay():
                 return
             self._buried()
 
