@@ -33,8 +33,12 @@ def _isolate(keep: set[int]) -> None:
     # Default dispositions: steps inherit them through exec, and a step must get ^C and TERM like any
     # program would (an ignored SIGINT here would be ignored by every step). The terminal's ^C does
     # not reach us anyway: this process leads its own session.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGQUIT, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    # But not SIGPIPE: a send to a supervisor or writer that died must be an EPIPE this process
+    # handles (stop the job, clean up: remove its secret files), not its death. Steps still get the
+    # default: subprocess restores SIGPIPE in the child before exec (`restore_signals`).
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

@@ -68,6 +68,9 @@ class Reporter:
         self.current_section: str | None = None
         self._held: list[Any] = []
         self._since = 0.0
+        # A peer that died does not end the job here: its records have no reader (the supervisor
+        # cancels the job when its writer dies; the worker stops the job when its supervisor is gone).
+        self.writer_lost = False
 
     def record(self, msg: Any) -> None:
         if not self._held:
@@ -79,7 +82,24 @@ class Reporter:
     def flush(self) -> None:
         if self._held:
             held, self._held = self._held, []
-            self.writer.send(held[0] if len(held) == 1 else m.Records(tuple(held)))
+            self.to_writer(held[0] if len(held) == 1 else m.Records(tuple(held)))
+
+    def to_writer(self, msg: Any, fds: tuple[int, ...] = ()) -> None:
+        if self.writer_lost:
+            return
+        try:
+            self.writer.send(msg)
+            if fds:
+                with socket.fromfd(self.writer.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    reduction.sendfds(s, list(fds))
+        except OSError:
+            self.writer_lost = True
+
+    def _tell(self, msg: Any) -> None:
+        try:
+            self.supervisor.send(msg)
+        except OSError:
+            pass  # EOF on the supervisor's pipe says it too: the job is being stopped
 
     def send_now(self, msg: Any) -> None:
         """`msg` after everything held, in the same message, sent at once."""
@@ -114,21 +134,21 @@ class Reporter:
         self.record(m.PhaseMark(self.job_id, code, time.time_ns(), state.status))
 
     def step_started(self, index: int, command: str, out_fd: int, err_fd: int) -> None:
-        self.send_now(m.StepStarted(self.job_id, index, command, time.time_ns()))  # the fds follow it
-        with socket.fromfd(self.writer.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            reduction.sendfds(s, [out_fd, err_fd])
-        self.supervisor.send(m.StepBegan(self.job_id, index))
+        self._held.append(m.StepStarted(self.job_id, index, command, time.time_ns()))  # the fds follow it
+        held, self._held = self._held, []
+        self.to_writer(held[0] if len(held) == 1 else m.Records(tuple(held)), (out_fd, err_fd))
+        self._tell(m.StepBegan(self.job_id, index))
 
     def step_finished(self, index: int, exit_code: int, duration_ms: int) -> None:
         self.record(m.StepFinished(self.job_id, index, exit_code, duration_ms, time.time_ns()))
-        self.supervisor.send(m.StepEnded(self.job_id, index, exit_code))
+        self._tell(m.StepEnded(self.job_id, index, exit_code))
 
     def notice(self, text: str) -> None:
-        self.supervisor.send(m.Notice(self.job_id, text))
+        self._tell(m.Notice(self.job_id, text))
 
     def warn(self, text: str) -> None:
         """A warning line for the terminal (the caller writes it into its section's events)."""
-        self.supervisor.send(m.Warned(self.job_id, text))
+        self._tell(m.Warned(self.job_id, text))
 
 
 def _error_of(exc: BaseException) -> tuple[str, str]:

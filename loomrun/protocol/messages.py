@@ -221,6 +221,7 @@ class MarkAbandoned(NamedTuple):
     """Mark a dead run's pipeline summary and receipt `failure` / `abandoned`."""
 
     run_id: str
+    facts: dict[str, Any] = {}  # never mutated: a shared default is safe  # its lock's sidecar
 
 
 # ---- writer -> supervisor -----------------------------------------------------------------------

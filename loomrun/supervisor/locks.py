@@ -4,6 +4,12 @@ Each run holds `.loom/.runtime/runs/<run_id>.lock`: an exclusive `flock` that th
 when the process dies. A lock file that can be taken has no live owner: its run was abandoned (the
 supervisor was SIGKILLed); the next `loom` command marks it and reaps what it left.
 
+Its sidecar `<run_id>.json` is what survives the supervisor's death: the facts of the run as they
+become known (`RunLock.note`): pid, command, repo and workflow paths, start time, then the snapshot,
+the job roster and the Graph IR before the first job starts, then the run's tracking cgroup. The
+recovery of an abandoned run reads it to fill the receipt and to find the run's processes. A plain
+file write (temp file + rename, no fsync): it only has to outlive a killed process, not the machine.
+
 Why plain `fcntl.flock` and not the `filelock` package here: this is a liveness marker held for the
 whole life of the supervisor, which forks one worker per job. `filelock` registers fork handlers
 that cost ~0.5 ms in the parent and ~0.5 ms in the child on every fork once it is imported (measured
@@ -17,7 +23,11 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any
+
+RUN_ID = re.compile(r"loom-run-local-\d+")
 
 
 def _try_lock(fd: int) -> bool:
@@ -29,7 +39,7 @@ def _try_lock(fd: int) -> bool:
 
 
 class RunLock:
-    def __init__(self, runtime: Path, run_id: str) -> None:
+    def __init__(self, runtime: Path, run_id: str, **facts: object) -> None:
         self.dir = runtime / "runs"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / f"{run_id}.lock"
@@ -37,9 +47,20 @@ class RunLock:
         if not _try_lock(self.fd):  # run ids are unique: only a clash of clocks could get here
             os.close(self.fd)
             raise OSError(f"run lock {self.path} is held by another process")
-        info = self.dir / f"{run_id}.json"
-        info.write_text(json.dumps({"pid": os.getpid(), "run_id": run_id}))
-        self.info = info
+        self.info = self.dir / f"{run_id}.json"
+        self.facts: dict[str, object] = {"pid": os.getpid(), "run_id": run_id, **facts}
+        self._write()
+
+    def note(self, **facts: object) -> None:
+        """Add facts to the sidecar (best effort: a run goes on without it)."""
+        self.facts.update(facts)
+        with contextlib.suppress(OSError):
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.info.with_name(self.info.name + ".tmp")
+        tmp.write_text(json.dumps(self.facts, separators=(",", ":")))
+        os.replace(tmp, self.info)
 
     def release(self) -> None:
         with contextlib.suppress(OSError):
@@ -67,11 +88,22 @@ def held(path: Path) -> bool:
 
 
 def find_abandoned(runtime: Path) -> list[str]:
-    """Run ids whose lock file exists but is held by nobody."""
+    """Run ids whose lock file exists but is held by nobody (only well-formed run ids: a stray
+    `.lock` file never makes anyone remove `tmp/` or kill anything)."""
     folder = runtime / "runs"
     if not folder.is_dir():
         return []
-    return [p.name[: -len(".lock")] for p in sorted(folder.glob("*.lock")) if p.exists() and not held(p)]
+    return [p.name[: -len(".lock")] for p in sorted(folder.glob("loom-run-local-*.lock"))
+            if RUN_ID.fullmatch(p.name[: -len(".lock")]) and p.exists() and not held(p)]
+
+
+def facts_of(runtime: Path, run_id: str) -> dict[str, Any]:
+    """The sidecar of a run's lock ({} when missing or unreadable)."""
+    try:
+        facts = json.loads((runtime / "runs" / f"{run_id}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) and facts.get("run_id") == run_id else {}
 
 
 def alive_runs(runtime: Path) -> set[str]:
@@ -82,6 +114,6 @@ def alive_runs(runtime: Path) -> set[str]:
 
 
 def forget(runtime: Path, run_id: str) -> None:
-    for suffix in (".lock", ".json"):
+    for suffix in (".lock", ".json", ".json.tmp"):
         with contextlib.suppress(OSError):
             (runtime / "runs" / f"{run_id}{suffix}").unlink()

@@ -9,6 +9,7 @@ job left behind, and carries on with the other jobs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -17,19 +18,32 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loomrun.forkserver.process import ForkServer
-from loomrun.proctree import JobCgroup, describe_status, stop_processes, tagged
+from loomrun.proctree import (
+    JobCgroup,
+    TrackingCgroup,
+    descends_from,
+    describe_status,
+    handles,
+    job_tree,
+    signal_tree,
+    stop_processes,
+    stopped,
+    tagged,
+)
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
 from loomrun.supervisor.scheduler import Scheduler
 from loomrun.supervisor.slots import JobSlot, start_worker
 from loomrun.supervisor.terminal import Terminal
+from loomrun.supervisor.writerlink import WriterLink
 from loomrun.workflow.model import Job
-from loomrun.writer.process import WriterHandle
 
 if TYPE_CHECKING:
     from loomrun.supervisor.secrets_broker import SecretsBroker
 
 STOP_SLACK_S = 10.0  # how long past its grace a stopping worker may take before it is SIGKILLed
+TREE_MARGIN_S = 0.5  # past a stop's grace: what the worker has not KILLed by then, the supervisor does
+STOP_TICK_S = 0.1  # while a job stops: how often the supervisor looks whether its worker is stopped
 
 
 class Outcome(NamedTuple):
@@ -43,15 +57,11 @@ class Outcome(NamedTuple):
     outputs: dict[str, str]
 
 
-class WriterLost(Exception):
-    pass
-
-
 class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
-                 writer: WriterHandle, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
+                 writer: WriterLink, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
                  run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None,
-                 secrets: SecretsBroker | None = None) -> None:
+                 note: Callable[[str], None] | None = None, secrets: SecretsBroker | None = None) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.sched = Scheduler(jobs, deps, max_jobs)
         self.writer = writer
@@ -65,11 +75,17 @@ class Supervisor:
         self.interrupted: int | None = None  # the first SIGINT/SIGTERM
         self.hurry = False  # a second signal: no more grace
         self.writer_error: str | None = None
+        self.writer_deaths = len(writer.deaths)  # deaths already acted on (canceled the run)
         self.finish_order: list[str] = []
-        self.ended: list[m.JobEnded] = []  # everything told to the writer, for a writer that takes over
         self.exiting: dict[int, JobSlot] = {}  # sentinel -> worker that reported and is exiting
         self.forks = forks  # started early by `loom run`; else this supervisor starts (and ends) its own
         self.secrets = secrets  # the run's secrets broker (started at the first job with a vault ref)
+        # Every worker is born in the run's tracking cgroup (the fork server is moved into it), so a
+        # crashed worker's leftovers are found there, even a step that left its session and cleared
+        # its environment: one migration per run (~0.2 ms), where one per job cost ~0.3 ms each.
+        self.run_cgroup: TrackingCgroup | None = None
+        self.tracked_pid: int | None = None  # the fork server last moved (or tried) into it
+        self.note = note  # told the cgroup's path, for the recovery of a run whose supervisor died
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
@@ -89,17 +105,44 @@ class Supervisor:
             own.close()
 
     def _execute(self, forks: ForkServer) -> None:
+        try:
+            self._loop(forks)
+        finally:
+            self._untrack_run()
+
+    def _loop(self, forks: ForkServer) -> None:
         while not self.sched.done() or self.slots:
-            if self.interrupted is None and self.writer_error is None:
-                for name in self.sched.take_ready():
+            self._writer_check()
+            for name in self.sched.take_ready():
+                if self._stopping() is not None:  # the run is being stopped: it never starts
+                    self._record(name, "canceled", None, m.CANCELED, self._stopping() or "", None, started_ns=None)
+                else:
                     self._start(name, forks)
+                    self._writer_check()
             if self.sched.done() and not self.slots:
                 break
             self._wait_once()
         self._reap_exiting()
 
+    def _stopping(self) -> str | None:
+        """Why no job may start any more (an interrupt, a writer that failed or died), or None."""
+        if self.interrupted is not None:
+            return f"interrupted by {signal.Signals(self.interrupted).name}"
+        if self.writer_error is not None:
+            return f"cannot write logs: {self.writer_error}"
+        if self.writer.deaths:
+            return self.writer.deaths[0]
+        return None
+
+    def _writer_check(self) -> None:
+        """A writer that died since the last look (a send found it gone and the link took over):
+        the run fails, so every running job is canceled; the new writer records it all."""
+        if len(self.writer.deaths) > self.writer_deaths:
+            self.writer_deaths = len(self.writer.deaths)
+            self._cancel_all(m.CANCELED, self.writer.deaths[-1])
+
     def _wait_once(self) -> None:
-        objs: list[Any] = [self.wakeup_fd, self.writer.conn, self.writer.sentinel, *self.exiting]
+        objs: list[Any] = [self.wakeup_fd, *self.writer.waitables(), *self.exiting]
         for slot in self.slots.values():
             objs.append(slot.sentinel)
             if slot.conn is not None:
@@ -111,15 +154,16 @@ class Supervisor:
             self._signals()
         if self.writer.conn in ready:
             self._from_writer()
-        if self.writer.sentinel in ready:
-            raise WriterLost(self._writer_death())
+        if self.writer.sentinel in ready and self.writer.dead():
+            self.writer.take_over()
+        self._writer_check()
         for slot in list(self.slots.values()):
             if slot.conn is not None and slot.conn in ready:
                 self._read_worker(slot)
                 if self._reported(slot) and slot.sentinel not in ready:
                     # The job is over and its worker closed its writer socket first: the slot frees
                     # now, while the process finishes exiting (its teardown is off the critical path).
-                    self._complete(slot, 0)
+                    self._complete(slot, 0, exited=False)
                     self.exiting[slot.sentinel] = slot
                     continue
             if slot.sentinel in ready:
@@ -137,6 +181,8 @@ class Supervisor:
         except ChildProcessError:
             pass
         os.close(slot.sentinel)
+        if not self.jobs[slot.name].limits.empty:
+            self._untrack(slot)
 
     def _reap_exiting(self, timeout_s: float = 10.0) -> None:
         """Every worker that already reported is reaped before the run ends (killed if it lingers)."""
@@ -153,13 +199,17 @@ class Supervisor:
 
     def _timeout(self) -> float | None:
         now = time.monotonic()
-        marks = [t for s in self.slots.values() for t in (s.deadline, s.kill_at) if t is not None]
+        marks = [t for s in self.slots.values() for t in (s.deadline, s.kill_at, s.tree_kill_at) if t is not None]
+        if any(s.state == "stopping" for s in self.slots.values()):
+            marks.append(now + STOP_TICK_S)
         return max(0.0, min(marks) - now) if marks else None
 
     # -- starting --------------------------------------------------------------------------------
     def _start(self, name: str, forks: ForkServer) -> None:
         job = self.jobs[name]
         spec = self.make_spec(job)
+        if self.tracked_pid != forks.pid:
+            self._track(forks)
         self.term.job_started(name, job.provider, job.image.name if job.image else None)
         try:
             slot = start_worker(spec, self.writer, forks, job.timeout_s, self.secrets)
@@ -167,6 +217,8 @@ class Supervisor:
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())
             return
+        if self.tracked_pid != forks.pid:  # the fork server died and was replaced during the spawn
+            self._track(forks, slot.pid)
         self.slots[name] = slot
 
     # -- messages ---------------------------------------------------------------------------
@@ -190,22 +242,10 @@ class Supervisor:
             slot.conn = None
 
     def _from_writer(self) -> None:
-        try:
-            while self.writer.conn.poll():
-                msg = self.writer.conn.recv()
-                if isinstance(msg, m.WriterFailed) and self.writer_error is None:
-                    self.writer_error = msg.message
-                    self._cancel_all(m.CANCELED, f"cannot write logs: {msg.message}")
-        except (EOFError, OSError):
-            pass  # the sentinel reports the writer's death
-
-    def _writer_death(self) -> str:
-        try:
-            _, status = os.waitpid(self.writer.pid, 0)
-            how = describe_status(status)
-        except ChildProcessError:
-            how = "unknown status"
-        return f"writer process died ({how})"
+        for msg in self.writer.pending():
+            if isinstance(msg, m.WriterFailed) and self.writer_error is None:
+                self.writer_error = msg.message
+                self._cancel_all(m.CANCELED, f"cannot write logs: {msg.message}")
 
     # -- signals and deadlines ------------------------------------------------------------------
     def _signals(self) -> None:
@@ -226,6 +266,8 @@ class Supervisor:
                 for slot in self.slots.values():
                     slot.send(m.Cancel(m.CANCELED, 0.0, slot.stop_reason))
                     slot.kill_at = time.monotonic() + STOP_SLACK_S
+                    if slot.state == "stopping":
+                        slot.tree_kill_at = time.monotonic()  # no more grace for the job's processes
 
     def _cancel_all(self, kind: str, reason: str) -> None:
         for name in self.sched.cancel_pending():
@@ -241,7 +283,20 @@ class Supervisor:
         grace = 0.0 if self.hurry else self.grace_s
         slot.send(m.Cancel(kind, grace, reason))
         slot.deadline = None
-        slot.kill_at = time.monotonic() + grace + STOP_SLACK_S
+        now = time.monotonic()
+        slot.kill_at = now + grace + STOP_SLACK_S
+        # The job's processes get their TERM from here as well, on time whatever the worker's state
+        # (a stopped or hung worker would never send it; the worker's own TERM after it is harmless).
+        # Past the grace (and a margin for the worker's own KILL), the supervisor KILLs what is left.
+        n = signal_tree(self._tree(slot), signal.SIGTERM, spare=slot.pid)  # the worker leads its own group
+        slot.tree_kill_at = now + grace + (TREE_MARGIN_S if grace else 0.0)
+        slot.sweep = f"TERM {n} from the supervisor at the {kind}"
+
+    def _tree(self, slot: JobSlot) -> list[Any]:
+        """The job's processes while its worker lives: the worker's descendants and its cgroups."""
+        cgroup = JobCgroup(f"{self.run_id}.{slot.name}")
+        cgroup.attach_existing()
+        return job_tree(slot.pid, cgroup)
 
     def _deadlines(self) -> None:
         now = time.monotonic()
@@ -249,10 +304,23 @@ class Supervisor:
             if slot.deadline is not None and now >= slot.deadline:
                 timeout = self.jobs[slot.name].timeout_s
                 self._stop(slot, m.TIMEOUT, f"timeout after {timeout:g}s")
-            elif slot.kill_at is not None and now >= slot.kill_at and slot.state == "stopping":
-                slot.transition("killing")
-                slot.kill()  # the worker did not finish stopping: the sentinel fires next
-                slot.kill_at = None
+            elif slot.state == "stopping":
+                self._enforce(slot, now)
+
+    def _enforce(self, slot: JobSlot, now: float) -> None:
+        """A stop the supervisor enforces without the worker's help: TERM was sent at the stop;
+        once the grace is over, KILL whatever of the job is left; then a stopped worker (it will
+        never report) is killed at once, a running one that did not finish stopping at `kill_at`."""
+        frozen = stopped(slot.pid)
+        if slot.tree_kill_at is not None and (now >= slot.tree_kill_at or (frozen and not self._tree(slot))):
+            slot.tree_kill_at = None
+            killed = stop_processes(lambda: self._tree(slot), 0.0)
+            if killed != "nothing to stop":
+                slot.sweep += f"; after the grace: {killed}"
+        if (frozen and slot.tree_kill_at is None) or (slot.kill_at is not None and now >= slot.kill_at):
+            slot.transition("killing")
+            slot.kill()  # the sentinel fires next; the sweep then takes what the worker left
+            slot.kill_at = None
 
     # -- a worker ended ---------------------------------------------------------------------------
     def _reap(self, slot: JobSlot) -> None:
@@ -264,10 +332,18 @@ class Supervisor:
             status = 0
         os.close(slot.sentinel)
         slot.exit_status = status
-        self._complete(slot, status)
+        self._complete(slot, status, exited=True)
 
-    def _complete(self, slot: JobSlot, status: int) -> None:
-        self._sweep(slot)
+    def _complete(self, slot: JobSlot, status: int, *, exited: bool) -> None:
+        if (slot.result is None or slot.result.failure_kind == m.WORKER_CRASHED) and self.writer.dead():
+            # A worker whose writer socket broke may report before the writer's pidfd is seen: the
+            # writer's death comes first, so the job is canceled (the run's failure), not "crashed".
+            self.writer.take_over()
+            self._writer_check()
+        if slot.result is None or slot.result.failure_kind == m.WORKER_CRASHED:
+            self._sweep(slot)  # the worker died before stopping its job: whatever it left
+        elif exited and not self.jobs[slot.name].limits.empty:
+            self._untrack(slot)
         slot.transition("ended")
         del self.slots[slot.name]
         if slot.conn is not None:
@@ -276,23 +352,73 @@ class Supervisor:
         self._finish(slot, status)
 
     def _sweep(self, slot: JobSlot) -> None:
-        """Whatever the worker left (it crashed or was killed): its cgroup, then tagged processes."""
+        """Whatever a worker that died mid-job left: its cgroup's members (tracking or limits: a
+        step cannot leave it), then processes tagged with the job's LOOM_RUN_ID/LOOM_JOB_ID."""
         cgroup = JobCgroup(f"{self.run_id}.{slot.name}")
         cgroup.attach_existing()
-        if cgroup.dirs or slot.result is None:
-            def find() -> list[Any]:
-                procs = {p.pid: p for p in cgroup.processes()}
-                procs.update((p.pid, p) for p in tagged(self.run_id, slot.name))
-                return list(procs.values())
 
-            slot.sweep = stop_processes(find, 0.0 if slot.result is None else self.grace_s)
-            cgroup.remove()
-        if slot.result is None and self.jobs[slot.name].provider == "docker":
+        def find() -> list[Any]:
+            procs = {p.pid: p for p in cgroup.processes()}
+            procs.update((p.pid, p) for p in tagged(self.run_id, slot.name))
+            procs.update((p.pid, p) for p in self._orphans(slot))
+            return list(procs.values())
+
+        swept = stop_processes(find, 0.0)
+        slot.sweep = f"{slot.sweep}; {swept}" if slot.sweep else swept
+        cgroup.remove()
+        if self.jobs[slot.name].provider == "docker":
             from loomrun.supervisor import janitor
 
             run_id, job_id = self.run_id, slot.name
             done = janitor.spawn("docker job", lambda: janitor.docker_reap_run(run_id, job_id)).wait(60.0)
             slot.sweep += "; containers removed" if done else "; container removal timed out"
+
+    def _untrack(self, slot: JobSlot) -> None:
+        """A job with limits whose worker reported has exited: its worker removed the job's cgroup;
+        should it still be there (a process the worker could not stop), stop that and remove it."""
+        cgroup = JobCgroup(f"{self.run_id}.{slot.name}")
+        cgroup.attach_existing()
+        if cgroup.dirs:
+            stop_processes(cgroup.processes, 0.0)
+            cgroup.remove()
+
+    # -- the run's tracking cgroup ------------------------------------------------------------------
+    def _track(self, forks: ForkServer, *also: int) -> None:
+        """Move the fork server (a new one, if it was replaced: with the worker it just forked)
+        into the run's tracking cgroup."""
+        self.tracked_pid = forks.pid
+        if self.run_cgroup is not None:  # a replaced fork server (the old one died) joins it too
+            for pid in (forks.pid, *also):
+                with contextlib.suppress(OSError):
+                    (self.run_cgroup.path / "cgroup.procs").write_text(str(pid))
+            return
+        self.run_cgroup = TrackingCgroup.adopt(forks.pid, self.run_id)
+        if self.run_cgroup is not None and self.note is not None:
+            self.note(str(self.run_cgroup.path))
+
+    def _orphans(self, dead: JobSlot) -> list[Any]:
+        """Processes of the run's cgroup that no live worker leads to: what dead workers left.
+        (The fork server and live workers are in it too; so are their descendants.)"""
+        if self.run_cgroup is None:
+            return []
+        live = {s.pid for s in self.slots.values() if s is not dead} | {s.pid for s in self.exiting.values()}
+        if self.tracked_pid is not None:
+            live.add(self.tracked_pid)
+        members = self.run_cgroup.pids() - live
+        return handles(p for p in members if descends_from(p, live) is False)
+
+    def _untrack_run(self) -> None:
+        """The run is over: the fork server goes back where it came from (it outlives the run),
+        anything still in the run's cgroup is stopped, and the cgroup is removed."""
+        cgroup, self.run_cgroup = self.run_cgroup, None
+        if cgroup is None:
+            return
+        if self.tracked_pid is not None:
+            cgroup.release(self.tracked_pid)
+        for _ in range(50):
+            if cgroup.remove():
+                return
+            stop_processes(cgroup.processes, 0.0)
 
     def _finish(self, slot: JobSlot, status: int) -> None:
         res = slot.result
@@ -324,8 +450,7 @@ class Supervisor:
             job.image.name if job.image else None, started_ns, now, resources or {},
             job.allow_failure, slot.step if slot is not None else None, slot.sweep if slot is not None else "",
         )
-        self.ended.append(ended)
-        self.writer.conn.send(ended)
+        self.writer.send(ended)
         self.outcomes[name] = Outcome(name, status, code, kind, message, seconds, cache_hits, outputs or {})
         if status in ("failed", "canceled"):
             self.finish_order.append(name)

@@ -25,11 +25,11 @@ from loomrun.protocol.spec import WorkerSpec
 from loomrun.repo import no_repo, resolve_workflow_path, runtime_dir
 from loomrun.supervisor import janitor, locks
 from loomrun.supervisor.env import pipeline_variables, prepare_job
-from loomrun.supervisor.loop import Outcome, Supervisor, WriterLost
+from loomrun.supervisor.loop import Outcome, Supervisor
 from loomrun.supervisor.terminal import Terminal
+from loomrun.supervisor.writerlink import WriterLink
 from loomrun.workflow.model import Job, Workflow
 from loomrun.workspace import GitFacts
-from loomrun.writer import process as writer_process
 
 if TYPE_CHECKING:
     from loomrun.supervisor.secrets_broker import SecretsBroker
@@ -122,44 +122,30 @@ class Run:
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
         try:
-            self.lock = locks.RunLock(self.runtime, self.run_id)
+            self.lock = locks.RunLock(  # its sidecar keeps what an abandoned run's receipt needs
+                self.runtime, self.run_id, pipeline_id=self.pipeline_id, command=list(self.opts.command),
+                repo_root=str(self.repo_root), workflow_path=str(self.workflow_path), started_ns=self.started_ns)
         except OSError as exc:
             raise LoomError(f"cannot use {self.runtime}: {exc.strerror or exc}") from exc
-        self.writer = writer_process.spawn()
-        self.writer.conn.send(m.RunStarted(
+        self.writer = WriterLink(m.RunStarted(
             self.run_id, self.pipeline_id, str(self.repo_root), str(self.workflow_path),
             self.opts.command, self.started_ns, stream=self.opts.stream))
-        reply = self._writer_reply(30.0)
-        if isinstance(reply, m.WriterFailed):
-            self._stop_writer()
+        logs_dir = self.writer.open()
+        if logs_dir is None:
+            self.writer.close()
             self.lock.release()
-            raise LoomError(f"cannot write logs: {reply.message}")
-        self.logs_dir = reply.logs_dir
+            raise LoomError(f"cannot write logs: {self.writer.failed or self.writer.broken}")
+        self.logs_dir = logs_dir
         self.term.detail(f"run id {self.run_id}")
         self.term.detail(f"logs {self.logs_dir}")
         self._reap_abandoned()
 
-    def _writer_reply(self, timeout_s: float) -> Any:
-        from multiprocessing.connection import wait
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready = wait([self.writer.conn, self.writer.sentinel], timeout=deadline - time.monotonic())
-            if self.writer.conn in ready:
-                try:
-                    return self.writer.conn.recv()
-                except (EOFError, OSError):
-                    pass
-            if ready:
-                return m.WriterFailed("writer process exited")
-        return m.WriterFailed("writer process did not answer")
-
     def _reap_abandoned(self) -> None:
         from loomrun.supervisor import abandoned
 
-        def mark(run_id: str) -> None:
+        def mark(run_id: str, facts: dict[str, Any]) -> None:
             self.term.detail(f"run {run_id} was abandoned; marking it and reaping what it left")
-            self.writer.conn.send(m.MarkAbandoned(run_id))
+            self.writer.send(m.MarkAbandoned(run_id, facts))
 
         if abandoned.reap(self.runtime, mark):
             sweeper = abandoned.docker_janitor(self.runtime, frozenset({self.run_id}))
@@ -170,7 +156,7 @@ class Run:
         from loomrun.workflow.errors import WorkflowInvalid, format_diagnostic
         from loomrun.workflow.resolve import load_workflow
 
-        self.writer.conn.send(m.RunPhase("run.bootstrap", time.time_ns()))
+        self.writer.send(m.RunPhase("run.bootstrap", time.time_ns()))
         try:
             wf = load_workflow(self.workflow_path, self.repo_root)
         except WorkflowInvalid as exc:
@@ -285,46 +271,64 @@ class Run:
 
         assert self.wf is not None
         deps = dependencies(self.wf)
-        self.writer.conn.send(m.JobRoster(tuple((j.name, j.stage) for j in jobs)))
-        self.writer.conn.send(m.RunPhase("run.bootstrap", time.time_ns(), "success"))
-        self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns()))
-        self.writer.conn.send(m.RunPhase("pipeline.execute", time.time_ns()))
+        self.writer.send(m.JobRoster(tuple((j.name, j.stage) for j in jobs)))
+        self.writer.send(m.RunPhase("run.bootstrap", time.time_ns(), "success"))
+        self.writer.send(m.RunPhase("run.pipeline_execute", time.time_ns()))
+        self.writer.send(m.RunPhase("pipeline.execute", time.time_ns()))
         if any(j.provider == "docker" for j in jobs):
             # The first Docker job's worker removes dead runs' leftovers: it imports the SDK anyway.
             self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
+        if any(j.secrets for j in jobs):
+            self._private_tmp()
         if any(s.ref.startswith(("keepass://", "op://")) for j in jobs for s in j.secrets):
             from loomrun.supervisor.secrets_broker import SecretsBroker
 
             self.secrets = SecretsBroker(self.repo_root, self.run_id)  # started lazily, by the first such job
+        self.lock.note(snapshot_path=self.receipt.get("snapshot_path"),
+                       snapshot_head_sha=self.receipt.get("snapshot_head_sha"),
+                       graph_ir=self.receipt.get("graph_ir"), roster=[[j.name, j.stage] for j in jobs])
         sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
                          run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks,
-                         secrets=self.secrets)
+                         note=lambda path: self.lock.note(cgroup=path), secrets=self.secrets)
         self.sup = sup
         sup.execute()
         status = "success" if not _failed_jobs(sup) else "failed"
-        self.writer.conn.send(m.RunPhase("pipeline.execute", time.time_ns(), status))
-        self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns(), status))
+        self.writer.send(m.RunPhase("pipeline.execute", time.time_ns(), status))
+        self.writer.send(m.RunPhase("run.pipeline_execute", time.time_ns(), status))
         return sup
+
+    def _private_tmp(self) -> None:
+        """`tmp/<run_id>/` and its `secrets/` folder are 0700 before any worker writes a secret
+        file into them (spec §7.3: nobody else may read one, even while it exists)."""
+        tmp = self.runtime / "tmp"
+        tmp.mkdir(exist_ok=True)
+        for folder in (tmp / self.run_id, tmp / self.run_id / "secrets"):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o700)
+            os.chmod(folder, 0o700)  # whatever the umask or whoever made it first
 
     # -- finalize -----------------------------------------------------------------------------
     def finalize(self, exit_code: int, error: str | None) -> RunResult:
-        status = "success" if exit_code == 0 else "failure"
         receipt_path: str | None = None
-        try:
-            self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns()))
-            self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns(), status))
-            self.writer.conn.send(m.RunEnded(status, exit_code, time.time_ns(), error, self.receipt))
-            reply = self._writer_reply(120.0)
+        exit_code, error = self.with_writer_deaths(exit_code, error)
+        self.writer.send(m.RunPhase("run.finalize", time.time_ns()))
+        while True:
+            status = "success" if exit_code == 0 else "failure"
+            self.writer.send(m.RunPhase("run.finalize", time.time_ns(), status))
+            reply = self.writer.request(m.RunEnded(status, exit_code, time.time_ns(), error, self.receipt), 120.0)
+            if reply is None:  # the writer died before answering; a new one writes the receipt
+                exit_code, error = self.with_writer_deaths(exit_code, error)
+                continue
             if isinstance(reply, m.RunWritten):
                 receipt_path = reply.receipt_path
-            elif isinstance(reply, m.WriterFailed):
-                error = f"{error + '; ' if error else ''}cannot write the receipt: {reply.message}"
+            else:
+                why = reply.message if isinstance(reply, m.WriterFailed) else f"unexpected {type(reply).__name__}"
+                error = f"{error + '; ' if error else ''}cannot write the receipt: {why}"
                 exit_code = exit_code or ExitCode.FAILED
-        except OSError:
-            error = f"{error + '; ' if error else ''}the writer process is gone; no receipt was written"
-            exit_code = exit_code or ExitCode.FAILED
-        self._stop_writer()
+            break
+        status = "success" if exit_code == 0 else "failure"
+        self.writer.close()
         if self.secrets is not None:
             self.secrets.close()
         for j in self.janitors:
@@ -334,34 +338,14 @@ class Run:
         outcomes = self.sup.outcomes if self.sup else {}
         return RunResult(self.run_id, exit_code, status, error, receipt_path, self.logs_dir, outcomes)
 
-    def _stop_writer(self) -> None:
-        from multiprocessing.connection import wait
-
-        with contextlib.suppress(OSError):
-            self.writer.conn.close()
-        with contextlib.suppress(OSError, ValueError):
-            wait([self.writer.sentinel], timeout=60)  # its pidfd: readable the moment it exits
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.writer.pid, os.WNOHANG)
-        with contextlib.suppress(OSError):
-            os.close(self.writer.sentinel)
-
-    def restart_writer(self, why: str) -> None:
-        """The writer died mid-run: a new one takes over to record the failure and the receipt."""
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.writer.pid, os.WNOHANG)
-        self.writer = writer_process.spawn()
-        self.writer.conn.send(m.RunStarted(
-            self.run_id, self.pipeline_id, str(self.repo_root), str(self.workflow_path),
-            self.opts.command, self.started_ns, stream=False))
-        reply = self._writer_reply(30.0)
-        if not isinstance(reply, m.WriterReady):
-            raise LoomError(f"{why}; a new writer could not start either")
-        if self.sup is not None:
-            self.sup.writer = self.writer
-            self.writer.conn.send(m.JobRoster(tuple((j, self.sup.jobs[j].stage) for j in self.sup.sched.order)))
-            for ended in self.sup.ended:
-                self.writer.conn.send(ended._replace(replay=True))
+    def with_writer_deaths(self, exit_code: int, error: str | None) -> tuple[int, str | None]:
+        """A writer that died fails the run (what it held of the jobs' output is lost), naming the
+        first death; an interrupt keeps its own exit code and error."""
+        if not self.writer.deaths or exit_code in (ExitCode.SIGINT, ExitCode.SIGTERM):
+            return exit_code, error
+        if error is not None and error.startswith("writer process died"):
+            return exit_code or ExitCode.FAILED, error
+        return ExitCode.FAILED, self.writer.deaths[0]
 
 
 def _failed_jobs(sup: Supervisor) -> list[str]:
@@ -389,9 +373,10 @@ class _Interrupted(BaseException):  # like KeyboardInterrupt: no `except Excepti
 
 
 def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | None = None,
-              forks: ForkServer | None = None) -> RunResult:
+              forks: ForkServer | None = None, relay: Callable[[int], None] | None = None) -> RunResult:
     """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
-    the receipt is written. `forks`: a fork server started early by the caller (else one per run)."""
+    the receipt is written. `forks`: a fork server started early by the caller (else one per run).
+    `relay` (--cache-diff) is told every SIGINT/SIGTERM this run gets, from its signal handler."""
     term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
     run = Run(opts, term)
     run.forks = forks
@@ -401,6 +386,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
     def on_signal(signum: int, _frame: object) -> None:
         # While bootstrapping (load, snapshot) a signal aborts at once; once jobs run, the handler
         # only records (the wake-up fd carries the number) and the event loop acts.
+        if relay is not None:
+            relay(signum)
         if phase["bootstrap"]:
             raise _Interrupted(signum)
 
@@ -427,13 +414,6 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
             signum = exc.signum
         except _Failed as exc:
             exit_code, error = ExitCode.FAILED, exc.message
-        except WriterLost as exc:
-            exit_code, error = ExitCode.FAILED, str(exc)
-            if run.sup is not None:
-                run.restart_writer(error)
-                run.sup._cancel_all(m.CANCELED, error)
-                with contextlib.suppress(WriterLost):
-                    run.sup.execute()
     finally:
         phase["bootstrap"] = False
         signal.set_wakeup_fd(old_fd)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
-from multiprocessing import Pipe, reduction
+from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from loomrun.forkserver.process import ForkServer
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
-from loomrun.writer.process import WriterHandle
+from loomrun.supervisor.writerlink import WriterLink
 
 if TYPE_CHECKING:
     from loomrun.supervisor.secrets_broker import SecretsBroker
@@ -41,7 +40,7 @@ class JobSlot:
     dataclasses cost ~0.7 ms each at every start of `loom`.)"""
 
     __slots__ = ("conn", "deadline", "exit_status", "kill_at", "name", "pid", "result", "sentinel", "started_mono",
-                 "started_ns", "state", "step", "stop_kind", "stop_reason", "sweep")
+                 "started_ns", "state", "step", "stop_kind", "stop_reason", "sweep", "tree_kill_at")
 
     def __init__(self, name: str, pid: int, conn: Connection | None, sentinel: int, started_ns: int,
                  started_mono: float) -> None:
@@ -58,6 +57,7 @@ class JobSlot:
         self.stop_reason = ""
         self.deadline: float | None = None  # monotonic: job timeout
         self.kill_at: float | None = None  # monotonic: worker did not finish stopping by then
+        self.tree_kill_at: float | None = None  # monotonic: the supervisor KILLs the job's processes
         self.exit_status: int | None = None
         self.sweep = ""
 
@@ -80,15 +80,15 @@ class JobSlot:
             pass
 
 
-def start_worker(spec: WorkerSpec, writer: WriterHandle, forks: ForkServer, timeout_s: float | None,
+def start_worker(spec: WorkerSpec, writer: WriterLink, forks: ForkServer, timeout_s: float | None,
                  secrets: SecretsBroker | None = None) -> JobSlot:
     broker_end = secrets.attach(spec.job) if secrets is not None and spec.job.secrets else None
     sup_end, worker_end = Pipe(duplex=True)
     writer_end, worker_writer_end = Pipe(duplex=True)
-    writer.conn.send(m.AttachWorker(spec.job.name))
-    with socket.fromfd(writer.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        reduction.sendfds(s, [writer_end.fileno()])
-    writer_end.close()
+    try:
+        writer.attach(spec.job.name, writer_end.fileno())  # a writer that died meanwhile is replaced
+    finally:
+        writer_end.close()
     started_ns, started_mono = time.time_ns(), time.monotonic()
     fds = [worker_end.fileno(), worker_writer_end.fileno(), *([broker_end] if broker_end is not None else [])]
     try:

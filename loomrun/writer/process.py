@@ -152,7 +152,7 @@ class Writer:
             self.redactions.extend(msg.values)
         elif isinstance(msg, m.MarkAbandoned):
             if self.log is not None:
-                mark_abandoned(self.log.runtime, msg.run_id)
+                mark_abandoned(self.log.runtime, msg.run_id, msg.facts)
         else:
             self._run_record(msg)
 

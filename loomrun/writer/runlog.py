@@ -434,46 +434,8 @@ def _artifact_entry(rel: str, path: Path) -> dict[str, Any]:
     return {"path": rel, "size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def mark_abandoned(runtime: Path, run_id: str) -> Path | None:
-    """Rewrite a dead run's pipeline summary and receipt as failure/abandoned. Returns the receipt."""
-    import json
+def mark_abandoned(runtime: Path, run_id: str, facts: dict[str, Any] | None = None) -> Path | None:
+    """Mark a dead run's documents failure/abandoned, filling what is known (`writer/abandon.py`)."""
+    from loomrun.writer import abandon  # only when a run was abandoned
 
-    logs_dir = runtime / "logs" / run_id
-    if logs_dir.is_dir():
-        recover_temps(logs_dir)  # documents its writer had written but not yet made durable
-    summary_path = logs_dir / "pipeline" / "summary.json"
-    summary: dict[str, Any] = {}
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError):
-            summary = {}
-    summary.update({"schema_version": SCHEMA, "run_id": run_id, "status": "failure", "exit_code": 1,
-                    "error": "abandoned"})
-    write_document(summary_path, summary)
-    manifest_path = logs_dir / "pipeline" / "manifest.json"
-    if not manifest_path.exists():  # the run died before writing one: list what it got to
-        jobs = []
-        for folder in sorted((logs_dir / "jobs").glob("*")) if (logs_dir / "jobs").is_dir() else []:
-            try:
-                status = json.loads((folder / "summary.json").read_text()).get("status", "canceled")
-            except (OSError, ValueError):
-                status = "canceled"
-            jobs.append({"id": folder.name, "status": status, "summary_path": f"jobs/{folder.name}/summary.json",
-                         "manifest_path": f"jobs/{folder.name}/manifest.json"})
-        write_document(manifest_path, {"schema_version": SCHEMA, "run_id": run_id, "jobs": jobs,
-                                       "failing_job_id": None, "failing_job_manifest_path": None})
-    receipt_path = runtime / "receipts" / f"{run_id}.json"
-    receipt: dict[str, Any] = {}
-    if receipt_path.exists():
-        try:
-            receipt = json.loads(receipt_path.read_text())
-        except (OSError, ValueError):
-            receipt = {}
-    receipt.update({"schema_version": "v1", "kind": "loom-run-local", "run_id": run_id,
-                    "loom_version": __version__, "status": "failure", "exit_code": 1, "error": "abandoned",
-                    "logs_dir": str(logs_dir), "pipeline_summary_path": str(summary_path),
-                    "pipeline_manifest_path": str(logs_dir / "pipeline" / "manifest.json"),
-                    "events_jsonl_path": str(logs_dir / "events.jsonl")})
-    write_document(receipt_path, receipt)
-    return receipt_path
+    return abandon.mark_abandoned(runtime, run_id, facts)

@@ -4,14 +4,19 @@ pointer documents are valid, and (psutil) that no process of the run remains."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from loomrun.proctree import JobCgroup
 from tests.process.runner import (
+    Background,
     assert_logs_valid,
+    loom_env,
     make_repo,
     processes_matching,
     run_loom,
@@ -186,8 +191,9 @@ def test_limits_reach_the_job_cgroup(tmp_path: Path) -> None:
 
 
 def test_steps_get_default_signal_dispositions(tmp_path: Path) -> None:
-    """A step is a program like any other: SIGINT and SIGTERM are not ignored in it (bit 2 and 15 of
-    SigIgn in /proc/self/status are clear), whatever the worker and the supervisor do with them."""
+    """A step is a program like any other: SIGINT, SIGTERM and SIGPIPE are not ignored in it (bits 2,
+    15 and 13 of SigIgn in /proc/self/status are clear), whatever the worker and the supervisor do
+    with them (the worker ignores SIGPIPE itself)."""
     repo = make_repo(tmp_path / "repo", """
     version: v1
     stages: [s]
@@ -203,3 +209,61 @@ def test_steps_get_default_signal_dispositions(tmp_path: Path) -> None:
     ignored = int(line.split()[1], 16)
     assert not ignored & (1 << (2 - 1)), line  # SIGINT
     assert not ignored & (1 << (15 - 1)), line  # SIGTERM
+    assert not ignored & (1 << (13 - 1)), line  # SIGPIPE
+
+
+def test_worker_crash_leaves_no_step_that_cleared_its_environment(tmp_path: Path) -> None:
+    """A job without limits whose step escapes into its own session with `env -i` (no LOOM_RUN_ID
+    tag), then its worker is SIGKILLed: the job's cgroup still holds the escapee, and the sweep
+    finds it there."""
+    try:
+        _, summary = run_case(tmp_path, """
+victim:
+  stage: s
+  target: linux
+  script:
+    - >-
+      env -i setsid sh -c 'sleep 3016' > /dev/null 2>&1 < /dev/null &
+      sleep 0.3; echo escaped; kill -KILL $PPID; sleep 3017
+""")
+        assert summary["failure_kind"] == "worker_crashed"
+        assert processes_matching("sleep 3016") == []
+        assert processes_matching("sleep 3017") == []
+    finally:
+        for proc in processes_matching("sleep 3016"):  # the escapee has no tag: leakcheck cannot see it
+            proc.kill()
+
+
+def test_stopped_worker_still_gets_its_job_stopped_on_time(tmp_path: Path) -> None:
+    """The worker is SIGSTOPped mid-step: at the timeout the supervisor TERMs the job's processes
+    itself (the step's trap sees its worker still stopped then), KILLs what is left after the grace,
+    then kills the worker; the job is a timeout and none of its processes is left."""
+    mark, out = tmp_path / "worker.pid", tmp_path / "term.txt"
+    repo = make_repo(tmp_path / "repo", """
+    version: v1
+    stages: [s]
+    victim:
+      stage: s
+      target: linux
+      timeout: 3s
+      script:
+        - >-
+          trap 'grep -q "^State:.*T" /proc/$PPID/status && echo "TERM while the worker was stopped" > "$OUT";
+          exit 0' TERM; sleep 3018 & echo $PPID > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; wait
+    """)
+    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark), OUT=str(out)))
+    bg.wait_for_file(mark)
+    worker = int(mark.read_text())
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        result = bg.finish(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGCONT)
+    assert result.code == 1, result.stderr
+    summary = result.job_summary("victim")
+    assert summary["failure_kind"] == "timeout", summary
+    assert out.read_text().strip() == "TERM while the worker was stopped"
+    assert processes_matching("sleep 3018") == []
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+    assert_logs_valid(result)

@@ -1,0 +1,129 @@
+"""The writer killed at any moment (issue 11, item 4): every run still ends with a receipt, the
+right verdict, valid logs and nothing left running. Real writer processes, real SIGKILLs: once just
+before the supervisor sends each kind of record (`LOOM_FAULT_KILL_WRITER`, which kills the real
+writer and waits for its death, so the send is the one that finds it gone), and at varied delays
+into real runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.process.runner import (
+    LOOM,
+    Result,
+    assert_logs_valid,
+    load,
+    loom_env,
+    make_repo,
+    run_loom,
+    run_processes,
+)
+
+WORKFLOW = """
+version: v1
+stages: [s]
+a:
+  stage: s
+  target: linux
+  script:
+    - for i in 1 2 3; do echo "a $i"; done
+b:
+  stage: s
+  target: linux
+  needs: [a]
+  script:
+    - echo b; sleep 0.2
+c:
+  stage: s
+  target: linux
+  script:
+    - echo c
+d:
+  stage: s
+  target: linux
+  needs: [b, c]
+  script:
+    - echo d
+"""
+JOBS = ["a", "b", "c", "d"]
+DEATH = "writer process died (SIGKILL)"
+
+
+def _check(result: Result) -> dict[str, object]:
+    """What every run must give, whenever its writer died: a receipt that agrees with the exit code,
+    one line per job, whole JSON in every log, no Python error on the terminal, no process left."""
+    assert "Traceback" not in result.stderr and "Broken pipe" not in result.stderr, result.stderr
+    receipt = result.receipt
+    assert receipt["exit_code"] == result.code, result.stderr
+    assert [j["id"] for j in receipt["jobs"]] == JOBS
+    assert all(j["status"] in ("success", "canceled", "skipped") for j in receipt["jobs"]), receipt["jobs"]
+    assert_logs_valid(result)
+    summary = load(Path(receipt["pipeline_summary_path"]))
+    assert summary["status"] == receipt["status"] and summary["exit_code"] == result.code
+    assert run_processes(str(receipt["run_id"])) == []
+    return receipt
+
+
+@pytest.mark.parametrize("where", [
+    "RunStarted:1", "RunPhase:1", "JobRoster:1", "AttachWorker:1", "AttachWorker:3", "JobEnded:1",
+    "JobEnded:3", "RunPhase:6", "RunEnded:1", "MarkAbandoned:1",
+])
+def test_writer_killed_before_each_kind_of_record(tmp_path: Path, where: str) -> None:
+    repo = make_repo(tmp_path / "repo", WORKFLOW)
+    if where.startswith("MarkAbandoned"):  # a dead run to mark: a lock file nobody holds
+        runs = repo / ".loom/.runtime/runs"
+        runs.mkdir(parents=True)
+        (runs / "loom-run-local-1.lock").write_text("")
+    result = run_loom(repo, "run", "--local", "-j", "2", env=loom_env(LOOM_FAULT_KILL_WRITER=where))
+    assert result.code == 1, result.stderr
+    receipt = _check(result)
+    assert receipt["error"] == DEATH
+    assert f"loom run: {DEATH}" in result.stderr
+    statuses = {j["id"]: j["status"] for j in receipt["jobs"]}  # type: ignore[union-attr]
+    if where in ("RunEnded:1", "RunPhase:6"):  # every job had ended: the new writer keeps their documents
+        assert set(statuses.values()) == {"success"}
+        assert result.step_lines("a", 1) == ["a 1", "a 2", "a 3"]
+    if where == "MarkAbandoned:1":
+        dead = load(repo / ".loom/.runtime/receipts/loom-run-local-1.json")
+        assert dead["status"] == "failure" and dead["error"] == "abandoned"
+
+
+def _writer_of(loom_pid: int, timeout: float = 30) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for child in psutil.Process(loom_pid).children():
+                if os.getpgid(child.pid) == child.pid and os.getsid(child.pid) != child.pid:
+                    return child  # the writer leads its own group; workers lead their own session
+        except (psutil.Error, ProcessLookupError):
+            pass
+        time.sleep(0.005)
+    raise AssertionError("no writer process appeared")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0])
+def test_writer_killed_at_varied_moments(tmp_path: Path, delay: float) -> None:
+    repo = make_repo(tmp_path / "repo", WORKFLOW)
+    proc = subprocess.Popen([*LOOM, "run", "--local", "-j", "2"], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=loom_env())
+    writer = _writer_of(proc.pid)
+    time.sleep(delay)
+    try:
+        writer.send_signal(signal.SIGKILL)
+    except psutil.NoSuchProcess:
+        pass  # it had finished already: the run must simply pass
+    out, err = proc.communicate(timeout=120)
+    result = Result(proc.returncode, out, err, repo)
+    assert result.code in (0, 1), err
+    receipt = _check(result)
+    if result.code == 0:
+        assert {j["status"] for j in receipt["jobs"]} == {"success"}  # type: ignore[union-attr]
+    else:
+        assert receipt["error"] == DEATH, err
