@@ -84,6 +84,7 @@ class Supervisor:
             own.close()
 
     def _execute(self, forks: ForkServer) -> None:
+        self.term.plan(len(self.jobs))
         while not self.sched.done() or self.slots:
             if self.interrupted is None and self.writer_error is None:
                 for name in self.sched.take_ready():
@@ -120,6 +121,7 @@ class Supervisor:
             if slot.sentinel in ready:
                 self._reap(slot)
         self._deadlines()
+        self.term.tick()
 
     @staticmethod
     def _reported(slot: JobSlot) -> bool:
@@ -149,13 +151,15 @@ class Supervisor:
     def _timeout(self) -> float | None:
         now = time.monotonic()
         marks = [t for s in self.slots.values() for t in (s.deadline, s.kill_at) if t is not None]
-        return max(0.0, min(marks) - now) if marks else None
+        wait = max(0.0, min(marks) - now) if marks else None
+        redraw = self.term.wake_in()  # the live region's next frame, if it has one
+        return redraw if redraw is not None and (wait is None or redraw < wait) else wait
 
     # -- starting --------------------------------------------------------------------------------
     def _start(self, name: str, forks: ForkServer) -> None:
         job = self.jobs[name]
         spec = self.make_spec(job)
-        self.term.job_started(name, job.provider, job.image.name if job.image else None)
+        self.term.job_started(name, job.provider, job.image.name if job.image else None, steps=len(job.script))
         try:
             slot = start_worker(spec, self.writer, forks, job.timeout_s)
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
@@ -172,12 +176,13 @@ class Supervisor:
                 msg = slot.conn.recv()
                 if isinstance(msg, m.StepBegan):
                     slot.step = msg.step
+                    self.term.step(slot.name, msg.step)
                 elif isinstance(msg, m.StepEnded):
                     slot.step = None
                 elif isinstance(msg, m.Notice):
                     self.term.detail(f'job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.Warned):
-                    self.term.event(f'warning: job "{slot.name}": {msg.text}')
+                    self.term.warning(f'job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.JobFinished):
                     slot.result = msg
         except (EOFError, OSError):

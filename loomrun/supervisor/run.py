@@ -25,7 +25,7 @@ from loomrun.repo import DEFAULT_WORKFLOW, discover_repo_root, repo_root_for_wor
 from loomrun.supervisor import janitor, locks
 from loomrun.supervisor.env import job_env
 from loomrun.supervisor.loop import Outcome, Supervisor, WriterLost
-from loomrun.supervisor.terminal import Terminal
+from loomrun.supervisor.terminal import Terminal, choose
 from loomrun.workflow.model import Job, Workflow
 from loomrun.writer import process as writer_process
 
@@ -158,7 +158,7 @@ class Run:
         except LoomError as exc:
             raise _Failed(exc.message) from exc
         for warning in wf.warnings:
-            self.term.event(f"warning: {warning.message}")
+            self.term.warning(warning.message)
         self.wf = wf
         return wf
 
@@ -340,7 +340,7 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
               forks: ForkServer | None = None) -> RunResult:
     """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
     the receipt is written. `forks`: a fork server started early by the caller (else one per run)."""
-    term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
+    term = term or choose(verbose=opts.verbose, quiet=opts.quiet, stream_output=opts.stream)
     run = Run(opts, term)
     run.forks = forks
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -398,6 +398,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
         exit_code, error = amend(run, int(exit_code), error)
     result = run.finalize(int(exit_code), error)
     os.close(wake_r)
+    if run.sup is not None:
+        term.summary(run.sup.ended, run.sup.sched.deps, (time.time_ns() - run.started_ns) / 1e9)
     term.finished(result.exit_code == 0, result.receipt_path, result.error)
     return result
 
