@@ -69,8 +69,13 @@ def version() -> None:
 @click.option("-j", "--jobs", "max_jobs", type=click.IntRange(min=1), default=None,
               help="Maximum jobs running at once (default: number of CPUs).")
 @click.option("--job", "only_jobs", multiple=True, help="Run only this job and what it needs (repeatable).")
+@click.option("--no-deps", is_flag=True,
+              help="With --job: run exactly those jobs; upstream artifacts come from the newest run that made them.")
+@click.option("--list", "list_jobs", is_flag=True, help="Print the jobs a run would start, and exit.")
 def run(**kwargs: Any) -> None:
     """Run the workflow locally."""
+    if kwargs["no_deps"] and not kwargs["only_jobs"]:
+        raise click.UsageError("--no-deps needs --job NAME")
     from loomrun.commands import run as run_cmd
 
     _invoke("loom run", lambda: run_cmd.main(**kwargs))

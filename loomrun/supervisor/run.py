@@ -42,6 +42,7 @@ class RunOptions(NamedTuple):
     docker_workspace_mount: str | None = None
     max_jobs: int | None = None
     only_jobs: tuple[str, ...] = ()
+    no_deps: bool = False  # run exactly only_jobs; their upstream artifacts come from earlier runs
     cache_enabled: bool = True
     fingerprint_outputs: bool = False
     command: tuple[str, ...] = ("loom", "run", "--local")
@@ -96,6 +97,7 @@ class Run:
         self.sup: Supervisor | None = None
         self.forks: ForkServer | None = None
         self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
+        self.upstream: dict[str, str] = {}  # --no-deps: upstream job -> artifacts folder of an earlier run
 
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -162,7 +164,7 @@ class Run:
         self.wf = wf
         return wf
 
-    def configure(self, wf: Workflow) -> list[Job]:
+    def configure(self, wf: Workflow, listing: bool = False) -> list[Job]:
         from loomrun.workflow.graph import graph_ir, select_jobs
         from loomrun.workflow.rules import pipeline_runs
 
@@ -181,10 +183,24 @@ class Run:
         if self.opts.only_jobs:
             try:
                 keep = set(select_jobs(wf, self.opts.only_jobs))
+                if self.opts.no_deps:
+                    keep = set(self.opts.only_jobs)
+                    if not listing:
+                        self.upstream = self._upstream(wf, keep)
             except LoomError as exc:
                 raise _Failed(exc.message) from exc
             jobs = [j for j in jobs if j.name in keep]
         return jobs
+
+    def _upstream(self, wf: Workflow, keep: set[str]) -> dict[str, str]:
+        from loomrun.supervisor.upstream import restore_plan
+        from loomrun.workflow.graph import dependencies
+
+        plan = restore_plan(wf.jobs, keep, dependencies(wf), self.runtime / "logs", self.run_id)
+        for up, (run_id, _) in plan.items():
+            self.term.event(f'--no-deps: artifacts of job "{up}" from run {run_id}')
+        self.receipt["upstream_artifacts"] = {up: run_id for up, (run_id, _) in plan.items()}
+        return {up: str(folder) for up, (_, folder) in plan.items()}
 
     def snapshot(self) -> None:
         from loomrun.workspace import make_snapshot, remove_snapshot
@@ -216,7 +232,7 @@ class Run:
             project = "/workspace" if job.provider == "docker" else str(self.snapshot_path)
             env = job_env(job, run_id=self.run_id, pipeline_id=self.pipeline_id, project_dir=project,
                           head_sha=self.head_sha, branch=self.branch)
-            dep_art = tuple((d, str(staging / d)) for d in deps.get(job.name, ()))
+            dep_art = tuple((d, self.upstream.get(d) or str(staging / d)) for d in deps.get(job.name, ()))
             leftovers = None
             if job.provider == "docker" and self.docker_leftovers is not None:
                 leftovers, self.docker_leftovers = self.docker_leftovers, None
