@@ -124,12 +124,14 @@ def config_show() -> None:
 
 @cli.command()
 @click.argument("run_id", required=False)
-@click.option("--job", "job", default=None, help="Print this job's output instead of the failing step's.")
-def logs(run_id: str | None, job: str | None) -> None:
-    """Print the failing step's output of the newest (or given) run."""
+@click.option("--job", "job", default=None, help="Print this job's output instead of the failing job's.")
+@click.option("--step", "step", type=click.IntRange(min=1), default=None, help="Only step N (1-based).")
+@click.option("--follow", is_flag=True, help="Tail a run still going (default: the newest) until it ends.")
+def logs(run_id: str | None, job: str | None, step: int | None, follow: bool) -> None:
+    """Print the failing job's output, step by step, of the newest (or given) run."""
     from loomrun.commands import logs as logs_cmd
 
-    _invoke("loom logs", lambda: logs_cmd.main(run_id, job))
+    _invoke("loom logs", lambda: logs_cmd.main(run_id, job, step, follow))
 
 
 @cli.group()
