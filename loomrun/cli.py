@@ -134,6 +134,17 @@ def logs(run_id: str | None, job: str | None, step: int | None, follow: bool) ->
     _invoke("loom logs", lambda: logs_cmd.main(run_id, job, step, follow))
 
 
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write here (default .loom/.runtime/reports/<run_id>.html).")
+def report(run_id: str | None, output: str | None) -> None:
+    """Write one self-contained HTML report of the newest (or given) run; print its path."""
+    from loomrun.commands import report as report_cmd
+
+    _invoke("loom report", lambda: report_cmd.main(run_id, output))
+
+
 @cli.group()
 def cache() -> None:
     """Inspect the cache store and the quarantine list."""

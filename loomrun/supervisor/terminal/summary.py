@@ -26,17 +26,17 @@ def by_start(ended: Sequence[JobEnded]) -> list[JobEnded]:
     return ran + [e for e in ended if not e.started_ns]
 
 
-def critical_path(ended: Sequence[JobEnded], deps: Mapping[str, Sequence[str]]) -> list[JobEnded]:
-    ran = {e.job_id: e for e in ended if e.started_ns}
-    if not ran:
+def critical_path(spans: Mapping[str, tuple[float, float]], deps: Mapping[str, Sequence[str]]) -> list[str]:
+    """Jobs (name -> (start, end) of those that ran) on the chain that set the wall time."""
+    if not spans:
         return []
-    last = max(ran.values(), key=lambda e: e.finished_ns)
+    last = max(spans, key=lambda name: spans[name][1])
     chain = [last]
     while True:
-        ups = [ran[d] for d in deps.get(last.job_id, ()) if d in ran]
+        ups = [d for d in deps.get(last, ()) if d in spans]
         if not ups:
             return chain[::-1]
-        last = max(ups, key=lambda e: e.finished_ns)
+        last = max(ups, key=lambda name: spans[name][1])
         chain.append(last)
 
 
@@ -66,8 +66,9 @@ def render(ended: Sequence[JobEnded], deps: Mapping[str, Sequence[str]], wall_s:
     lines = ["", paint(row(HEADER), "bold")]
     for cells in rows:
         lines.append(row(cells, WORD_COLORS.get(cells[3].split(" ")[0])))
-    chain = critical_path(ended, deps)
-    path = " -> ".join(f"{e.job_id} ({seconds(e) or 0:.2f}s)" for e in chain)
+    ran = {e.job_id: e for e in ended if e.started_ns}
+    chain = critical_path({n: (e.started_ns or 0, e.finished_ns) for n, e in ran.items()}, deps)
+    path = " -> ".join(f"{name} ({seconds(ran[name]) or 0:.2f}s)" for name in chain)
     lines.append(f"wall time {wall_s:.2f}s" + (f"; critical path: {path}" if chain else ""))
     if warnings:
         lines.append(f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}:")
