@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from loomrun.supervisor.terminal import Terminal
 
@@ -165,12 +165,12 @@ class LiveTerminal(Terminal):
         if image:
             self.detail(f'job "{name}": image {image}')
 
-    def job_ended(self, name: str, status: str, seconds: float | None, why: str) -> None:
+    def job_ended(self, name: str, status: str, seconds: float | None, why: str, **more: Any) -> None:
         self.running.pop(name, None)
         word = {"success": "passed"}.get(status, status)
         self.counts[word] = self.counts.get(word, 0) + 1
         self.dirty = True
-        super().job_ended(name, status, seconds, why)
+        super().job_ended(name, status, seconds, why, **more)  # what it prints goes above the region
 
     def close(self) -> None:
         """The region is gone; what stays on the screen are the plain lines."""
