@@ -100,7 +100,10 @@ class Terminal:
         from loomrun.supervisor.terminal.summary import render
 
         for text in render(ended, deps, wall_s, self.warnings, self.paint):
-            self.event(text)
+            if text:
+                self.event(text)
+            else:  # the blank line before the table, without a --cache-diff pass's prefix
+                self.line("")
 
     def finished(self, passed: bool, receipt: str | None, error: str | None) -> None:
         if not self.final:
