@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.run_helpers import SCHEMA
 from tests.process.runner import load, make_repo, run_loom
 
@@ -47,6 +49,10 @@ def test_trace_has_a_track_per_slot_and_nested_slices(tmp_path: Path) -> None:
           stage: two
           needs: [bad]
           script: ["true"]
+        crash:
+          stage: two
+          needs: []
+          script: ["echo one", "kill -KILL $PPID; sleep 3003"]
     """)
     result = run_loom(repo, "run", "--local", "-j", "2")
     assert result.code == 1
@@ -57,10 +63,10 @@ def test_trace_has_a_track_per_slot_and_nested_slices(tmp_path: Path) -> None:
         if ev["ph"] == "X":
             assert ev["ts"] >= 0 and ev["dur"] >= 0 and ev["name"], ev
     jobs = {e["name"]: e for e in slices(trace, "job")}
-    assert set(jobs) == {"a", "b", "c", "slow", "bad"}  # `later` was skipped: it never ran
+    assert set(jobs) == {"a", "b", "c", "slow", "bad", "crash"}  # `later` was skipped: it never ran
     assert {n: (e["args"]["status"], e["cname"]) for n, e in jobs.items()} == {
         "a": ("success", "good"), "b": ("success", "good"), "c": ("success", "good"),
-        "slow": ("failed", "terrible"), "bad": ("failed", "terrible")}
+        "slow": ("failed", "terrible"), "bad": ("failed", "terrible"), "crash": ("failed", "terrible")}
     assert jobs["slow"]["args"]["failure_kind"] == "timeout"
     # -j 2: two slots; jobs on one slot never overlap, and a and b ran at once on both
     assert {e["tid"] for e in jobs.values()} == {1, 2}
@@ -76,7 +82,7 @@ def test_trace_has_a_track_per_slot_and_nested_slices(tmp_path: Path) -> None:
     steps = slices(trace, "step")
     run_phases = {e["name"] for e in phases if e["tid"] == 0}
     assert {"run.bootstrap", "run.pipeline_execute", "pipeline.execute", "run.finalize"} <= run_phases
-    for job in jobs.values():
+    for job in (j for j in jobs.values() if j["name"] != "crash"):
         mine = [p for p in phases if p["tid"] == job["tid"] and inside(p, job)]
         assert "job.execution" in {p["name"] for p in mine}, job
         execution = next(p for p in mine if p["name"] == "job.execution")
@@ -88,3 +94,12 @@ def test_trace_has_a_track_per_slot_and_nested_slices(tmp_path: Path) -> None:
     slow_steps = sorted((s for s in steps if inside(s, jobs["slow"])), key=lambda s: s["ts"])
     assert [s["name"] for s in slow_steps] == ["step 1", "step 2"]
     assert slow_steps[1]["dur"] < 25e6  # stopped by the timeout, not run for 30 s
+    # the worker died in step 2: the step and the phases it was in end where the job ended
+    crash = jobs["crash"]
+    assert crash["args"]["failure_kind"] == "worker_crashed"
+    crash_steps = sorted((s for s in steps if inside(s, crash)), key=lambda s: s["ts"])
+    assert [(s["name"], s["args"].get("exit_code"), s["args"].get("status")) for s in crash_steps] == [
+        ("step 1", 0, None), ("step 2", None, "failed")]
+    assert crash_steps[1]["ts"] + crash_steps[1]["dur"] == pytest.approx(crash["ts"] + crash["dur"], abs=0.01)
+    cut = [p for p in phases if inside(p, crash) and p["name"] == "job.execution"]
+    assert [p["args"]["status"] for p in cut] == ["failed"]
