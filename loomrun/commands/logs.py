@@ -252,7 +252,9 @@ class Follow:
             self.look()
             if over:
                 break
-            if not reaped and not locks.held(self.runtime / "runs" / f"{self.run_id}.lock"):
+            if not locks.held(self.runtime / "runs" / f"{self.run_id}.lock"):
+                if reaped:
+                    raise LoomError(f"run {self.run_id} is not running and has no receipt")
                 from loomrun.supervisor.abandoned import reap_with_oneshot_writer
 
                 reaped = True  # its supervisor is gone: marked abandoned, the receipt is written now

@@ -3,12 +3,13 @@ once; `--follow` tails a run that is still going, live, and ends with it. Real r
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 from tests.helpers import LOOM
-from tests.process.runner import Background, loom_env, make_repo, run_loom
+from tests.process.runner import Background, loom_env, make_repo, run_loom, run_processes
 
 
 def test_a_failing_section_is_marked_and_its_code_printed_once(tmp_path: Path) -> None:
@@ -87,3 +88,32 @@ def test_follow_tails_a_running_run_until_it_ends(tmp_path: Path) -> None:
     again = run_loom(repo, "logs", run_id, "--follow", "--job", "wait", "--step", "2")
     assert again.stdout == "second\n"
     assert again.stderr.splitlines()[-1] == f"run {run_id}: success"
+
+
+def test_follow_ends_when_the_run_is_abandoned(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", """
+    version: v1
+    stages: [s]
+    hang:
+      stage: s
+      target: linux
+      script: ["echo waiting; sleep 3107"]
+    """)
+    run = Background(repo, "run", "--local")
+    logs = repo / ".loom" / ".runtime" / "logs"
+    deadline = time.monotonic() + 30
+    while not (steps := list(logs.glob("*/jobs/hang/user/script/01/events.jsonl"))):
+        assert run.proc.poll() is None and time.monotonic() < deadline, "the step never started"
+        time.sleep(0.02)
+    run_id = steps[0].parts[-7]
+    follow = subprocess.Popen([*LOOM, "logs", "--follow"], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=loom_env())
+    assert follow.stdout is not None
+    assert follow.stdout.readline() == "[hang] waiting\n"
+    run.signal(signal.SIGKILL)  # the supervisor dies: nobody will write this run's receipt
+    run.proc.wait(timeout=30)
+    out, err = follow.communicate(timeout=60)
+    assert out == ""  # nothing more was printed after the SIGKILL
+    assert follow.returncode == 0, err
+    assert err.splitlines()[-1] == f"run {run_id}: failure: abandoned"
+    assert run_processes(run_id) == []  # the follower's reaping stopped the job's processes
