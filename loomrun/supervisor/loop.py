@@ -341,8 +341,8 @@ class Supervisor:
         if status == "skipped":
             return message
         why = f"exit code {code}" if kind == m.STEP_FAILED else (message or kind or "")
-        if kind not in (m.STEP_FAILED, None) and message and kind not in message:
-            why = f"{kind}: {message}"
+        if kind not in (m.STEP_FAILED, None, status) and message and kind not in message:
+            why = f"{kind}: {message}"  # not `canceled (canceled: ...)`: the kind is said once
         if status == "failed" and job.allow_failure:
             why += ", allowed to fail"
         return why
