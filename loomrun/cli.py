@@ -44,6 +44,32 @@ def _os_error_line(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
+# Shell completion (`eval "$(_LOOM_COMPLETE=bash_source loom)"`, zsh_source, fish_source): click
+# completes commands and options; these complete values. A completion never fails: no answer instead.
+def _complete_jobs(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """The workflow's job names (the --workflow given on the line, else the repo's)."""
+    try:
+        from loomrun.repo import resolve_workflow_path
+        from loomrun.workflow.resolve import load_workflow
+
+        path, root = resolve_workflow_path(ctx.params.get("workflow"))
+        return [job.name for job in load_workflow(path, root).jobs if job.name.startswith(incomplete)]
+    except Exception:
+        return []
+
+
+def _complete_runs(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Run ids that have a receipt, newest first."""
+    try:
+        from loomrun.commands.logs import find_runtime
+
+        receipts = find_runtime() / "receipts"
+        runs = sorted(receipts.glob("loom-run-local-*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[-1]))
+        return [p.stem for p in reversed(runs) if p.stem.startswith(incomplete)]
+    except Exception:
+        return []
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="loom", message="%(prog)s %(version)s")
 def cli() -> None:
@@ -68,9 +94,15 @@ def version() -> None:
               help="How Docker jobs see the workspace (default ephemeral_volume).")
 @click.option("-j", "--jobs", "max_jobs", type=click.IntRange(min=1), default=None,
               help="Maximum jobs running at once (default: number of CPUs).")
-@click.option("--job", "only_jobs", multiple=True, help="Run only this job and what it needs (repeatable).")
+@click.option("--job", "only_jobs", multiple=True, shell_complete=_complete_jobs,
+              help="Run only this job and what it needs (repeatable).")
+@click.option("--no-deps", is_flag=True,
+              help="With --job: run exactly those jobs; upstream artifacts come from the newest run that made them.")
+@click.option("--list", "list_jobs", is_flag=True, help="Print the jobs a run would start, and exit.")
 def run(**kwargs: Any) -> None:
     """Run the workflow locally."""
+    if kwargs["no_deps"] and not kwargs["only_jobs"]:
+        raise click.UsageError("--no-deps needs --job NAME")
     from loomrun.commands import run as run_cmd
 
     _invoke("loom run", lambda: run_cmd.main(**kwargs))
@@ -120,13 +152,27 @@ def config_show() -> None:
 
 
 @cli.command()
-@click.argument("run_id", required=False)
-@click.option("--job", "job", default=None, help="Print this job's output instead of the failing step's.")
-def logs(run_id: str | None, job: str | None) -> None:
-    """Print the failing step's output of the newest (or given) run."""
+@click.argument("run_id", required=False, shell_complete=_complete_runs)
+@click.option("--job", "job", default=None, shell_complete=_complete_jobs,
+              help="Print this job's output instead of the failing job's.")
+@click.option("--step", "step", type=click.IntRange(min=1), default=None, help="Only step N (1-based).")
+@click.option("--follow", is_flag=True, help="Tail a run still going (default: the newest) until it ends.")
+def logs(run_id: str | None, job: str | None, step: int | None, follow: bool) -> None:
+    """Print the failing job's output, step by step, of the newest (or given) run."""
     from loomrun.commands import logs as logs_cmd
 
-    _invoke("loom logs", lambda: logs_cmd.main(run_id, job))
+    _invoke("loom logs", lambda: logs_cmd.main(run_id, job, step, follow))
+
+
+@cli.command()
+@click.argument("run_id", required=False, shell_complete=_complete_runs)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write here (default .loom/.runtime/reports/<run_id>.html).")
+def report(run_id: str | None, output: str | None) -> None:
+    """Write one self-contained HTML report of the newest (or given) run; print its path."""
+    from loomrun.commands import report as report_cmd
+
+    _invoke("loom report", lambda: report_cmd.main(run_id, output))
 
 
 @cli.group()

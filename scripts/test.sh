@@ -35,6 +35,15 @@ ensure_tools() {
     fi
 }
 
+ensure_browser() {
+    # The report tests open `loom report`'s HTML in Debian's chromium, headless.
+    if ! command -v chromium >/dev/null 2>&1; then
+        echo "installing chromium with apt-get"
+        apt_install chromium \
+            || warn "chromium could not be installed; the report's browser tests will skip (and fail with CI=true)"
+    fi
+}
+
 make_venv() {
     local py="$1"
     if "$py" -m venv .venv 2>/dev/null; then
@@ -117,6 +126,7 @@ run_pytest() {
 }
 
 ensure_tools
+ensure_browser
 setup_python
 docker_up
 run_stage "ruff check ." "$PY" -m ruff check .

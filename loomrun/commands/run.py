@@ -22,7 +22,7 @@ def start_early(argv: list[str]) -> None:
     then imports the worker code (and the Docker SDK when the workflow mentions an image) while this
     process imports the CLI and loads the workflow. `--cache-diff` starts one per pass instead."""
     global _early
-    if "--cache-diff" in argv or "-h" in argv or "--help" in argv:
+    if "--cache-diff" in argv or "--list" in argv or "-h" in argv or "--help" in argv:
         return
     workflow = None
     for i, arg in enumerate(argv):
@@ -44,17 +44,21 @@ def close_early() -> None:
 
 
 def main(*, local: bool, workflow: str | None, stream: bool, verbose: bool, quiet: bool, cache_diff: bool,
-         docker_workspace_mount: str | None, max_jobs: int | None, only_jobs: tuple[str, ...]) -> int:
+         docker_workspace_mount: str | None, max_jobs: int | None, only_jobs: tuple[str, ...],
+         list_jobs: bool = False, no_deps: bool = False) -> int:
     global _early
     forks, _early = _early, None
     try:
+        if list_jobs:  # nothing runs: --local is not needed
+            return list_runnable(_options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount,
+                                          max_jobs, only_jobs, no_deps))
         if not local:
             raise LoomError("--local is required (remote execution is not available)")
         if cache_diff:  # each pass is its own supervisor with its own fork server
             from loomrun.supervisor.cache_diff import run_cache_diff
 
             return run_cache_diff(_options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount,
-                                           max_jobs, only_jobs))
+                                           max_jobs, only_jobs, no_deps))
         if forks is None:
             try:
                 forks = ForkServer(preload_docker=_mentions_image(workflow))
@@ -62,7 +66,8 @@ def main(*, local: bool, workflow: str | None, stream: bool, verbose: bool, quie
                 raise LoomError(f"cannot start the fork server: {exc.strerror or exc}") from exc
         from loomrun.supervisor.run import run_local
 
-        opts = _options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount, max_jobs, only_jobs)
+        opts = _options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount, max_jobs, only_jobs,
+                        no_deps)
         return run_local(opts, forks=forks).exit_code
     finally:
         if forks is not None:
@@ -70,12 +75,51 @@ def main(*, local: bool, workflow: str | None, stream: bool, verbose: bool, quie
 
 
 def _options(workflow: str | None, stream: bool, verbose: bool, quiet: bool, cache_diff: bool,
-             docker_workspace_mount: str | None, max_jobs: int | None, only_jobs: tuple[str, ...]) -> RunOptions:
+             docker_workspace_mount: str | None, max_jobs: int | None, only_jobs: tuple[str, ...],
+             no_deps: bool = False) -> RunOptions:
     from loomrun.supervisor.run import RunOptions
 
     return RunOptions(workflow=workflow, stream=stream, verbose=verbose, quiet=quiet, cache_diff=cache_diff,
                       docker_workspace_mount=docker_workspace_mount, max_jobs=max_jobs,
-                      only_jobs=tuple(only_jobs), command=("loom", *sys.argv[1:]))
+                      only_jobs=tuple(only_jobs), no_deps=no_deps, command=("loom", *sys.argv[1:]))
+
+
+def list_runnable(opts: RunOptions) -> int:
+    """`loom run --list`: the jobs a run would start (after workflow.rules, --job and --no-deps) as a
+    table on stdout: stage, job, provider, needs. Nothing runs and nothing is written."""
+    from loomrun.supervisor.run import Run
+    from loomrun.supervisor.run import _Failed as RunFailed  # a run that cannot start: one line
+    from loomrun.supervisor.terminal import Terminal
+    from loomrun.workflow.errors import WorkflowInvalid, format_diagnostic
+    from loomrun.workflow.resolve import load_workflow
+
+    run = Run(opts, Terminal(quiet=True))
+    try:
+        wf = load_workflow(run.workflow_path, run.repo_root)
+        jobs = run.configure(wf, listing=True)
+    except WorkflowInvalid as exc:
+        for diag in exc.diagnostics:
+            print(format_diagnostic(diag), file=sys.stderr)
+        raise LoomError(exc.message) from exc
+    except RunFailed as exc:
+        raise LoomError(exc.message) from exc
+    if not jobs:
+        print("no jobs to run" + (" (pipeline skipped by workflow.rules)" if wf.jobs else ""), file=sys.stderr)
+        return 0
+    stage_of = {j.name: j.stage for j in wf.jobs}
+    rows = [("stage", "job", "provider", "needs")]
+    for job in jobs:
+        if job.needs is not None:
+            needs = ", ".join(job.needs) or "-"
+        else:  # every job of the stages before
+            before = wf.stages[: wf.stages.index(job.stage)]
+            used = [st for st in before if st in stage_of.values()]
+            needs = f"(stage{'s' if len(used) > 1 else ''} {', '.join(used)})" if used else "-"
+        rows.append((job.stage, job.name, job.provider, needs))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3])
+    return 0
 
 
 def _mentions_image(workflow: str | None) -> bool:

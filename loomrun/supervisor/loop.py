@@ -77,6 +77,7 @@ class Supervisor:
         self.writer_error: str | None = None
         self.writer_deaths = len(writer.deaths)  # deaths already acted on (canceled the run)
         self.finish_order: list[str] = []
+        self.ended: list[m.JobEnded] = []  # every job's end, in order: the summary table's rows
         self.exiting: dict[int, JobSlot] = {}  # sentinel -> worker that reported and is exiting
         self.forks = forks  # started early by `loom run`; else this supervisor starts (and ends) its own
         self.secrets = secrets  # the run's secrets broker (started at the first job with a vault ref)
@@ -111,6 +112,7 @@ class Supervisor:
             self._untrack_run()
 
     def _loop(self, forks: ForkServer) -> None:
+        self.term.plan(len(self.jobs))
         while not self.sched.done() or self.slots:
             self._writer_check()
             for name in self.sched.take_ready():
@@ -169,6 +171,7 @@ class Supervisor:
             if slot.sentinel in ready:
                 self._reap(slot)
         self._deadlines()
+        self.term.tick()
 
     @staticmethod
     def _reported(slot: JobSlot) -> bool:
@@ -202,7 +205,9 @@ class Supervisor:
         marks = [t for s in self.slots.values() for t in (s.deadline, s.kill_at, s.tree_kill_at) if t is not None]
         if any(s.state == "stopping" for s in self.slots.values()):
             marks.append(now + STOP_TICK_S)
-        return max(0.0, min(marks) - now) if marks else None
+        wait = max(0.0, min(marks) - now) if marks else None
+        redraw = self.term.wake_in()  # the live region's next frame, if it has one
+        return redraw if redraw is not None and (wait is None or redraw < wait) else wait
 
     # -- starting --------------------------------------------------------------------------------
     def _start(self, name: str, forks: ForkServer) -> None:
@@ -210,7 +215,7 @@ class Supervisor:
         spec = self.make_spec(job)
         if self.tracked_pid != forks.pid:
             self._track(forks)
-        self.term.job_started(name, job.provider, job.image.name if job.image else None)
+        self.term.job_started(name, job.provider, job.image.name if job.image else None, steps=len(job.script))
         try:
             slot = start_worker(spec, self.writer, forks, job.timeout_s, self.secrets)
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
@@ -229,12 +234,13 @@ class Supervisor:
                 msg = slot.conn.recv()
                 if isinstance(msg, m.StepBegan):
                     slot.step = msg.step
+                    self.term.step(slot.name, msg.step)
                 elif isinstance(msg, m.StepEnded):
                     slot.step = None
                 elif isinstance(msg, m.Notice):
                     self.term.detail(f'job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.Warned):
-                    self.term.event(f'warning: job "{slot.name}": {msg.text}')
+                    self.term.warning(f'job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.JobFinished):
                     slot.result = msg
         except (EOFError, OSError):
@@ -450,6 +456,7 @@ class Supervisor:
             job.image.name if job.image else None, started_ns, now, resources or {},
             job.allow_failure, slot.step if slot is not None else None, slot.sweep if slot is not None else "",
         )
+        self.ended.append(ended)
         self.writer.send(ended)
         self.outcomes[name] = Outcome(name, status, code, kind, message, seconds, cache_hits, outputs or {})
         if status in ("failed", "canceled"):
@@ -466,8 +473,8 @@ class Supervisor:
         if status == "skipped":
             return message
         why = f"exit code {code}" if kind == m.STEP_FAILED else (message or kind or "")
-        if kind not in (m.STEP_FAILED, None) and message and kind not in message:
-            why = f"{kind}: {message}"
+        if kind not in (m.STEP_FAILED, None, status) and message and kind not in message:
+            why = f"{kind}: {message}"  # not `canceled (canceled: ...)`: the kind is said once
         if status == "failed" and job.allow_failure:
             why += ", allowed to fail"
         return why

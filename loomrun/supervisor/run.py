@@ -26,7 +26,7 @@ from loomrun.repo import no_repo, resolve_workflow_path, runtime_dir
 from loomrun.supervisor import janitor, locks
 from loomrun.supervisor.env import pipeline_variables, prepare_job
 from loomrun.supervisor.loop import Outcome, Supervisor
-from loomrun.supervisor.terminal import Terminal
+from loomrun.supervisor.terminal import Terminal, choose
 from loomrun.supervisor.writerlink import WriterLink
 from loomrun.workflow.model import Job, Workflow
 from loomrun.workspace import GitFacts
@@ -61,6 +61,7 @@ class RunOptions(NamedTuple):
     docker_workspace_mount: str | None = None
     max_jobs: int | None = None
     only_jobs: tuple[str, ...] = ()
+    no_deps: bool = False  # run exactly only_jobs; their upstream artifacts come from earlier runs
     cache_enabled: bool = True
     fingerprint_outputs: bool = False
     command: tuple[str, ...] = ("loom", "run", "--local")
@@ -118,6 +119,7 @@ class Run:
         self.forks: ForkServer | None = None
         self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
         self.secrets: SecretsBroker | None = None  # when a job has keepass:// or op:// refs
+        self.upstream: dict[str, str] = {}  # --no-deps: upstream job -> artifacts folder of an earlier run
 
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -167,14 +169,15 @@ class Run:
         except LoomError as exc:
             raise _Failed(exc.message) from exc
         for warning in wf.warnings:
-            self.term.event(f"warning: {warning.message}")
+            self.term.warning(warning.message)
         self.wf = wf
         return wf
 
-    def configure(self, wf: Workflow) -> list[Job]:
-        """Runtime config, git facts, the predefined variables, `workflow.rules`, `--job`, then every
-        job's variables and expanded paths (an error in any is the run's, before anything starts).
-        An empty list with `skipped` set: the rules skip the pipeline."""
+    def configure(self, wf: Workflow, listing: bool = False) -> list[Job]:
+        """Runtime config, git facts, the predefined variables, `workflow.rules`, `--job` (and
+        `--no-deps`'s upstream artifacts, unless only `listing`), then every job's variables and
+        expanded paths (an error in any is the run's, before anything starts). An empty list with
+        `skipped` set: the rules skip the pipeline."""
         from loomrun.workflow.graph import graph_ir, select_jobs
         from loomrun.workflow.rules import rule_context, skip_reason
         from loomrun.workflow.variables import ExpansionError
@@ -200,6 +203,10 @@ class Run:
         if self.opts.only_jobs:
             try:
                 keep = set(select_jobs(wf, self.opts.only_jobs))
+                if self.opts.no_deps:
+                    keep = set(self.opts.only_jobs)
+                    if not listing:
+                        self.upstream = self._upstream(wf, keep)
             except LoomError as exc:
                 raise _Failed(exc.message) from exc
             jobs = [j for j in jobs if j.name in keep]
@@ -219,6 +226,16 @@ class Run:
             return prepare_job(job, self.pipeline_vars, project)
         except LoomError as exc:
             raise _Failed(exc.message) from exc
+
+    def _upstream(self, wf: Workflow, keep: set[str]) -> dict[str, str]:
+        from loomrun.supervisor.upstream import restore_plan
+        from loomrun.workflow.graph import dependencies
+
+        plan = restore_plan(wf.jobs, keep, dependencies(wf), self.runtime / "logs", self.run_id)
+        for up, (run_id, _) in plan.items():
+            self.term.event(f'--no-deps: artifacts of job "{up}" from run {run_id}')
+        self.receipt["upstream_artifacts"] = {up: run_id for up, (run_id, _) in plan.items()}
+        return {up: str(folder) for up, (_, folder) in plan.items()}
 
     def snapshot(self) -> None:
         from loomrun.workspace import make_snapshot, remove_snapshot
@@ -251,7 +268,7 @@ class Run:
             # here, which cannot fail: the same inputs passed then.
             prepared = self.prepared.pop(job.name, None)
             env, job = prepared if prepared is not None else self._prepare(job)
-            dep_art = tuple((d, str(staging / d)) for d in deps.get(job.name, ()))
+            dep_art = tuple((d, self.upstream.get(d) or str(staging / d)) for d in deps.get(job.name, ()))
             leftovers = None
             if job.provider == "docker" and self.docker_leftovers is not None:
                 leftovers, self.docker_leftovers = self.docker_leftovers, None
@@ -377,7 +394,7 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
     """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
     the receipt is written. `forks`: a fork server started early by the caller (else one per run).
     `relay` (--cache-diff) is told every SIGINT/SIGTERM this run gets, from its signal handler."""
-    term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
+    term = term or choose(verbose=opts.verbose, quiet=opts.quiet, stream_output=opts.stream)
     run = Run(opts, term)
     run.forks = forks
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -429,6 +446,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
         exit_code, error = amend(run, int(exit_code), error)
     result = run.finalize(int(exit_code), error)
     os.close(wake_r)
+    if run.sup is not None:
+        term.summary(run.sup.ended, run.sup.sched.deps, (time.time_ns() - run.started_ns) / 1e9)
     term.finished(result.exit_code == 0, result.receipt_path, result.error)
     if run.skipped is not None and result.exit_code == 0 and term.final:
         # Last, so a run that did nothing never reads as a pipeline that passed (issue 11 item 19).

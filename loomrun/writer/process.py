@@ -148,6 +148,8 @@ class Writer:
             conn = Connection(fd)
             self.workers[msg.job_id] = conn
             self.sel.register(conn, selectors.EVENT_READ, ("worker", msg.job_id))
+            if self.log is not None:
+                self.log.trace.feed(msg)
         elif isinstance(msg, m.Redact):
             self.redactions.extend(msg.values)
         elif isinstance(msg, m.MarkAbandoned):
@@ -173,6 +175,7 @@ class Writer:
             self._send(m.RunWritten(str(log.run_ended(msg))))
         else:
             raise ValueError(f"unknown record {type(msg).__name__}")
+        log.trace.feed(msg)  # after a JobEnded's drain: the job's last records are in
 
     # -- worker records ------------------------------------------------------------------------
     def _from_worker(self, job_id: str) -> None:
@@ -208,6 +211,7 @@ class Writer:
             with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 out_fd, err_fd = reduction.recvfds(s, 2)
             step = log.step_started(msg)
+            log.trace.feed(msg)
             for fd, name in ((out_fd, "stdout"), (err_fd, "stderr")):
                 os.set_blocking(fd, False)
                 self.streams[fd] = OutputStream(msg.job_id, step, name, fd)
@@ -219,6 +223,7 @@ class Writer:
             if handler is None:
                 raise ValueError(f"unknown worker record {type(msg).__name__}")
             handler(log, msg)
+            log.trace.feed(msg)
 
     # -- step output ---------------------------------------------------------------------------
     def _output(self, fd: int) -> None:

@@ -97,6 +97,9 @@ class RunLog:
         self.roster: list[tuple[str, str]] = []
         self.jobs: dict[str, JobLog] = {}
         self.finish_order: list[str] = []
+        from loomrun.writer.trace import Trace  # here, in the writer: not on the supervisor's start-up path
+
+        self.trace = Trace(start, self.redact)  # fed by the writer's loop as records arrive
 
     # -- helpers ---------------------------------------------------------------------------
     def job(self, job_id: str) -> JobLog:
@@ -362,6 +365,7 @@ class RunLog:
                 manifest["failing_job_manifest_path"] = f"jobs/{failing}/manifest.json" if failing else None
             self.docs.write(self.logs_dir / "pipeline" / "summary.json", summary)
             self.docs.write(self.logs_dir / "pipeline" / "manifest.json", manifest)
+            self.docs.write(self.logs_dir / "pipeline" / "trace.json", self.trace.document())
         self.events.close()
         self.docs.flush()
         syncfs(self.logs_dir)  # every log line and document is durable before the receipt, written last

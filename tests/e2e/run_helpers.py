@@ -23,8 +23,17 @@ PHASE_CODES = {
 
 
 def terminal(result: Result) -> list[str]:
-    """stderr lines with job durations normalised to ` in N.NNs`."""
-    return [DURATION.sub(" in N.NNs", line) for line in result.stderr.splitlines()]
+    """stderr lines with job durations normalised to ` in N.NNs`, without the summary table (from
+    the blank line before it to its `wall time` line and warnings; tests/e2e/test_terminal.py)."""
+    lines = result.stderr.splitlines()
+    if "" in lines:
+        start = lines.index("")
+        end = start + 1
+        while end < len(lines) and not lines[end].startswith("loom run "):
+            end += 1
+        assert any(line.startswith("wall time ") for line in lines[start:end]), lines
+        lines = lines[:start] + lines[end:]
+    return [DURATION.sub(" in N.NNs", line) for line in lines]
 
 
 def git(repo: Path, *args: str) -> str:

@@ -472,20 +472,34 @@ def test_loom_logs_follows_the_ladder(failing: Result) -> None:
     run_id = failing.receipt["run_id"]
     newest = loom_logs(failing.repo)  # the newest run of this repo fails the same way
     assert newest.returncode == 0, newest.stderr
-    assert newest.stdout == "before\n"
-    assert re.fullmatch(r'run loom-run-local-\d+: job "test" failed in step 2 \(exit code 3\)\n', newest.stderr)
+    assert newest.stdout == "art\nbefore\n"  # the failing job's whole output, step by step
+    failed_in = 'job "test" failed in step 2 (exit code 3)'
+    assert re.fullmatch(rf"run loom-run-local-\d+: {re.escape(failed_in)}", newest.stderr.splitlines()[0])
     given = loom_logs(failing.repo, run_id)
     assert given.returncode == 0, given.stderr
-    assert given.stdout == "before\n"
-    assert given.stderr == f'run {run_id}: job "test" failed in step 2 (exit code 3)\n'
+    assert given.stdout == "art\nbefore\n"
+    assert given.stderr.splitlines() == [
+        f"run {run_id}: {failed_in}",
+        "--- step 1 passed: cat out/a.txt",
+        "--- step 2 failed (exit code 3): echo before; exit 3  <- the job failed here",
+    ]
+    one = loom_logs(failing.repo, run_id, "--step", "2")
+    assert (one.stdout, one.stderr.splitlines()[1:]) == (
+        "before\n", ["--- step 2 failed (exit code 3): echo before; exit 3  <- the job failed here"])
     job = loom_logs(failing.repo, run_id, "--job", "build")
     assert job.returncode == 0, job.stderr
     assert job.stdout == "hello from build\nto stderr\n"
     assert job.stderr.splitlines() == [
-        'job "build" step 1 (success, exit code 0)',
-        'job "build" step 2 (success, exit code 0)',
-        'job "build" step 3 (success, exit code 0)',
+        "--- step 1 passed: echo hello from build",
+        "--- step 2 passed: echo to stderr >&2",
+        "--- step 3 passed: mkdir -p out && echo art > out/a.txt && echo skip > out/b.log",
     ]
+    third = loom_logs(failing.repo, run_id, "--job", "build", "--step", "2")
+    assert (third.stdout, third.stderr) == ("to stderr\n", "--- step 2 passed: echo to stderr >&2\n")
+    beyond = loom_logs(failing.repo, run_id, "--job", "build", "--step", "4")
+    assert (beyond.returncode, beyond.stderr) == (1, 'loom logs: job "build" has no step 4 (it ran 3)\n')
+    zero = loom_logs(failing.repo, run_id, "--step", "0")  # 1-based: a usage error
+    assert zero.returncode == 2
     unknown = loom_logs(failing.repo, run_id, "--job", "nope")
     assert unknown.returncode == 1
     assert unknown.stderr == f'loom logs: run {run_id} has no job "nope"\n'
@@ -546,7 +560,8 @@ def test_colour_only_on_a_tty_without_no_color(passing: Result) -> None:
     coloured = run_on_tty(passing.repo, env)
     assert "\x1b[32mpassed\x1b[0m" in coloured and "loom run \x1b[32mpassed\x1b[0m" in coloured
     plain = run_on_tty(passing.repo, {**env, "NO_COLOR": "1"})
-    assert "\x1b[" not in plain and "loom run passed" in plain
+    # no colour codes (a live region, when TERM allows one, still moves the cursor)
+    assert not re.search("\x1b\\[[0-9;]*m", plain) and "loom run passed" in plain
     piped = run_loom(passing.repo, "run", "--local", env=env)  # stderr is a pipe: no colour
     assert "\x1b[" not in piped.stderr
 
@@ -588,7 +603,7 @@ def test_loom_logs_for_a_skipped_job_and_from_a_subfolder(failing: Result) -> No
     sub = failing.repo / "some" / "folder"
     sub.mkdir(parents=True, exist_ok=True)
     from_sub = loom_logs(sub, run_id)
-    assert (from_sub.returncode, from_sub.stdout) == (0, "before\n")
+    assert (from_sub.returncode, from_sub.stdout) == (0, "art\nbefore\n")
 
 
 def test_loom_logs_after_a_run_that_found_no_workflow(tmp_path: Path) -> None:

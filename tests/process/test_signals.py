@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -72,6 +73,8 @@ def test_interrupt_cancels_cleans_up_and_writes_receipt(tmp_path: Path, sig: int
     assert_logs_valid(result)
     lines = result.stderr.splitlines()
     assert lines.index(f"receipt: {result.receipt_path}") < lines.index(f"loom run: interrupted by {name}")
+    assert f'job "later" canceled (interrupted by {name})' in lines  # the kind once, not "canceled (canceled: "
+    assert any(re.fullmatch(rf'job "long" canceled in \d+\.\d\ds \(interrupted by {name}\)', ln) for ln in lines)
 
 
 def test_second_interrupt_skips_the_grace_period(tmp_path: Path) -> None:

@@ -1,0 +1,226 @@
+"""What a person sees of `loom run` (spec §11): the live region in a real pseudo-terminal, the plain
+lines everywhere else (not one escape byte), the summary table with the wall time and the critical
+path, and warnings repeated under it. Real `loom` processes; the pty is a real one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.ptyrun import run_in_pty, screen_of
+from tests.e2e.run_helpers import terminal
+from tests.process.runner import make_repo, run_loom
+
+DURATION = re.compile(r"\d+\.\d\ds")
+COUNTS = re.compile(r"(\d+) running \u00b7 (\d+) passed \u00b7 (\d+) failed(?: \u00b7 \d+ \w+)* \u00b7 (\d+) pending")
+
+STEPS = """
+    version: v1
+    stages: [a, b]
+    default:
+      target: linux
+    slow:
+      stage: a
+      script: ["echo one", "sleep 2", "echo three"]
+    quick:
+      stage: a
+      script: ["true"]
+    after:
+      stage: b
+      script: ["echo after"]
+"""
+
+
+def frame_lines(text: str) -> list[str]:
+    """Every line the terminal was sent, control sequences taken as line breaks."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", text).replace("\r", "").split("\n")
+
+
+def normal(lines: list[str]) -> list[str]:
+    return [DURATION.sub("N.NNs", line) for line in lines]
+
+
+def summary_block(lines: list[str]) -> list[str]:
+    """From the blank line before the table to the wall-time line (and any warnings under it)."""
+    start = lines.index("")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("wall time "))
+    while end + 1 < len(lines) and not lines[end + 1].startswith("loom run "):
+        end += 1
+    return lines[start:end + 1]
+
+
+@pytest.fixture(scope="module")
+def steps_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("live") / "repo", STEPS)
+
+
+def test_live_region_appears_is_redrawn_and_is_gone_at_the_end(steps_repo: Path) -> None:
+    run = run_in_pty(["run", "--local", "-j", "2"], steps_repo)
+    assert run.code == 0, run.raw.decode()
+    text = run.raw.decode()
+    assert "\x1b[" in text  # drawn with cursor movements, not plain lines
+    frames = frame_lines(text)
+    # a line per running job: name, provider, current step n/N, elapsed seconds
+    assert any(re.fullmatch(r"  slow\s+host\s+step 2/3\s+[1-9]\d*s", line) for line in frames), frames
+    counts = [tuple(map(int, m.groups())) for m in COUNTS.finditer(text)]
+    assert (1, 1, 0, 1) in counts, counts  # slow running, quick passed, after pending
+    assert len(counts) >= 3 and len(set(counts)) >= 2, counts  # redrawn as the run went on
+    # at most 10 frames a second, counted over the whole run
+    assert len(counts) <= 10 * run.seconds + 2, (len(counts), run.seconds)
+    screen = screen_of(run.raw)
+    assert not any(COUNTS.search(line) or "step " in line for line in screen), screen
+    table = summary_block(screen)
+    assert normal(screen[: screen.index("")]) == [  # no `started` lines: running jobs were the region
+        'job "quick" passed in N.NNs',
+        'job "slow" passed in N.NNs',
+        'job "after" passed in N.NNs',
+    ]
+    assert normal(table[1:-1]) == [
+        "job    stage  provider  status  duration  failure",
+        "slow   a      host      passed     N.NNs",
+        "quick  a      host      passed     N.NNs",
+        "after  b      host      passed     N.NNs",
+    ]
+    assert re.fullmatch(r"wall time \d+\.\d\ds; critical path: slow \(\d+\.\d\ds\) -> after \(\d+\.\d\ds\)",
+                        table[-1]), table
+    receipt = run_loom_receipt(screen)
+    assert screen[-2:] == ["loom run passed", f"receipt: {receipt}"]
+
+
+def run_loom_receipt(screen: list[str]) -> str:
+    return next(line[len("receipt: "):] for line in screen if line.startswith("receipt: "))
+
+
+def test_plain_lines_are_the_same_in_a_pipe_and_with_term_dumb(steps_repo: Path) -> None:
+    piped = run_loom(steps_repo, "run", "--local", "-j", "2")
+    assert piped.code == 0, piped.stderr
+    assert "\x1b" not in piped.stderr
+    dumb = run_in_pty(["run", "--local", "-j", "2"], steps_repo, env={"TERM": "dumb"}, color=True)
+    assert dumb.code == 0
+    assert b"\x1b" not in dumb.raw  # not one escape byte, colours included
+    lines = dumb.raw.decode().replace("\r\n", "\n").splitlines()
+    for seen in (lines, piped.stderr.splitlines()):
+        plain = [line for line in normal(seen) if not line.startswith(("receipt: ", "wall time "))]
+        assert plain[:6] == [
+            'job "slow" started (host)',
+            'job "quick" started (host)',
+            'job "quick" passed in N.NNs',
+            'job "slow" passed in N.NNs',
+            'job "after" started (host)',
+            'job "after" passed in N.NNs',
+        ]
+        assert plain[-1] == "loom run passed"
+        assert "job    stage  provider  status  duration  failure" in plain
+
+
+def test_no_live_region_with_stream_or_quiet(steps_repo: Path) -> None:
+    streamed = run_in_pty(["run", "--local", "--stream"], steps_repo)
+    assert streamed.code == 0
+    text = streamed.raw.decode()
+    assert "[after] after" in text and 'job "after" started (host)' in text
+    assert not COUNTS.search(text) and "\x1b[" not in text
+    quiet = run_in_pty(["run", "--local", "-q"], steps_repo)
+    assert quiet.code == 0
+    assert quiet.raw.decode().replace("\r\n", "\n").splitlines()[0] == "loom run passed"
+
+
+def test_live_region_on_a_hundred_jobs_in_a_small_terminal(tmp_path: Path) -> None:
+    jobs = "".join(f"j{i:03d}:\n  stage: s\n  target: linux\n  script: [\"true\", \"true\"]\n" for i in range(100))
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [s]\n" + jobs)
+    run = run_in_pty(["run", "--local", "-j", "8"], repo, rows=8, cols=60, color=True)
+    assert run.code == 0, run.raw.decode()
+    text = run.raw.decode()
+    assert re.search(r"\.\.\. and \d+ more running", text), text  # 8 running jobs do not fit in 8 rows
+    counts = [tuple(map(int, m.groups())) for m in COUNTS.finditer(re.sub(r"\x1b\[\d*m", "", text))]
+    assert counts and len(counts) <= 10 * run.seconds + 2, (len(counts), run.seconds)
+    screen = screen_of(run.raw)
+    passed = [line for line in screen if re.fullmatch(r'job "j\d{3}" passed in \d+\.\d\ds', line)]
+    assert len(passed) == 100
+    table = summary_block(screen)
+    assert len(table) == 1 + 1 + 100 + 1
+    assert screen[-2] == "loom run passed"
+
+
+def test_summary_sorts_by_start_and_names_the_critical_path(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [build, test, ship]
+        default:
+          target: linux
+        compile:
+          stage: build
+          script: ["sleep 0.3"]
+        docs:
+          stage: build
+          script: ["true"]
+        unit:
+          stage: test
+          needs: [compile]
+          script: ["sleep 0.3"]
+        flaky:
+          stage: test
+          needs: [docs]
+          allow_failure: true
+          script: ["exit 2"]
+        broken:
+          stage: test
+          needs: [docs]
+          script: ["exit 5"]
+        package:
+          stage: ship
+          needs: [unit]
+          script: ["true"]
+        publish:
+          stage: ship
+          needs: [broken]
+          script: ["true"]
+    """)
+    result = run_loom(repo, "run", "--local", "-j", "1")
+    assert result.code == 1
+    lines = result.stderr.splitlines()
+    table = summary_block(lines)
+    assert normal(table[1:-1]) == [
+        "job      stage  provider  status            duration  failure",
+        "compile  build  host      passed               N.NNs",
+        "docs     build  host      passed               N.NNs",
+        "unit     test   host      passed               N.NNs",
+        "flaky    test   host      failed (allowed)     N.NNs  step_failed",
+        "broken   test   host      failed               N.NNs  step_failed",
+        "package  ship   host      passed               N.NNs",
+        "publish  ship   host      skipped                  -  dependency_failed",
+    ]
+    # -j 1: package ran last; it waited for unit, which waited for compile
+    assert re.fullmatch(r"wall time \d+\.\d\ds; critical path: compile \(0\.\d\ds\) -> unit \(0\.\d\ds\) "
+                        r"-> package \(\d\.\d\ds\)", table[-1]), table[-1]
+    assert lines[-3:-1] == ["loom run failed", f"receipt: {result.receipt_path}"]
+    # the rest of the terminal is the plain lines of before
+    assert terminal(result)[0] == 'job "compile" started (host)'
+
+
+def test_quiet_has_no_summary(steps_repo: Path) -> None:
+    result = run_loom(steps_repo, "run", "--local", "-q")
+    assert result.stderr.splitlines() == ["loom run passed", f"receipt: {result.receipt_path}"]
+
+
+def test_warnings_reach_the_terminal_and_the_summary(tmp_path: Path) -> None:
+    # A workflow warning (the workers' warnings, `m.Warned`, take the same path: Terminal.warning)
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s, empty]
+        default:
+          target: linux
+        one:
+          stage: s
+          script: ["true"]
+    """)
+    piped = run_loom(repo, "run", "--local")
+    assert piped.code == 0, piped.stderr
+    lines = piped.stderr.splitlines()
+    assert lines[0] == 'warning: stage "empty" has no jobs'
+    assert summary_block(lines)[-2:] == ["1 warning:", '  stage "empty" has no jobs']
+    live = run_in_pty(["run", "--local"], repo)
+    screen = screen_of(live.raw)
+    assert screen[0] == 'warning: stage "empty" has no jobs'
+    assert summary_block(screen)[-2:] == ["1 warning:", '  stage "empty" has no jobs']
