@@ -32,7 +32,8 @@ def test_a_failing_section_is_marked_and_its_code_printed_once(tmp_path: Path) -
         f'run {run_id}: job "use" failed in section secrets',
         "--- section secrets failed  <- the job failed here",
     ]
-    error = "[SECRETS_REQUIRED_MISSING] secret NOPE (env://LOOM_TEST_UNSET_SECRET) has no value"
+    error = ("[SECRETS_REQUIRED_MISSING] secret NOPE (env://LOOM_TEST_UNSET_SECRET): $LOOM_TEST_UNSET_SECRET is "
+             "not set in the environment of loom")
     assert error in logs.stdout.splitlines()
     assert logs.stdout.count("SECRETS_REQUIRED_MISSING") == 1
 
