@@ -51,7 +51,11 @@ def find_receipt(runtime: Path, run_id: str | None) -> Path:
 
 
 def event_lines(path: Path) -> list[str]:
+    """The output lines of one events file, in order. A line the writer cut into pieces (events
+    marked `"continued": true`, spec §5.4 as loom writes it) is joined again with the first line of
+    the next output event of the same stream."""
     out: list[str] = []
+    pieces: dict[str, list[str]] = {}  # stream -> the leading pieces of a line still going on
     with open(path, encoding="utf-8") as fh:
         for raw in fh:
             try:
@@ -59,9 +63,21 @@ def event_lines(path: Path) -> list[str]:
             except ValueError:
                 continue
             if ev.get("type") == "output":
-                out.extend(ev["lines"] if "lines" in ev else [ev.get("line", "")])
+                lines = list(ev["lines"]) if "lines" in ev else [ev.get("line", "")]
+                stream = ev.get("stream", "")
+                held = pieces.pop(stream, None)
+                if held is not None:
+                    if ev.get("continued") and len(lines) == 1:  # one more piece of the same line
+                        held.append(lines[0])
+                        pieces[stream] = held
+                        continue
+                    lines[0:1] = ["".join([*held, *lines[:1]])]
+                if ev.get("continued") and lines:
+                    pieces[stream] = [lines.pop()]
+                out.extend(lines)
             elif ev.get("type") == "error":
                 out.append(f"[{ev.get('code')}] {ev.get('message')}")
+    out.extend("".join(held) for held in pieces.values())  # a step killed in the middle of a long line
     return out
 
 

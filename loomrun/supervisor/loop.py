@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
 from multiprocessing.connection import wait
 from typing import Any, NamedTuple
 
@@ -44,6 +46,19 @@ class WriterLost(Exception):
     pass
 
 
+class EndLine:
+    """A job's passed/failed/... line, held until the writer answers `JobWritten` for the job: by
+    then its output is on the terminal (--stream) and in its events, so the line follows it."""
+
+    __slots__ = ("code", "kind", "message", "name", "seconds", "status", "tail")
+
+    def __init__(self, name: str, status: str, code: int | None, kind: str | None, message: str,
+                 seconds: float | None) -> None:
+        self.name, self.status, self.code, self.kind = name, status, code, kind
+        self.message, self.seconds = message, seconds
+        self.tail: Sequence[str] = ()
+
+
 class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
                  writer: WriterHandle, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
@@ -65,6 +80,10 @@ class Supervisor:
         self.ended: list[m.JobEnded] = []  # everything told to the writer, for a writer that takes over
         self.exiting: dict[int, JobSlot] = {}  # sentinel -> worker that reported and is exiting
         self.forks = forks  # started early by `loom run`; else this supervisor starts (and ends) its own
+        # Terminal lines in the order they were decided, held behind an end line whose job the writer
+        # has not written yet (so the plain lines read as before: started, passed, started, ...).
+        self.said: deque[EndLine | Callable[[], None]] = deque()
+        self.unwritten: dict[str, EndLine] = {}
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
@@ -77,6 +96,7 @@ class Supervisor:
             why = f"worker could not start: cannot start the fork server: {exc.strerror or exc}"
             for name in self.sched.cancel_pending():
                 self._record(name, "failed", None, m.WORKER_CRASHED, why, None, started_ns=None)
+            self._await_written()
             return
         try:
             self._execute(own)
@@ -91,6 +111,7 @@ class Supervisor:
             if self.sched.done() and not self.slots:
                 break
             self._wait_once()
+        self._await_written()
         self._reap_exiting()
 
     def _wait_once(self) -> None:
@@ -107,6 +128,7 @@ class Supervisor:
         if self.writer.conn in ready:
             self._from_writer()
         if self.writer.sentinel in ready:
+            self._release_all()
             raise WriterLost(self._writer_death())
         for slot in list(self.slots.values()):
             if slot.conn is not None and slot.conn in ready:
@@ -155,7 +177,7 @@ class Supervisor:
     def _start(self, name: str, forks: ForkServer) -> None:
         job = self.jobs[name]
         spec = self.make_spec(job)
-        self.term.job_started(name, job.provider, job.image.name if job.image else None)
+        self._say(self.term.job_started, name, job.provider, job.image.name if job.image else None)
         try:
             slot = start_worker(spec, self.writer, forks, job.timeout_s)
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
@@ -175,9 +197,9 @@ class Supervisor:
                 elif isinstance(msg, m.StepEnded):
                     slot.step = None
                 elif isinstance(msg, m.Notice):
-                    self.term.detail(f'job "{slot.name}": {msg.text}')
+                    self._say(self.term.detail, f'job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.Warned):
-                    self.term.event(f'warning: job "{slot.name}": {msg.text}')
+                    self._say(self.term.event, f'warning: job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.JobFinished):
                     slot.result = msg
         except (EOFError, OSError):
@@ -188,7 +210,9 @@ class Supervisor:
         try:
             while self.writer.conn.poll():
                 msg = self.writer.conn.recv()
-                if isinstance(msg, m.WriterFailed) and self.writer_error is None:
+                if isinstance(msg, m.JobWritten):
+                    self._written(msg)
+                elif isinstance(msg, m.WriterFailed) and self.writer_error is None:
                     self.writer_error = msg.message
                     self._cancel_all(m.CANCELED, f"cannot write logs: {msg.message}")
         except (EOFError, OSError):
@@ -324,10 +348,75 @@ class Supervisor:
         self.outcomes[name] = Outcome(name, status, code, kind, message, seconds, cache_hits, outputs or {})
         if status in ("failed", "canceled"):
             self.finish_order.append(name)
-        self.term.job_ended(name, status, seconds, self._why(job, status, code, kind, message))
+        line = EndLine(name, status, code, kind, message, seconds)
+        self.unwritten[name] = line
+        self.said.append(line)
         if self.sched.state[name] == "running":  # not for a job settled before it started (skipped, canceled)
             for skipped, reason in self.sched.finish(name, status):
                 self._record(skipped, "skipped", None, m.DEPENDENCY_FAILED, reason, None, started_ns=None)
+
+    # -- the terminal, in the order things were decided -----------------------------------------
+    def _say(self, call: Callable[..., None], *args: Any) -> None:
+        if self.said:
+            self.said.append(partial(call, *args))
+        else:
+            call(*args)
+
+    def _written(self, msg: m.JobWritten) -> None:
+        line = self.unwritten.pop(msg.job_id, None)
+        if line is None:  # released already (the writer died, or took too long)
+            return
+        line.message, line.tail = msg.message, msg.tail  # redacted by the writer, which knows the secrets
+        outcome = self.outcomes.get(msg.job_id)
+        if outcome is not None:
+            self.outcomes[msg.job_id] = outcome._replace(message=msg.message)
+        self._flush_said()
+
+    def _release_all(self) -> None:
+        """No answer is coming (the writer died or hangs): print every held line now."""
+        self.unwritten.clear()
+        self._flush_said()
+
+    def _flush_said(self) -> None:
+        said = self.said
+        while said:
+            head = said[0]
+            if isinstance(head, EndLine):
+                if head.name in self.unwritten:
+                    return
+                said.popleft()
+                self._print_end(head)
+            else:
+                said.popleft()
+                head()
+
+    def _print_end(self, line: EndLine) -> None:
+        why = self._why(self.jobs[line.name], line.status, line.code, line.kind, line.message)
+        if line.status != "failed":
+            self.term.job_ended(line.name, line.status, line.seconds, why)
+            return
+        import shlex  # a failed job's hint names it as a shell would need it
+
+        hint = f"loom logs {self.run_id} --job {shlex.quote(line.name)}"
+        self.term.job_ended(line.name, line.status, line.seconds, why, tail=line.tail, logs_hint=hint)
+
+    def _await_written(self, timeout_s: float = 120.0) -> None:
+        """Every job's end line is printed before the run's own lines: wait for the writer's last
+        answers (a writer that dies or hangs releases them unanswered)."""
+        deadline = time.monotonic() + timeout_s
+        while self.unwritten:
+            left = deadline - time.monotonic()
+            ready = wait([self.writer.conn, self.writer.sentinel, self.wakeup_fd], timeout=max(0.0, left))
+            if self.wakeup_fd in ready:
+                self._signals()
+            if self.writer.conn in ready:
+                self._from_writer()
+            if self.writer.sentinel in ready and self.unwritten:
+                self._release_all()
+                raise WriterLost(self._writer_death())
+            if left <= 0:
+                break
+        self._release_all()
 
     @staticmethod
     def _why(job: Job, status: str, code: int | None, kind: str | None, message: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 COLORS = {"green": "32", "red": "31", "yellow": "33", "dim": "2"}
@@ -45,11 +46,18 @@ class Terminal:
         if image:
             self.detail(f'job "{name}": image {image}')
 
-    def job_ended(self, name: str, status: str, seconds: float | None, why: str) -> None:
+    def job_ended(self, name: str, status: str, seconds: float | None, why: str, *,
+                  tail: Sequence[str] = (), logs_hint: str | None = None) -> None:
+        """`tail`: a failed job's last output lines (redacted, without control characters), shown
+        under its line; `logs_hint`: the `loom logs` command that shows the rest (spec §11)."""
         took = f" in {seconds:.2f}s" if seconds is not None else ""
         word = {"success": "passed", "failed": "failed", "canceled": "canceled", "skipped": "skipped"}[status]
         color = {"passed": "green", "failed": "red", "canceled": "yellow", "skipped": "yellow"}[word]
         self.event(f'job "{name}" {self.paint(word, color)}{took}{f" ({why})" if why else ""}')
+        for line in tail:
+            self.event(f"    {line}")
+        if logs_hint:
+            self.event(f"  logs: {logs_hint}")
 
     def finished(self, passed: bool, receipt: str | None, error: str | None) -> None:
         if not self.final:

@@ -9,15 +9,20 @@ jobs/<id>/artifacts/<path>. Paths inside documents are relative to the logs dir.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from loomrun import __version__
 from loomrun.durable import syncfs
 from loomrun.protocol import messages as m
-from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
+from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, emit_piece, rfc3339
 from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children, write_document
+from loomrun.writer.redact import Redactor
+
+TAIL_LINES = 20  # output lines shown under a failed job's line (spec §11)
 
 
 def step_dir(index: int) -> str:
@@ -27,8 +32,8 @@ def step_dir(index: int) -> str:
 # Plain classes with __slots__, not dataclasses: the supervisor imports this module at every start of
 # `loom` (the writer is forked from it), and defining a dataclass cost ~0.7 ms there.
 class StepLog:
-    __slots__ = ("command", "duration_ms", "events", "exit_code", "finished_ns", "index", "message", "open_streams",
-                 "output_lines", "started_ns", "status", "written")
+    __slots__ = ("command", "duration_ms", "events", "exit_code", "finished_ns", "index", "last_output_ns",
+                 "message", "open_streams", "output_lines", "started_ns", "status", "tail", "written")
 
     def __init__(self, index: int, command: str, started_ns: int, events: LineFile) -> None:
         self.index = index
@@ -37,6 +42,8 @@ class StepLog:
         self.events = events
         self.open_streams = 2
         self.output_lines = 0
+        self.last_output_ns = 0
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)  # the last lines, for a failed job's terminal line
         self.exit_code: int | None = None
         self.duration_ms: int | None = None
         self.finished_ns: int | None = None
@@ -46,7 +53,7 @@ class StepLog:
 
 
 class SectionLog:
-    __slots__ = ("details", "error_code", "events", "finished_ns", "message", "name", "started_ns", "status")
+    __slots__ = ("details", "error_code", "events", "finished_ns", "message", "name", "started_ns", "status", "tail")
 
     def __init__(self, name: str, started_ns: int, events: LineFile) -> None:
         self.name = name
@@ -57,6 +64,7 @@ class SectionLog:
         self.error_code = ""
         self.message = ""
         self.details: dict[str, Any] = {}
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
 
 
 class JobLog:
@@ -72,12 +80,12 @@ class JobLog:
 
 
 class RunLog:
-    def __init__(self, start: m.RunStarted, redactions: list[tuple[str, str]]) -> None:
+    def __init__(self, start: m.RunStarted, redactor: Redactor) -> None:
         self.start = start
         self.runtime = Path(start.repo_root) / ".loom" / ".runtime"
         self.logs_dir = self.runtime / "logs" / start.run_id
         self.receipts_dir = self.runtime / "receipts"
-        self.redactions = redactions
+        self.redactor = redactor
         self.runtime.mkdir(parents=True, exist_ok=True)
         gitignore = self.runtime / ".gitignore"
         if not gitignore.exists():
@@ -106,10 +114,11 @@ class RunLog:
         return log
 
     def redact(self, text: str) -> str:
-        for name, value in self.redactions:
-            if value:
-                text = text.replace(value, f"[REDACTED:SECRET_{name}]")
-        return text
+        return self.redactor.text(text) if self.redactor.active else text
+
+    def write_doc(self, path: str | Path, doc: dict[str, Any]) -> None:
+        """Every document of the run, redacted whole (section details, messages, resources)."""
+        self.docs.write(path, self.redactor.doc(doc))
 
     def job_dir(self, job_id: str) -> Path:
         return self.logs_dir / "jobs" / job_id
@@ -149,8 +158,10 @@ class RunLog:
             self.section_began(m.SectionBegan(msg.job_id, msg.name, msg.ts_ns))
             sec = self.job(msg.job_id).sections[msg.name]
         for line in msg.lines:
+            line = self.redact(line)
+            sec.tail.append(line)
             emit(sec.events, msg.ts_ns, "output", "section", SECTION_PHASE.get(msg.name),
-                 job_id=msg.job_id, section=msg.name, stream=msg.stream, line=self.redact(line))
+                 job_id=msg.job_id, section=msg.name, stream=msg.stream, line=line)
 
     def section_ended(self, msg: m.SectionEnded) -> None:
         job = self.job(msg.job_id)
@@ -180,7 +191,7 @@ class RunLog:
         if sec.message:
             doc["message"] = sec.message
         doc.update(sec.details)
-        self.docs.write(self.job_path(job_id, f"system/{sec.name}/summary.json"), doc)
+        self.write_doc(self.job_path(job_id, f"system/{sec.name}/summary.json"), doc)
 
     # -- steps -----------------------------------------------------------------------------
     def step_started(self, msg: m.StepStarted) -> StepLog:
@@ -191,9 +202,21 @@ class RunLog:
              step=msg.step, command=step.command)
         return step
 
-    def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int) -> None:
+    def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int,
+                    joined: bool = False) -> None:
+        """Whole lines; `joined`: the first one ends a line whose pieces were written before."""
         step.output_lines += len(lines)
+        step.last_output_ns = ts_ns
+        step.tail.extend(lines[max(int(joined), len(lines) - TAIL_LINES):])
         emit_output(step.events, ts_ns, job_id, step.index, stream, lines)
+
+    def step_piece(self, job_id: str, step: StepLog, stream: str, piece: str, ts_ns: int, joined: bool) -> None:
+        """A leading piece of a line too long to hold (see process.LINE_CHUNK): one event marked
+        `continued`; the line is counted once, when its last piece comes as a whole line."""
+        step.last_output_ns = ts_ns
+        if not joined:
+            step.tail.append(piece)
+        emit_piece(step.events, ts_ns, job_id, step.index, stream, piece)
 
     def step_finished(self, msg: m.StepFinished) -> None:
         step = self.job(msg.job_id).steps.get(msg.step)
@@ -212,7 +235,9 @@ class RunLog:
         if step.written or not (force or (step.exit_code is not None and step.open_streams <= 0)):
             return
         step.written = True
-        end = step.finished_ns or step.started_ns
+        # Output is stamped when the writer reads it, which may be after the step's exit was
+        # measured: the step's end is never before its last output (spec §11).
+        end = max(step.finished_ns or step.started_ns, step.last_output_ns)
         if step.exit_code is not None:
             emit(step.events, end, "step_finished", "step", "job.execution", job_id=job_id,
                  step=step.index, exit_code=step.exit_code, status=step.status)
@@ -231,7 +256,7 @@ class RunLog:
         }
         if step.message:
             doc["message"] = step.message
-        self.docs.write(self.job_path(job_id, f"{step_dir(step.index)}/summary.json"), doc)
+        self.write_doc(self.job_path(job_id, f"{step_dir(step.index)}/summary.json"), doc)
         step.events.close()
 
     # -- artifacts ---------------------------------------------------------------------------
@@ -278,8 +303,25 @@ class RunLog:
             sec.events.close()
         if msg.status == "failed":
             self.finish_order.append(msg.job_id)
-        self.docs.write(self.job_path(msg.job_id, "summary.json"), self._job_summary(msg))
-        self.docs.write(self.job_path(msg.job_id, "manifest.json"), self._job_manifest(job, msg))
+        self.write_doc(self.job_path(msg.job_id, "summary.json"), self._job_summary(msg))
+        self.write_doc(self.job_path(msg.job_id, "manifest.json"), self._job_manifest(job, msg))
+
+    def failing_tail(self, msg: m.JobEnded) -> tuple[str, ...]:
+        """A failed job's last output lines where it failed (a step, else a system section),
+        redacted and made safe for a terminal."""
+        if msg.status != "failed":
+            return ()
+        job = self.jobs.get(msg.job_id)
+        if job is None:
+            return ()
+        section, step = _failing_place(job, msg)
+        if step is not None:
+            lines = job.steps[step].tail
+        elif section is not None and section in job.sections:
+            lines = job.sections[section].tail
+        else:
+            return ()
+        return tuple(terminal_safe(line) for line in lines)
 
     def _job_summary(self, msg: m.JobEnded) -> dict[str, Any]:
         started = msg.started_ns
@@ -360,8 +402,8 @@ class RunLog:
             if msg.status == "failure":
                 manifest["failing_job_id"] = failing
                 manifest["failing_job_manifest_path"] = f"jobs/{failing}/manifest.json" if failing else None
-            self.docs.write(self.logs_dir / "pipeline" / "summary.json", summary)
-            self.docs.write(self.logs_dir / "pipeline" / "manifest.json", manifest)
+            self.write_doc(self.logs_dir / "pipeline" / "summary.json", summary)
+            self.write_doc(self.logs_dir / "pipeline" / "manifest.json", manifest)
         self.events.close()
         self.docs.flush()
         syncfs(self.logs_dir)  # every log line and document is durable before the receipt, written last
@@ -382,24 +424,27 @@ class RunLog:
         receipt.update(msg.receipt)
         receipt["jobs"] = jobs_out
         path = self.receipt_path()
-        write_document(path, _redact_doc(receipt, self))
+        write_document(path, self.redactor.doc(receipt))
         return path
+
+
+TAIL_WIDTH = 500  # characters of one tail line shown; a longer line ends in "…"
+# Escape sequences (CSI, OSC, two-byte) and every other control character but the tab.
+_CONTROLS = r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-_])?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+
+
+def terminal_safe(line: str) -> str:
+    """A step's line as a terminal may show it: no escape sequences or other control characters
+    (they would move the cursor or recolour what follows), at most TAIL_WIDTH characters."""
+    cut = len(line) > 4 * TAIL_WIDTH  # a piece of a long line can be a megabyte: look at its start only
+    line = line[:4 * TAIL_WIDTH] if cut else line
+    line = re.sub(_CONTROLS, "", line)
+    line = line.expandtabs(8) if "\t" in line else line
+    return line if len(line) <= TAIL_WIDTH and not cut else line[:TAIL_WIDTH - 1] + "…"
 
 
 def _allowed(ended: m.JobEnded | None) -> bool:
     return ended is not None and ended.allow_failure
-
-
-def _redact_doc(doc: Any, log: RunLog) -> Any:
-    if not log.redactions:
-        return doc
-    if isinstance(doc, str):
-        return log.redact(doc)
-    if isinstance(doc, list):
-        return [_redact_doc(x, log) for x in doc]
-    if isinstance(doc, dict):
-        return {k: _redact_doc(v, log) for k, v in doc.items()}
-    return doc
 
 
 def _failing_place(job: JobLog, msg: m.JobEnded) -> tuple[str | None, int | None]:
