@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ class StepLog:
         self.open_streams = 2
         self.output_lines = 0
         self.last_output_ns = 0
-        self.tail: deque[str] = deque(maxlen=TAIL_LINES)  # the last lines, for a failed job's terminal line
+        self.tail: list[str] = []  # the last lines (at most 2 x TAIL_LINES), for a failed job's terminal line
         self.exit_code: int | None = None
         self.duration_ms: int | None = None
         self.finished_ns: int | None = None
@@ -64,7 +63,7 @@ class SectionLog:
         self.error_code = ""
         self.message = ""
         self.details: dict[str, Any] = {}
-        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.tail: list[str] = []  # a list, not a deque: an empty deque is ~600 bytes, kept per section of every job
 
 
 class JobLog:
@@ -159,7 +158,7 @@ class RunLog:
             sec = self.job(msg.job_id).sections[msg.name]
         for line in msg.lines:
             line = self.redact(line)
-            sec.tail.append(line)
+            _keep(sec.tail, [line])
             emit(sec.events, msg.ts_ns, "output", "section", SECTION_PHASE.get(msg.name),
                  job_id=msg.job_id, section=msg.name, stream=msg.stream, line=line)
 
@@ -207,7 +206,7 @@ class RunLog:
         """Whole lines; `joined`: the first one ends a line whose pieces were written before."""
         step.output_lines += len(lines)
         step.last_output_ns = ts_ns
-        step.tail.extend(lines[max(int(joined), len(lines) - TAIL_LINES):])
+        _keep(step.tail, lines[max(int(joined), len(lines) - TAIL_LINES):])
         emit_output(step.events, ts_ns, job_id, step.index, stream, lines)
 
     def step_piece(self, job_id: str, step: StepLog, stream: str, piece: str, ts_ns: int, joined: bool) -> None:
@@ -215,7 +214,7 @@ class RunLog:
         `continued`; the line is counted once, when its last piece comes as a whole line."""
         step.last_output_ns = ts_ns
         if not joined:
-            step.tail.append(piece)
+            _keep(step.tail, [piece])
         emit_piece(step.events, ts_ns, job_id, step.index, stream, piece)
 
     def step_finished(self, msg: m.StepFinished) -> None:
@@ -308,20 +307,22 @@ class RunLog:
 
     def failing_tail(self, msg: m.JobEnded) -> tuple[str, ...]:
         """A failed job's last output lines where it failed (a step, else a system section),
-        redacted and made safe for a terminal."""
-        if msg.status != "failed":
-            return ()
+        redacted and made safe for a terminal. The job's kept lines are let go."""
         job = self.jobs.get(msg.job_id)
         if job is None:
             return ()
-        section, step = _failing_place(job, msg)
-        if step is not None:
-            lines = job.steps[step].tail
-        elif section is not None and section in job.sections:
-            lines = job.sections[section].tail
-        else:
-            return ()
-        return tuple(terminal_safe(line) for line in lines)
+        lines: list[str] = []
+        if msg.status == "failed":
+            section, step = _failing_place(job, msg)
+            if step is not None:
+                lines = job.steps[step].tail
+            elif section is not None and section in job.sections:
+                lines = job.sections[section].tail
+        for step_log in job.steps.values():
+            step_log.tail = []
+        for section_log in job.sections.values():
+            section_log.tail = []
+        return tuple(terminal_safe(line) for line in lines[-TAIL_LINES:])
 
     def _job_summary(self, msg: m.JobEnded) -> dict[str, Any]:
         started = msg.started_ns
@@ -441,6 +442,12 @@ def terminal_safe(line: str) -> str:
     line = re.sub(_CONTROLS, "", line)
     line = line.expandtabs(8) if "\t" in line else line
     return line if len(line) <= TAIL_WIDTH and not cut else line[:TAIL_WIDTH - 1] + "…"
+
+
+def _keep(tail: list[str], lines: list[str]) -> None:
+    tail.extend(lines)
+    if len(tail) > 2 * TAIL_LINES:
+        del tail[:-TAIL_LINES]
 
 
 def _allowed(ended: m.JobEnded | None) -> bool:
