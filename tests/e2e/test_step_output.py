@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shlex
 import subprocess
 import threading
 import time
@@ -18,7 +18,6 @@ from tests.e2e.run_helpers import check_logs_dir, events, step_doc
 from tests.process.runner import LOOM, Result, load, loom_env, make_repo, run_loom
 
 MiB = 1 << 20
-ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 
 def pieces(path: Path) -> list[tuple[str, str, bool]]:
@@ -196,52 +195,43 @@ def test_a_failed_job_shows_its_last_lines_and_where_the_rest_is(tmp_path: Path)
     assert quiet.stderr.splitlines() == ["loom run failed", f"receipt: {quiet.receipt_path}"]
 
 
-def run_on_pty(repo: Path, *args: str) -> tuple[int, str]:
-    """`loom run --local ARGS` with stderr on a pseudo-terminal (colour allowed): its exit code and
-    what reached the terminal."""
-    import pty
-
+def run_in_tmux(repo: Path, tmp_path: Path, *args: str) -> tuple[int, list[str], str]:
+    """`loom run --local ARGS` in a real terminal (a detached tmux pane, colour allowed): its exit
+    code, the screen as a person reads it once the terminal has applied every escape (a live
+    region, were there one, redrawn and gone), and the same screen with colours as escapes."""
+    sock = f"loom-test-{os.getpid()}-{time.monotonic_ns()}"
+    done = tmp_path / "exit-code"
     env = {k: v for k, v in loom_env().items() if k != "NO_COLOR"}
-    env["TERM"] = "xterm-256color"
-    leader, follower = pty.openpty()
-    chunks: list[bytes] = []
-
-    def read() -> None:  # drain as it comes: a full terminal buffer would block loom
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the other end is closed and drained
-                return
-            if not chunk:
-                return
-            chunks.append(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    script = tmp_path / "run.sh"
+    script.write_text(f"cd {shlex.quote(str(repo))}\n{shlex.join([*LOOM, 'run', '--local', *args])}\n"
+                      f"echo $? > {shlex.quote(str(done))}.tmp && mv {shlex.quote(str(done))}.tmp "
+                      f"{shlex.quote(str(done))}\nexec sleep 600\n")
+    tmux = ["tmux", "-L", sock, "-f", "/dev/null"]
+    subprocess.run([*tmux, "new-session", "-d", "-x", "200", "-y", "120", "sh", str(script)], env=env, check=True)
     try:
-        proc = subprocess.run([*LOOM, "run", "--local", *args], cwd=repo, stderr=follower,
-                              stdout=subprocess.PIPE, env=env, timeout=120)
+        deadline = time.monotonic() + 120
+        while not done.exists():
+            assert time.monotonic() < deadline, "loom run did not finish in the terminal"
+            time.sleep(0.05)
+        plain = subprocess.run([*tmux, "capture-pane", "-p", "-J"], capture_output=True, text=True, check=True).stdout
+        styled = subprocess.run([*tmux, "capture-pane", "-p", "-e", "-J"], capture_output=True, text=True,
+                                check=True).stdout
     finally:
-        os.close(follower)
-        reader.join(timeout=30)
-        os.close(leader)
-    return proc.returncode, b"".join(chunks).decode()
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    return int(done.read_text()), [line.rstrip() for line in plain.splitlines()], styled
 
 
 def test_a_failed_job_shows_its_last_lines_on_a_terminal(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", FAILING)
-    code, raw = run_on_pty(repo, "-j", "1")
+    code, screen, styled = run_in_tmux(repo, tmp_path, "-j", "1")
     assert code == 1
-    assert "\x1b[31mfailed\x1b[0m" in raw  # a terminal: colour is on
-    assert "\x1b[31mred" not in raw  # but not the step's own escapes, under the failed line
-    # what a person reads once the terminal has applied the escapes: the plain lines
-    screen = [ANSI.sub("", line).rstrip("\r") for line in raw.replace("\r\n", "\n").split("\n")]
-    screen = [line.rsplit("\r", 1)[-1] for line in screen]
     receipt = load(Path(next(line for line in screen if line.startswith("receipt: "))[len("receipt: "):]))
     at = next(n for n, line in enumerate(screen) if line.startswith('job "noisy" failed'))
     tail = [f"out {i}" for i in range(13, 31)] + ["red" + " " * 5 + "x", "err 31"]
     assert screen[at + 1:at + 22] == [f"    {line}" for line in tail] + [
         f"  logs: loom logs {receipt['run_id']} --job noisy"]
+    assert "\x1b[31mfailed" in styled  # a terminal: loom's colour is on,
+    assert "\x1b[31mred" not in styled  # but the step's own escapes were not passed on
 
 
 def test_job_output_events_and_lines_of_a_killed_long_line_are_kept(tmp_path: Path) -> None:

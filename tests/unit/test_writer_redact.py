@@ -34,7 +34,7 @@ def by_reads(red: Redactor, stream: bytes, cuts: list[int]) -> bytes:
     return out + red.finish(held)
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(values=VALUES, stream=BYTES, cuts=st.lists(st.integers(min_value=0, max_value=80), max_size=12))
 def test_reads_redact_as_the_whole_stream_does(values: list[bytes], stream: bytes, cuts: list[int]) -> None:
     red = redactor(values)
