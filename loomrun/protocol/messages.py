@@ -206,6 +206,7 @@ class JobEnded(NamedTuple):
     crashed_step: int | None = None  # step in flight when the worker died
     sweep: str = ""  # what the supervisor's own cleanup did when the worker could not (crash, kill)
     replay: bool = False  # re-sent to a writer that took over: record the outcome, keep written docs
+    answer: bool = False  # the supervisor waits for JobWritten to print the job's end line
 
 
 class RunEnded(NamedTuple):
@@ -231,9 +232,9 @@ class WriterReady(NamedTuple):
 
 
 class JobWritten(NamedTuple):
-    """The answer to a `JobEnded` (not to a replayed one): the writer has drained the job's output
-    (and printed it, with --stream) and written its documents. The supervisor prints the job's end
-    line only then, so the line follows the job's output (spec §11)."""
+    """The answer to a `JobEnded` that asks for one (`answer`, never a replayed one): the writer
+    has drained the job's output (and printed it, with --stream) and written its documents. The
+    supervisor prints the job's end line only then, so the line follows the job's output (spec §11)."""
 
     job_id: str
     message: str  # the JobEnded message, redacted

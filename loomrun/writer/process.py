@@ -205,7 +205,7 @@ class Writer:
                 self._drain_job(msg.job_id)  # with --stream, its last lines reach the terminal here
                 log.job_ended(msg)
             finally:  # answered even when writing failed: the supervisor waits for it to print the end line
-                if not msg.replay:
+                if msg.answer and not msg.replay:
                     self._send(m.JobWritten(msg.job_id, log.redact(msg.message), log.failing_tail(msg)))
         elif isinstance(msg, m.RunEnded):
             for job_id in list(self.workers):

@@ -184,7 +184,7 @@ def test_the_writer_redacts_sections_messages_documents_and_its_answers(tmp_path
         worker.send(m.StepFinished("j", 1, 1, 5, time.time_ns()))
         worker.close()
         writer.conn.send(m.JobEnded("j", "s", "failed", 1, m.PROVIDER_ERROR, f"provider: {PEM}", "host", None,
-                                    now, time.time_ns()))
+                                    now, time.time_ns(), answer=True))
         written = _recv(writer.conn, m.JobWritten)
         assert isinstance(written, m.JobWritten)
         assert written.message == "provider: [REDACTED:SECRET_KEY]"
