@@ -302,7 +302,7 @@ class Writer:
     def _emit(self, st: OutputStream, block: bytes) -> None:
         assert self.log is not None
         lines = block.decode("utf-8", "replace").split("\n")
-        self.log.step_output(st.job_id, st.step, st.stream, lines, time.time_ns(), st.continued)
+        self.log.step_output(st.job_id, st.step, st.stream, lines, time.time_ns())
         if self.log.start.stream:
             prefix = f"[{st.job_id}] "
             out = "".join(f"{prefix}{line}\n" for line in lines)
@@ -315,7 +315,7 @@ class Writer:
     def _emit_piece(self, st: OutputStream, piece: bytes) -> None:
         assert self.log is not None
         text = piece.decode("utf-8", "replace")
-        self.log.step_piece(st.job_id, st.step, st.stream, text, time.time_ns(), st.continued)
+        self.log.step_piece(st.job_id, st.step, st.stream, text, time.time_ns())
         if self.log.start.stream:  # a piece is a line of its own on the terminal; `+` marks the rest
             with contextlib.suppress(OSError):
                 _write_all(sys.stderr.fileno(), f"[{st.job_id}]{'+' if st.continued else ''} {text}\n".encode())

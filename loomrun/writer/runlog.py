@@ -9,7 +9,6 @@ jobs/<id>/artifacts/<path>. Paths inside documents are relative to the logs dir.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, emit_piece, rfc3339
 from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children, write_document
 from loomrun.writer.redact import Redactor
-
-TAIL_LINES = 20  # output lines shown under a failed job's line (spec §11)
+from loomrun.writer.tail import last_lines
 
 
 def step_dir(index: int) -> str:
@@ -32,7 +30,7 @@ def step_dir(index: int) -> str:
 # `loom` (the writer is forked from it), and defining a dataclass cost ~0.7 ms there.
 class StepLog:
     __slots__ = ("command", "duration_ms", "events", "exit_code", "finished_ns", "index", "last_output_ns",
-                 "message", "open_streams", "output_lines", "started_ns", "status", "tail", "written")
+                 "message", "open_streams", "output_lines", "started_ns", "status", "written")
 
     def __init__(self, index: int, command: str, started_ns: int, events: LineFile) -> None:
         self.index = index
@@ -42,7 +40,6 @@ class StepLog:
         self.open_streams = 2
         self.output_lines = 0
         self.last_output_ns = 0
-        self.tail: list[str] = []  # the last lines (at most 2 x TAIL_LINES), for a failed job's terminal line
         self.exit_code: int | None = None
         self.duration_ms: int | None = None
         self.finished_ns: int | None = None
@@ -52,7 +49,7 @@ class StepLog:
 
 
 class SectionLog:
-    __slots__ = ("details", "error_code", "events", "finished_ns", "message", "name", "started_ns", "status", "tail")
+    __slots__ = ("details", "error_code", "events", "finished_ns", "message", "name", "started_ns", "status")
 
     def __init__(self, name: str, started_ns: int, events: LineFile) -> None:
         self.name = name
@@ -63,7 +60,6 @@ class SectionLog:
         self.error_code = ""
         self.message = ""
         self.details: dict[str, Any] = {}
-        self.tail: list[str] = []  # a list, not a deque: an empty deque is ~600 bytes, kept per section of every job
 
 
 class JobLog:
@@ -157,10 +153,8 @@ class RunLog:
             self.section_began(m.SectionBegan(msg.job_id, msg.name, msg.ts_ns))
             sec = self.job(msg.job_id).sections[msg.name]
         for line in msg.lines:
-            line = self.redact(line)
-            _keep(sec.tail, [line])
             emit(sec.events, msg.ts_ns, "output", "section", SECTION_PHASE.get(msg.name),
-                 job_id=msg.job_id, section=msg.name, stream=msg.stream, line=line)
+                 job_id=msg.job_id, section=msg.name, stream=msg.stream, line=self.redact(line))
 
     def section_ended(self, msg: m.SectionEnded) -> None:
         job = self.job(msg.job_id)
@@ -201,20 +195,15 @@ class RunLog:
              step=msg.step, command=step.command)
         return step
 
-    def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int,
-                    joined: bool = False) -> None:
-        """Whole lines; `joined`: the first one ends a line whose pieces were written before."""
+    def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int) -> None:
         step.output_lines += len(lines)
         step.last_output_ns = ts_ns
-        _keep(step.tail, lines[max(int(joined), len(lines) - TAIL_LINES):])
         emit_output(step.events, ts_ns, job_id, step.index, stream, lines)
 
-    def step_piece(self, job_id: str, step: StepLog, stream: str, piece: str, ts_ns: int, joined: bool) -> None:
+    def step_piece(self, job_id: str, step: StepLog, stream: str, piece: str, ts_ns: int) -> None:
         """A leading piece of a line too long to hold (see process.LINE_CHUNK): one event marked
         `continued`; the line is counted once, when its last piece comes as a whole line."""
         step.last_output_ns = ts_ns
-        if not joined:
-            _keep(step.tail, [piece])
         emit_piece(step.events, ts_ns, job_id, step.index, stream, piece)
 
     def step_finished(self, msg: m.StepFinished) -> None:
@@ -306,23 +295,17 @@ class RunLog:
         self.write_doc(self.job_path(msg.job_id, "manifest.json"), self._job_manifest(job, msg))
 
     def failing_tail(self, msg: m.JobEnded) -> tuple[str, ...]:
-        """A failed job's last output lines where it failed (a step, else a system section),
-        redacted and made safe for a terminal. The job's kept lines are let go."""
+        """A failed job's last output lines where it failed (a step, else a system section), as
+        its events file has them (redacted), made safe for a terminal."""
         job = self.jobs.get(msg.job_id)
-        if job is None:
+        if job is None or msg.status != "failed":
             return ()
-        lines: list[str] = []
-        if msg.status == "failed":
-            section, step = _failing_place(job, msg)
-            if step is not None:
-                lines = job.steps[step].tail
-            elif section is not None and section in job.sections:
-                lines = job.sections[section].tail
-        for step_log in job.steps.values():
-            step_log.tail = []
-        for section_log in job.sections.values():
-            section_log.tail = []
-        return tuple(terminal_safe(line) for line in lines[-TAIL_LINES:])
+        section, step = _failing_place(job, msg)
+        if step is not None:
+            return tuple(last_lines(job.steps[step].events.path))
+        if section is not None and section in job.sections:
+            return tuple(last_lines(job.sections[section].events.path))
+        return ()
 
     def _job_summary(self, msg: m.JobEnded) -> dict[str, Any]:
         started = msg.started_ns
@@ -427,27 +410,6 @@ class RunLog:
         path = self.receipt_path()
         write_document(path, self.redactor.doc(receipt))
         return path
-
-
-TAIL_WIDTH = 500  # characters of one tail line shown; a longer line ends in "…"
-# Escape sequences (CSI, OSC, two-byte) and every other control character but the tab.
-_CONTROLS = r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-_])?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
-
-
-def terminal_safe(line: str) -> str:
-    """A step's line as a terminal may show it: no escape sequences or other control characters
-    (they would move the cursor or recolour what follows), at most TAIL_WIDTH characters."""
-    cut = len(line) > 4 * TAIL_WIDTH  # a piece of a long line can be a megabyte: look at its start only
-    line = line[:4 * TAIL_WIDTH] if cut else line
-    line = re.sub(_CONTROLS, "", line)
-    line = line.expandtabs(8) if "\t" in line else line
-    return line if len(line) <= TAIL_WIDTH and not cut else line[:TAIL_WIDTH - 1] + "…"
-
-
-def _keep(tail: list[str], lines: list[str]) -> None:
-    tail.extend(lines)
-    if len(tail) > 2 * TAIL_LINES:
-        del tail[:-TAIL_LINES]
 
 
 def _allowed(ended: m.JobEnded | None) -> bool:
