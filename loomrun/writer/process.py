@@ -274,12 +274,9 @@ class Writer:
         else:
             self._close_stream(st)
 
-    def _lines(self, st: OutputStream, data: bytes) -> None:
-        if self.redactor.active:  # on the bytes, before they are cut into lines or decoded
+    def _lines(self, st: OutputStream, data: bytes, redact: bool = True) -> None:
+        if redact and self.redactor.active:  # on the bytes, before they are cut into lines or decoded
             data, st.held = self.redactor.split(st.held + data if st.held else data)
-        self._split(st, data)
-
-    def _split(self, st: OutputStream, data: bytes) -> None:
         buf = st.partial + data if st.partial else data
         if len(buf) > LINE_CHUNK and buf.find(b"\n", 0, LINE_CHUNK + 1) < 0:
             buf = self._pieces(st, buf)
@@ -310,7 +307,8 @@ class Writer:
                 out = f"[{st.job_id}]+" + out[len(prefix) - 1:]
             with contextlib.suppress(OSError):
                 _write_all(sys.stderr.fileno(), out.encode())
-        st.continued = False
+        if st.continued:
+            st.continued = False
 
     def _emit_piece(self, st: OutputStream, piece: bytes) -> None:
         assert self.log is not None
@@ -323,7 +321,7 @@ class Writer:
 
     def _close_stream(self, st: OutputStream) -> None:
         if st.held:
-            self._split(st, self.redactor.finish(st.held))
+            self._lines(st, self.redactor.finish(st.held), redact=False)
             st.held = b""
         if st.partial:
             self._emit(st, st.partial)

@@ -16,7 +16,7 @@ from typing import Any
 from loomrun import __version__
 from loomrun.durable import syncfs
 from loomrun.protocol import messages as m
-from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, emit_piece, rfc3339
+from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
 from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children, write_document
 from loomrun.writer.redact import Redactor
 from loomrun.writer.tail import last_lines
@@ -204,7 +204,7 @@ class RunLog:
         """A leading piece of a line too long to hold (see process.LINE_CHUNK): one event marked
         `continued`; the line is counted once, when its last piece comes as a whole line."""
         step.last_output_ns = ts_ns
-        emit_piece(step.events, ts_ns, job_id, step.index, stream, piece)
+        emit_output(step.events, ts_ns, job_id, step.index, stream, [piece], continued=True)
 
     def step_finished(self, msg: m.StepFinished) -> None:
         step = self.job(msg.job_id).steps.get(msg.step)

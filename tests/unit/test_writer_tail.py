@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loomrun.writer.events import emit, emit_output, emit_piece
+from loomrun.writer.events import emit, emit_output
 from loomrun.writer.files import Folders, LineFile
 from loomrun.writer.tail import TAIL_WIDTH, last_lines, terminal_safe
 
@@ -31,11 +31,11 @@ def test_the_last_lines_across_blocks_batches_and_streams(tmp_path: Path) -> Non
 def test_a_long_line_in_pieces_is_one_line_shown_from_its_start(tmp_path: Path) -> None:
     f = events_file(tmp_path)
     emit_output(f, 1, "j", 1, "stdout", ["before"])
-    emit_piece(f, 2, "j", 1, "stdout", "start" + "y" * 70_000)
+    emit_output(f, 2, "j", 1, "stdout", ["start" + "y" * 70_000], continued=True)
     emit_output(f, 3, "j", 1, "stderr", ["between"])
-    emit_piece(f, 4, "j", 1, "stdout", "z" * 70_000)
+    emit_output(f, 4, "j", 1, "stdout", ["z" * 70_000], continued=True)
     emit_output(f, 5, "j", 1, "stdout", ["end of the long line", "after"])
-    emit_piece(f, 6, "j", 1, "stderr", "cut short")  # a step killed in the middle of a line
+    emit_output(f, 6, "j", 1, "stderr", ["cut short"], continued=True)  # a step killed in the middle of a line
     got = last_lines(f.path)
     assert got == ["before", "between", "start" + "y" * (TAIL_WIDTH - 6) + "…", "after", "cut short"]
 
