@@ -197,14 +197,12 @@ class RunLog:
 
     def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int) -> None:
         step.output_lines += len(lines)
-        step.last_output_ns = ts_ns
-        emit_output(step.events, ts_ns, job_id, step.index, stream, lines)
+        emit_output(step.events, _output_ts(step, ts_ns), job_id, step.index, stream, lines)
 
     def step_piece(self, job_id: str, step: StepLog, stream: str, piece: str, ts_ns: int) -> None:
         """A leading piece of a line too long to hold (see process.LINE_CHUNK): one event marked
         `continued`; the line is counted once, when its last piece comes as a whole line."""
-        step.last_output_ns = ts_ns
-        emit_output(step.events, ts_ns, job_id, step.index, stream, [piece], continued=True)
+        emit_output(step.events, _output_ts(step, ts_ns), job_id, step.index, stream, [piece], continued=True)
 
     def step_finished(self, msg: m.StepFinished) -> None:
         step = self.job(msg.job_id).steps.get(msg.step)
@@ -223,9 +221,7 @@ class RunLog:
         if step.written or not (force or (step.exit_code is not None and step.open_streams <= 0)):
             return
         step.written = True
-        # Output is stamped when the writer reads it, which may be after the step's exit was
-        # measured: the step's end is never before its last output (spec §11).
-        end = max(step.finished_ns or step.started_ns, step.last_output_ns)
+        end = max(step.finished_ns or step.started_ns, step.last_output_ns)  # see _output_ts
         if step.exit_code is not None:
             emit(step.events, end, "step_finished", "step", "job.execution", job_id=job_id,
                  step=step.index, exit_code=step.exit_code, status=step.status)
@@ -410,6 +406,18 @@ class RunLog:
         path = self.receipt_path()
         write_document(path, self.redactor.doc(receipt))
         return path
+
+
+def _output_ts(step: StepLog, read_ns: int) -> int:
+    """The time of output read at `read_ns` (spec §11: never after its step's `step_finished`).
+    Read after the step's exit was measured, it was printed by then: it gets the exit's time (or
+    the time of the output before it, so a file's times never go back). Read before the exit is
+    known, it keeps its read time, and the step's end is then the later of the two."""
+    end = step.finished_ns
+    if end is not None and read_ns > end:
+        read_ns = end if end > step.last_output_ns else step.last_output_ns
+    step.last_output_ns = read_ns
+    return read_ns
 
 
 def _allowed(ended: m.JobEnded | None) -> bool:

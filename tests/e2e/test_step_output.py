@@ -131,7 +131,8 @@ def test_a_jobs_output_comes_before_its_end_line_and_its_step_finished(tmp_path:
         path = result.logs_dir / "jobs" / name / "user/script/01/events.jsonl"
         evs = events(path)
         finished = next(e["ts"] for e in evs if e["type"] == "step_finished")
-        assert all(e["ts"] <= finished for e in evs if e["type"] == "output"), (path, evs)
+        times = [e["ts"] for e in evs if e["type"] == "output"]
+        assert times == sorted(times) and all(ts <= finished for ts in times), (path, evs)
     assert late == []
     top = events(Path(result.receipt["events_jsonl_path"]))
     assert len([e for e in top if e["type"] == "step_finished"]) == ORDER_JOBS
