@@ -286,6 +286,8 @@ class Writer:
         else:
             st.partial = buf[cut + 1:]
             self._emit(st, buf[:cut])
+            if len(st.partial) > LINE_CHUNK:  # redaction markers can make a read longer than it was
+                st.partial = self._pieces(st, st.partial)
 
     def _pieces(self, st: OutputStream, buf: bytes) -> bytes:
         """Write the leading pieces of a line longer than LINE_CHUNK; returns the rest, whose
