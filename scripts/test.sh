@@ -33,6 +33,11 @@ ensure_tools() {
         echo "installing git with apt-get"
         apt_install git ca-certificates || die "git is required and could not be installed"
     fi
+    # Terminal output is tested in a real terminal: a detached tmux pane read with capture-pane.
+    if ! command -v tmux >/dev/null 2>&1; then
+        echo "installing tmux with apt-get"
+        apt_install tmux || die "tmux is required (terminal tests) and could not be installed"
+    fi
 }
 
 ensure_browser() {

@@ -79,14 +79,50 @@ def event_text(ev: dict[str, Any]) -> list[str]:
     return []
 
 
+class LineJoiner:
+    """The lines a person reads from one events file, event by event: a line the writer cut into
+    pieces (output events marked `"continued": true`, ARCHITECTURE.md step 7) is joined again with
+    the first line of the next output event of the same stream."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: dict[str, list[str]] = {}  # stream -> the leading pieces of a line still going on
+
+    def feed(self, ev: dict[str, Any]) -> list[str]:
+        if ev.get("type") != "output":
+            return event_text(ev)
+        lines = event_text(ev)
+        stream = str(ev.get("stream", ""))
+        held = self.held.pop(stream, None)
+        if held is not None:
+            if ev.get("continued") and len(lines) == 1:  # one more piece of the same line
+                held.append(lines[0])
+                self.held[stream] = held
+                return []
+            lines[0:1] = ["".join([*held, *lines[:1]])]
+        if ev.get("continued") and lines:
+            self.held[stream] = [lines.pop()]
+        return lines
+
+    def rest(self) -> list[str]:
+        """What is still held: a step killed in the middle of a long line."""
+        out = ["".join(held) for held in self.held.values()]
+        self.held.clear()
+        return out
+
+
 def event_lines(path: Path) -> list[str]:
+    """The lines of one events file, in order, long lines whole again."""
     out: list[str] = []
+    joiner = LineJoiner()
     with open(path, encoding="utf-8") as fh:
         for raw in fh:
             try:
-                out.extend(event_text(json.loads(raw)))
+                out.extend(joiner.feed(json.loads(raw)))
             except (ValueError, KeyError, TypeError):
                 continue
+    out.extend(joiner.rest())
     return out
 
 
@@ -195,14 +231,15 @@ def _place(logs_dir: Path, manifest: dict[str, Any]) -> str:
 
 # -- --follow -----------------------------------------------------------------------------------------
 class Tail:
-    """New whole lines of one events file since the last look."""
+    """New whole lines of one events file since the last look (and the joiner of its long lines)."""
 
-    __slots__ = ("offset", "partial", "path")
+    __slots__ = ("joiner", "offset", "partial", "path")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
         self.partial = b""
+        self.joiner = LineJoiner()
 
     def read(self) -> list[dict[str, Any]]:
         try:
@@ -267,16 +304,16 @@ class Follow:
 
     def look(self) -> None:
         """Everything new in every step's events, in time order across jobs."""
-        new: list[tuple[str, str, dict[str, Any]]] = []
+        new: list[tuple[str, str, dict[str, Any], LineJoiner]] = []
         for path in sorted(self.run_dir.glob(self.pattern)):
             tail = self.tails.get(path)
             if tail is None:
                 tail = self.tails[path] = Tail(path)
-            new.extend((str(ev.get("ts", "")), path.parts[-5], ev) for ev in tail.read())
+            new.extend((str(ev.get("ts", "")), path.parts[-5], ev, tail.joiner) for ev in tail.read())
         new.sort(key=lambda item: item[0])  # stable: one file's events keep their order
-        for _, job, ev in new:
+        for _, job, ev, joiner in new:
             prefix = f"[{job}] " if self.prefix else ""
             if ev.get("type") == "phase_started" and "command" in ev:
                 _say(f'{prefix}--- step {ev.get("step")}: {_first_line(str(ev["command"]))}')
             else:
-                _emit([prefix + line for line in event_text(ev)])
+                _emit([prefix + line for line in joiner.feed(ev)])

@@ -6,7 +6,7 @@ Three channels:
 * worker -> writer: a socket pair per job whose writer end the supervisor hands to the writer
   (AttachWorker + SCM_RIGHTS). Phase, section and step records; each StepStarted is followed by the
   read ends of the step's stdout/stderr pipes, so the writer reads step output directly.
-* supervisor <-> writer: run-level records down, WriterReady / RunWritten / WriterFailed up.
+* supervisor <-> writer: run-level records down, WriterReady / JobWritten / RunWritten / WriterFailed up.
 """
 
 from __future__ import annotations
@@ -206,6 +206,7 @@ class JobEnded(NamedTuple):
     crashed_step: int | None = None  # step in flight when the worker died
     sweep: str = ""  # what the supervisor's own cleanup did when the worker could not (crash, kill)
     replay: bool = False  # re-sent to a writer that took over: record the outcome, keep written docs
+    answer: bool = False  # the supervisor waits for JobWritten to print the job's end line
 
 
 class RunEnded(NamedTuple):
@@ -229,6 +230,16 @@ class MarkAbandoned(NamedTuple):
 
 class WriterReady(NamedTuple):
     logs_dir: str
+
+
+class JobWritten(NamedTuple):
+    """The answer to a `JobEnded` that asks for one (`answer`, never a replayed one): the writer
+    has drained the job's output (and printed it, with --stream) and written its documents. The
+    supervisor prints the job's end line only then, so the line follows the job's output (spec §11)."""
+
+    job_id: str
+    message: str  # the JobEnded message, redacted
+    tail: tuple[str, ...] = ()  # a failed job: the last lines of its failing step or section, redacted
 
 
 class RunWritten(NamedTuple):

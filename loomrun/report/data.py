@@ -96,21 +96,25 @@ def tail_lines(events: Path, keep: int) -> tuple[list[str], int]:
     """The last `keep` output lines of an events file, and how many came before them."""
     from collections import deque
 
-    from loomrun.commands.logs import event_text
+    from loomrun.commands.logs import LineJoiner
 
     last: deque[str] = deque(maxlen=keep)
     total = 0
+    joiner = LineJoiner()
     try:
         with open(events, encoding="utf-8") as fh:
             for raw in fh:
                 try:
-                    lines = event_text(json.loads(raw))
+                    lines = joiner.feed(json.loads(raw))
                 except (ValueError, KeyError, TypeError):
                     continue
                 total += len(lines)
                 last.extend(lines)
     except OSError:
         return [], 0
+    rest = joiner.rest()
+    total += len(rest)
+    last.extend(rest)
     return list(last), total - len(last)
 
 

@@ -13,7 +13,9 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -57,11 +59,25 @@ class Outcome(NamedTuple):
     outputs: dict[str, str]
 
 
+class EndLine:
+    """A job's passed/failed/... line, held until the writer answers `JobWritten` for the job: by
+    then its output is on the terminal (--stream) and in its events, so the line follows it."""
+
+    __slots__ = ("code", "kind", "message", "name", "seconds", "status", "tail")
+
+    def __init__(self, name: str, status: str, code: int | None, kind: str | None, message: str,
+                 seconds: float | None) -> None:
+        self.name, self.status, self.code, self.kind = name, status, code, kind
+        self.message, self.seconds = message, seconds
+        self.tail: Sequence[str] = ()
+
+
 class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
                  writer: WriterLink, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
                  run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None,
-                 note: Callable[[str], None] | None = None, secrets: SecretsBroker | None = None) -> None:
+                 note: Callable[[str], None] | None = None, secrets: SecretsBroker | None = None,
+                 stream: bool = False, quiet: bool = False) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.sched = Scheduler(jobs, deps, max_jobs)
         self.writer = writer
@@ -87,6 +103,14 @@ class Supervisor:
         self.run_cgroup: TrackingCgroup | None = None
         self.tracked_pid: int | None = None  # the fork server last moved (or tried) into it
         self.note = note  # told the cgroup's path, for the recovery of a run whose supervisor died
+        # Terminal lines in the order they were decided, held behind an end line whose job the writer
+        # has not written yet (so the plain lines read as before: started, passed, started, ...).
+        self.said: deque[EndLine | Callable[[], None]] = deque()
+        self.unwritten: dict[str, EndLine] = {}
+        # Which end lines wait for the writer: with --stream every one (the job's lines come first),
+        # else a failed one (its last lines come with the answer); with -q none is printed. A wait
+        # costs the supervisor ~0.2 ms per job (one more turn of its loop).
+        self.stream, self.quiet = stream, quiet
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
@@ -99,6 +123,7 @@ class Supervisor:
             why = f"worker could not start: cannot start the fork server: {exc.strerror or exc}"
             for name in self.sched.cancel_pending():
                 self._record(name, "failed", None, m.WORKER_CRASHED, why, None, started_ns=None)
+            self._await_written()
             return
         try:
             self._execute(own)
@@ -124,6 +149,7 @@ class Supervisor:
             if self.sched.done() and not self.slots:
                 break
             self._wait_once()
+        self._await_written()
         self._reap_exiting()
 
     def _stopping(self) -> str | None:
@@ -141,6 +167,7 @@ class Supervisor:
         the run fails, so every running job is canceled; the new writer records it all."""
         if len(self.writer.deaths) > self.writer_deaths:
             self.writer_deaths = len(self.writer.deaths)
+            self._release_all()  # what the dead writer did not answer, it never will
             self._cancel_all(m.CANCELED, self.writer.deaths[-1])
 
     def _wait_once(self) -> None:
@@ -157,6 +184,7 @@ class Supervisor:
         if self.writer.conn in ready:
             self._from_writer()
         if self.writer.sentinel in ready and self.writer.dead():
+            self._release_all()  # the dead writer answers no more; its successor never answers replays
             self.writer.take_over()
         self._writer_check()
         for slot in list(self.slots.values()):
@@ -215,7 +243,8 @@ class Supervisor:
         spec = self.make_spec(job)
         if self.tracked_pid != forks.pid:
             self._track(forks)
-        self.term.job_started(name, job.provider, job.image.name if job.image else None, steps=len(job.script))
+        self._say(self.term.job_started, name, job.provider, job.image.name if job.image else None,
+                  steps=len(job.script))
         try:
             slot = start_worker(spec, self.writer, forks, job.timeout_s, self.secrets)
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
@@ -238,9 +267,9 @@ class Supervisor:
                 elif isinstance(msg, m.StepEnded):
                     slot.step = None
                 elif isinstance(msg, m.Notice):
-                    self.term.detail(f'job "{slot.name}": {msg.text}')
+                    self._say(self.term.detail, f'job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.Warned):
-                    self.term.warning(f'job "{slot.name}": {msg.text}')
+                    self._say(self.term.warning, f'job "{slot.name}": {msg.text}')
                 elif isinstance(msg, m.JobFinished):
                     slot.result = msg
         except (EOFError, OSError):
@@ -249,7 +278,9 @@ class Supervisor:
 
     def _from_writer(self) -> None:
         for msg in self.writer.pending():
-            if isinstance(msg, m.WriterFailed) and self.writer_error is None:
+            if isinstance(msg, m.JobWritten):
+                self._written(msg)
+            elif isinstance(msg, m.WriterFailed) and self.writer_error is None:
                 self.writer_error = msg.message
                 self._cancel_all(m.CANCELED, f"cannot write logs: {msg.message}")
 
@@ -451,20 +482,91 @@ class Supervisor:
         job = self.jobs[name]
         now = time.time_ns()
         seconds = (now - started_ns) / 1e9 if started_ns else None
+        answer = not self.quiet and (self.stream or status == "failed")
         ended = m.JobEnded(
             name, job.stage, status, code, kind, message, job.provider,
             job.image.name if job.image else None, started_ns, now, resources or {},
             job.allow_failure, slot.step if slot is not None else None, slot.sweep if slot is not None else "",
+            answer=answer,
         )
         self.ended.append(ended)
         self.writer.send(ended)
         self.outcomes[name] = Outcome(name, status, code, kind, message, seconds, cache_hits, outputs or {})
         if status in ("failed", "canceled"):
             self.finish_order.append(name)
-        self.term.job_ended(name, status, seconds, self._why(job, status, code, kind, message))
+        line = EndLine(name, status, code, kind, message, seconds)
+        self.said.append(line)
+        if answer:
+            self.unwritten[name] = line
+        else:
+            self._flush_said()
         if self.sched.state[name] == "running":  # not for a job settled before it started (skipped, canceled)
             for skipped, reason in self.sched.finish(name, status):
                 self._record(skipped, "skipped", None, m.DEPENDENCY_FAILED, reason, None, started_ns=None)
+
+    # -- the terminal, in the order things were decided -----------------------------------------
+    def _say(self, call: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        if self.said:
+            self.said.append(partial(call, *args, **kwargs))
+        else:
+            call(*args, **kwargs)
+
+    def _written(self, msg: m.JobWritten) -> None:
+        line = self.unwritten.pop(msg.job_id, None)
+        if line is None:  # released already (the writer died, or took too long)
+            return
+        line.message, line.tail = msg.message, msg.tail  # redacted by the writer, which knows the secrets
+        outcome = self.outcomes.get(msg.job_id)
+        if outcome is not None:
+            self.outcomes[msg.job_id] = outcome._replace(message=msg.message)
+        self._flush_said()
+
+    def _release_all(self) -> None:
+        """No answer is coming (the writer died or hangs): print every held line now."""
+        self.unwritten.clear()
+        self._flush_said()
+
+    def _flush_said(self) -> None:
+        said = self.said
+        while said:
+            head = said[0]
+            if isinstance(head, EndLine):
+                if head.name in self.unwritten:
+                    return
+                said.popleft()
+                self._print_end(head)
+            else:
+                said.popleft()
+                head()
+
+    def _print_end(self, line: EndLine) -> None:
+        why = self._why(self.jobs[line.name], line.status, line.code, line.kind, line.message)
+        if line.status != "failed":
+            self.term.job_ended(line.name, line.status, line.seconds, why)
+            return
+        import shlex  # a failed job's hint names it as a shell would need it
+
+        hint = f"loom logs {self.run_id} --job {shlex.quote(line.name)}"
+        self.term.job_ended(line.name, line.status, line.seconds, why, tail=line.tail, logs_hint=hint)
+
+    def _await_written(self, timeout_s: float = 120.0) -> None:
+        """Every job's end line is printed before the run's own lines: wait for the writer's last
+        answers (a writer that dies or hangs releases them unanswered)."""
+        deadline = time.monotonic() + timeout_s
+        while self.unwritten:
+            left = deadline - time.monotonic()
+            ready = wait([*self.writer.waitables(), self.wakeup_fd], timeout=max(0.0, left))
+            if self.wakeup_fd in ready:
+                self._signals()
+            if self.writer.conn in ready:
+                self._from_writer()
+            if self.writer.sentinel in ready and self.writer.dead():
+                self._release_all()
+                self.writer.take_over()
+                self._writer_check()
+            if left <= 0:
+                break
+        self._release_all()
 
     @staticmethod
     def _why(job: Job, status: str, code: int | None, kind: str | None, message: str) -> str:

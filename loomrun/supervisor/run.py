@@ -307,7 +307,8 @@ class Run:
         sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
                          run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks,
-                         note=lambda path: self.lock.note(cgroup=path), secrets=self.secrets)
+                         note=lambda path: self.lock.note(cgroup=path), secrets=self.secrets,
+                         stream=self.opts.stream, quiet=self.opts.quiet)
         self.sup = sup
         sup.execute()
         status = "success" if not _failed_jobs(sup) else "failed"

@@ -48,11 +48,17 @@ def emit(file: LineFile, ts_ns: int, type_: str, scope: str, phase_code: str | N
     file.write((dumps(event) + "\n").encode())
 
 
-def emit_output(file: LineFile, ts_ns: int, job_id: str, step: int, stream: str, lines: list[str]) -> None:
-    """Output lines of a step: one `line` event, or one batch event with `lines` (throughput)."""
+def emit_output(file: LineFile, ts_ns: int, job_id: str, step: int, stream: str, lines: list[str],
+                continued: bool = False) -> None:
+    """Output lines of a step: one `line` event, or one batch event with `lines` (throughput).
+    `continued`: the one line given is a leading piece of a long line, which goes on in the first
+    line of the next output event of the same stream (which may be a piece again)."""
     file.seq += 1
     head = f'{{"ts":"{rfc3339(ts_ns)}","seq":{file.seq},"type":"output","scope":"step",' \
            f'"phase_code":"job.execution","phase_family":"job","job_id":{dumps(job_id)},' \
            f'"step":{step},"stream":"{stream}",'
-    body = f'"line":{dumps(lines[0])}}}\n' if len(lines) == 1 else f'"lines":{dumps(lines)}}}\n'
+    if continued:
+        body = f'"line":{dumps(lines[0])},"continued":true}}\n'
+    else:
+        body = f'"line":{dumps(lines[0])}}}\n' if len(lines) == 1 else f'"lines":{dumps(lines)}}}\n'
     file.write((head + body).encode())

@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -22,21 +23,28 @@ from typing import Any, NamedTuple
 
 from loomrun.protocol import messages as m
 from loomrun.writer.events import emit
+from loomrun.writer.redact import Redactor
 from loomrun.writer.runlog import RunLog, StepLog, mark_abandoned
 
 READ_CHUNK = 1 << 20
+# The longest piece of a line the writer holds: a longer line (output without newlines) is written
+# in pieces of at most this many bytes, each but the last marked `"continued": true`, so the
+# writer's memory stays bounded whatever a step prints (a 200 MB line took it to 931 MB before).
+LINE_CHUNK = 1 << 20
 DRAIN_AFTER_EOF_S = 30.0
 
 
 class OutputStream:
-    __slots__ = ("fd", "job_id", "partial", "step", "stream")
+    __slots__ = ("continued", "fd", "held", "job_id", "partial", "step", "stream")
 
     def __init__(self, job_id: str, step: StepLog, stream: str, fd: int) -> None:
         self.job_id = job_id
         self.step = step
         self.stream = stream
         self.fd = fd
-        self.partial = b""
+        self.partial = b""  # redacted bytes after the last newline
+        self.held = b""  # raw bytes that may be the start of a secret value (see redact.Redactor.split)
+        self.continued = False  # pieces of the current line were written already
 
 
 class WriterHandle(NamedTuple):
@@ -70,12 +78,17 @@ def spawn() -> WriterHandle:
 class Writer:
     def __init__(self, sup: Connection) -> None:
         self.sup = sup
+        # Answers go out without ever blocking (see _send): a socket on the same connection, for
+        # MSG_DONTWAIT sends, and the bytes the supervisor has not taken yet.
+        self.sup_sock = socket.socket(fileno=os.dup(sup.fileno()))
+        self.outbox = b""
+        self.waiting = False  # the selector also watches for room on the supervisor socket
         self.sel = selectors.DefaultSelector()
         self.sel.register(sup, selectors.EVENT_READ, ("sup", None))
         self.log: RunLog | None = None
         self.workers: dict[str, Connection] = {}
         self.streams: dict[int, OutputStream] = {}
-        self.redactions: list[tuple[str, str]] = []
+        self.redactor = Redactor()
         self.sup_open = True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -87,11 +100,14 @@ class Writer:
                 if time.monotonic() > deadline:
                     break
             due = self.log.docs.due_in() if self.log is not None else None
-            for key, _ in self.sel.select(timeout=1.0 if due is None else min(1.0, due)):
+            for key, events in self.sel.select(timeout=1.0 if due is None else min(1.0, due)):
                 kind, arg = key.data
                 try:
                     if kind == "sup":
-                        self._from_supervisor()
+                        if events & selectors.EVENT_WRITE:
+                            self._push()
+                        if events & selectors.EVENT_READ:
+                            self._from_supervisor()
                     elif kind == "worker":
                         self._from_worker(arg)
                     else:
@@ -124,9 +140,28 @@ class Writer:
                      code="LOOM_WRITER_BAD_RECORD", message=f"{type(exc).__name__}: {exc}")
 
     def _send(self, msg: Any) -> None:
+        """Queue `msg` for the supervisor and send what the socket takes now. The writer never
+        blocks on the supervisor: a supervisor busy sending a long run of `JobEnded` (a failure
+        that skips a thousand jobs) while the answers fill the socket would otherwise leave each
+        waiting for the other. The bytes are multiprocessing.Connection's framing."""
         if self.sup_open:
-            with contextlib.suppress(OSError):
-                self.sup.send(msg)
+            data = reduction.ForkingPickler.dumps(msg)
+            self.outbox += struct.pack("!i", len(data)) + bytes(data)
+            self._push()
+
+    def _push(self) -> None:
+        try:
+            sent = self.sup_sock.send(self.outbox, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the supervisor is gone: nobody will read it
+            sent = len(self.outbox)
+        self.outbox = self.outbox[sent:]
+        waiting = bool(self.outbox)
+        if waiting != self.waiting and self.sup_open:  # the selector tells when the rest fits
+            self.waiting = waiting
+            self.sel.modify(self.sup, selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0),
+                            ("sup", None))
 
     # -- supervisor records --------------------------------------------------------------------
     def _from_supervisor(self) -> None:
@@ -135,12 +170,13 @@ class Writer:
         except (EOFError, OSError):
             self.sup_open = False
             self.sel.unregister(self.sup)
+            self.outbox = b""
             return
         self.handle_supervisor(msg)
 
     def handle_supervisor(self, msg: Any) -> None:
         if isinstance(msg, m.RunStarted):
-            self.log = RunLog(msg, self.redactions)
+            self.log = RunLog(msg, self.redactor)
             self._send(m.WriterReady(str(self.log.logs_dir)))
         elif isinstance(msg, m.AttachWorker):
             with socket.fromfd(self.sup.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -151,7 +187,7 @@ class Writer:
             if self.log is not None:
                 self.log.trace.feed(msg)
         elif isinstance(msg, m.Redact):
-            self.redactions.extend(msg.values)
+            self.redactor.add(msg.values)
         elif isinstance(msg, m.MarkAbandoned):
             if self.log is not None:
                 mark_abandoned(self.log.runtime, msg.run_id, msg.facts)
@@ -167,8 +203,12 @@ class Writer:
         elif isinstance(msg, m.JobRoster):
             log.set_roster(msg)
         elif isinstance(msg, m.JobEnded):
-            self._drain_job(msg.job_id)
-            log.job_ended(msg)
+            try:
+                self._drain_job(msg.job_id)  # with --stream, its last lines reach the terminal here
+                log.job_ended(msg)
+            finally:  # answered even when writing failed: the supervisor waits for it to print the end line
+                if msg.answer and not msg.replay:
+                    self._send(m.JobWritten(msg.job_id, log.redact(msg.message), log.failing_tail(msg)))
         elif isinstance(msg, m.RunEnded):
             for job_id in list(self.workers):
                 self._drain_job(job_id)
@@ -217,7 +257,7 @@ class Writer:
                 self.streams[fd] = OutputStream(msg.job_id, step, name, fd)
                 self.sel.register(fd, selectors.EVENT_READ, ("out", None))
         elif isinstance(msg, m.Redact):
-            self.redactions.extend(msg.values)
+            self.redactor.add(msg.values)
         else:
             handler = _WORKER_RECORDS.get(type(msg))
             if handler is None:
@@ -239,29 +279,57 @@ class Writer:
         else:
             self._close_stream(st)
 
-    def _lines(self, st: OutputStream, data: bytes) -> None:
-        buf = st.partial + data
+    def _lines(self, st: OutputStream, data: bytes, redact: bool = True) -> None:
+        if redact and self.redactor.active:  # on the bytes, before they are cut into lines or decoded
+            data, st.held = self.redactor.split(st.held + data if st.held else data)
+        buf = st.partial + data if st.partial else data
+        if len(buf) > LINE_CHUNK and buf.find(b"\n", 0, LINE_CHUNK + 1) < 0:
+            buf = self._pieces(st, buf)
         cut = buf.rfind(b"\n")
         if cut < 0:
             st.partial = buf
-            return
-        st.partial = buf[cut + 1:]
-        self._emit(st, buf[:cut])
+        else:
+            st.partial = buf[cut + 1:]
+            self._emit(st, buf[:cut])
+            if len(st.partial) > LINE_CHUNK:  # redaction markers can make a read longer than it was
+                st.partial = self._pieces(st, st.partial)
+
+    def _pieces(self, st: OutputStream, buf: bytes) -> bytes:
+        """Write the leading pieces of a line longer than LINE_CHUNK; returns the rest, whose
+        first line (at least one byte of it) fits."""
+        while len(buf) > LINE_CHUNK and buf.find(b"\n", 0, LINE_CHUNK + 1) < 0:
+            cut = _char_start(buf, LINE_CHUNK)
+            self._emit_piece(st, buf[:cut])
+            buf = buf[cut:]
+        return buf
 
     def _emit(self, st: OutputStream, block: bytes) -> None:
         assert self.log is not None
-        text = block.decode("utf-8", "replace")
-        if self.redactions:
-            text = self.log.redact(text)
-        lines = text.split("\n")
+        lines = block.decode("utf-8", "replace").split("\n")
         self.log.step_output(st.job_id, st.step, st.stream, lines, time.time_ns())
         if self.log.start.stream:
             prefix = f"[{st.job_id}] "
-            out = "".join(f"{prefix}{line}\n" for line in lines).encode()
+            out = "".join(f"{prefix}{line}\n" for line in lines)
+            if st.continued:
+                out = f"[{st.job_id}]+" + out[len(prefix) - 1:]
             with contextlib.suppress(OSError):
-                _write_all(sys.stderr.fileno(), out)
+                _write_all(sys.stderr.fileno(), out.encode())
+        if st.continued:
+            st.continued = False
+
+    def _emit_piece(self, st: OutputStream, piece: bytes) -> None:
+        assert self.log is not None
+        text = piece.decode("utf-8", "replace")
+        self.log.step_piece(st.job_id, st.step, st.stream, text, time.time_ns())
+        if self.log.start.stream:  # a piece is a line of its own on the terminal; `+` marks the rest
+            with contextlib.suppress(OSError):
+                _write_all(sys.stderr.fileno(), f"[{st.job_id}]{'+' if st.continued else ''} {text}\n".encode())
+        st.continued = True
 
     def _close_stream(self, st: OutputStream) -> None:
+        if st.held:
+            self._lines(st, self.redactor.finish(st.held), redact=False)
+            st.held = b""
         if st.partial:
             self._emit(st, st.partial)
             st.partial = b""
@@ -305,6 +373,14 @@ _WORKER_RECORDS: dict[type, Callable[[RunLog, Any], None]] = {
     m.SectionEnded: RunLog.section_ended,
     m.ArtifactsStaged: RunLog.adopt_artifacts,
 }
+
+
+def _char_start(data: bytes, at: int) -> int:
+    """`at`, moved back to the first byte of the UTF-8 character it falls in (at most 3 bytes)."""
+    for cut in range(at, max(at - 3, 1) - 1, -1):
+        if data[cut] & 0xC0 != 0x80:
+            return cut
+    return at
 
 
 def _write_all(fd: int, data: bytes) -> None:

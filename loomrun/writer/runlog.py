@@ -18,6 +18,8 @@ from loomrun.durable import syncfs
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3339
 from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children, write_document
+from loomrun.writer.redact import Redactor
+from loomrun.writer.tail import last_lines
 
 
 def step_dir(index: int) -> str:
@@ -27,8 +29,8 @@ def step_dir(index: int) -> str:
 # Plain classes with __slots__, not dataclasses: the supervisor imports this module at every start of
 # `loom` (the writer is forked from it), and defining a dataclass cost ~0.7 ms there.
 class StepLog:
-    __slots__ = ("command", "duration_ms", "events", "exit_code", "finished_ns", "index", "message", "open_streams",
-                 "output_lines", "started_ns", "status", "written")
+    __slots__ = ("command", "duration_ms", "events", "exit_code", "finished_ns", "index", "last_output_ns",
+                 "message", "open_streams", "output_lines", "started_ns", "status", "written")
 
     def __init__(self, index: int, command: str, started_ns: int, events: LineFile) -> None:
         self.index = index
@@ -37,6 +39,7 @@ class StepLog:
         self.events = events
         self.open_streams = 2
         self.output_lines = 0
+        self.last_output_ns = 0
         self.exit_code: int | None = None
         self.duration_ms: int | None = None
         self.finished_ns: int | None = None
@@ -72,12 +75,12 @@ class JobLog:
 
 
 class RunLog:
-    def __init__(self, start: m.RunStarted, redactions: list[tuple[str, str]]) -> None:
+    def __init__(self, start: m.RunStarted, redactor: Redactor) -> None:
         self.start = start
         self.runtime = Path(start.repo_root) / ".loom" / ".runtime"
         self.logs_dir = self.runtime / "logs" / start.run_id
         self.receipts_dir = self.runtime / "receipts"
-        self.redactions = redactions
+        self.redactor = redactor
         self.runtime.mkdir(parents=True, exist_ok=True)
         gitignore = self.runtime / ".gitignore"
         if not gitignore.exists():
@@ -109,10 +112,11 @@ class RunLog:
         return log
 
     def redact(self, text: str) -> str:
-        for name, value in self.redactions:
-            if value:
-                text = text.replace(value, f"[REDACTED:SECRET_{name}]")
-        return text
+        return self.redactor.text(text) if self.redactor.active else text
+
+    def write_doc(self, path: str | Path, doc: dict[str, Any]) -> None:
+        """Every document of the run, redacted whole (section details, messages, resources)."""
+        self.docs.write(path, self.redactor.doc(doc))
 
     def job_dir(self, job_id: str) -> Path:
         return self.logs_dir / "jobs" / job_id
@@ -183,7 +187,7 @@ class RunLog:
         if sec.message:
             doc["message"] = sec.message
         doc.update(sec.details)
-        self.docs.write(self.job_path(job_id, f"system/{sec.name}/summary.json"), doc)
+        self.write_doc(self.job_path(job_id, f"system/{sec.name}/summary.json"), doc)
 
     # -- steps -----------------------------------------------------------------------------
     def step_started(self, msg: m.StepStarted) -> StepLog:
@@ -196,7 +200,12 @@ class RunLog:
 
     def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int) -> None:
         step.output_lines += len(lines)
-        emit_output(step.events, ts_ns, job_id, step.index, stream, lines)
+        emit_output(step.events, _output_ts(step, ts_ns), job_id, step.index, stream, lines)
+
+    def step_piece(self, job_id: str, step: StepLog, stream: str, piece: str, ts_ns: int) -> None:
+        """A leading piece of a line too long to hold (see process.LINE_CHUNK): one event marked
+        `continued`; the line is counted once, when its last piece comes as a whole line."""
+        emit_output(step.events, _output_ts(step, ts_ns), job_id, step.index, stream, [piece], continued=True)
 
     def step_finished(self, msg: m.StepFinished) -> None:
         step = self.job(msg.job_id).steps.get(msg.step)
@@ -215,7 +224,7 @@ class RunLog:
         if step.written or not (force or (step.exit_code is not None and step.open_streams <= 0)):
             return
         step.written = True
-        end = step.finished_ns or step.started_ns
+        end = max(step.finished_ns or step.started_ns, step.last_output_ns)  # see _output_ts
         if step.exit_code is not None:
             emit(step.events, end, "step_finished", "step", "job.execution", job_id=job_id,
                  step=step.index, exit_code=step.exit_code, status=step.status)
@@ -234,7 +243,7 @@ class RunLog:
         }
         if step.message:
             doc["message"] = step.message
-        self.docs.write(self.job_path(job_id, f"{step_dir(step.index)}/summary.json"), doc)
+        self.write_doc(self.job_path(job_id, f"{step_dir(step.index)}/summary.json"), doc)
         step.events.close()
 
     # -- artifacts ---------------------------------------------------------------------------
@@ -281,8 +290,21 @@ class RunLog:
             sec.events.close()
         if msg.status == "failed":
             self.finish_order.append(msg.job_id)
-        self.docs.write(self.job_path(msg.job_id, "summary.json"), self._job_summary(msg))
-        self.docs.write(self.job_path(msg.job_id, "manifest.json"), self._job_manifest(job, msg))
+        self.write_doc(self.job_path(msg.job_id, "summary.json"), self._job_summary(msg))
+        self.write_doc(self.job_path(msg.job_id, "manifest.json"), self._job_manifest(job, msg))
+
+    def failing_tail(self, msg: m.JobEnded) -> tuple[str, ...]:
+        """A failed job's last output lines where it failed (a step, else a system section), as
+        its events file has them (redacted), made safe for a terminal."""
+        job = self.jobs.get(msg.job_id)
+        if job is None or msg.status != "failed":
+            return ()
+        section, step = _failing_place(job, msg)
+        if step is not None:
+            return tuple(last_lines(job.steps[step].events.path))
+        if section is not None and section in job.sections:
+            return tuple(last_lines(job.sections[section].events.path))
+        return ()
 
     def _job_summary(self, msg: m.JobEnded) -> dict[str, Any]:
         started = msg.started_ns
@@ -363,9 +385,9 @@ class RunLog:
             if msg.status == "failure":
                 manifest["failing_job_id"] = failing
                 manifest["failing_job_manifest_path"] = f"jobs/{failing}/manifest.json" if failing else None
-            self.docs.write(self.logs_dir / "pipeline" / "summary.json", summary)
-            self.docs.write(self.logs_dir / "pipeline" / "manifest.json", manifest)
-            self.docs.write(self.logs_dir / "pipeline" / "trace.json", self.trace.document())
+            self.write_doc(self.logs_dir / "pipeline" / "summary.json", summary)
+            self.write_doc(self.logs_dir / "pipeline" / "manifest.json", manifest)
+            self.write_doc(self.logs_dir / "pipeline" / "trace.json", self.trace.document())
         self.events.close()
         self.docs.flush()
         syncfs(self.logs_dir)  # every log line and document is durable before the receipt, written last
@@ -386,24 +408,24 @@ class RunLog:
         receipt.update(msg.receipt)
         receipt["jobs"] = jobs_out
         path = self.receipt_path()
-        write_document(path, _redact_doc(receipt, self))
+        write_document(path, self.redactor.doc(receipt))
         return path
+
+
+def _output_ts(step: StepLog, read_ns: int) -> int:
+    """The time of output read at `read_ns` (spec §11: never after its step's `step_finished`).
+    Read after the step's exit was measured, it was printed by then: it gets the exit's time (or
+    the time of the output before it, so a file's times never go back). Read before the exit is
+    known, it keeps its read time, and the step's end is then the later of the two."""
+    end = step.finished_ns
+    if end is not None and read_ns > end:
+        read_ns = end if end > step.last_output_ns else step.last_output_ns
+    step.last_output_ns = read_ns
+    return read_ns
 
 
 def _allowed(ended: m.JobEnded | None) -> bool:
     return ended is not None and ended.allow_failure
-
-
-def _redact_doc(doc: Any, log: RunLog) -> Any:
-    if not log.redactions:
-        return doc
-    if isinstance(doc, str):
-        return log.redact(doc)
-    if isinstance(doc, list):
-        return [_redact_doc(x, log) for x in doc]
-    if isinstance(doc, dict):
-        return {k: _redact_doc(v, log) for k, v in doc.items()}
-    return doc
 
 
 def _failing_place(job: JobLog, msg: m.JobEnded) -> tuple[str | None, int | None]:

@@ -109,6 +109,8 @@ def test_default_terminal_on_failure(failing: Result) -> None:
         'job "middle" passed in N.NNs',
         'job "test" started (host)',
         'job "test" failed in N.NNs (exit code 3)',
+        "    before",  # the failing step's last lines, then where the rest is (spec §11)
+        f"  logs: loom logs {failing.receipt['run_id']} --job test",
         'job "deploy" skipped (needs "test", which failed)',
         'job "notify" skipped (needs "deploy", which was skipped)',
         "loom run failed",
@@ -195,7 +197,9 @@ def test_stream_prefixes_each_line_live(tmp_path: Path) -> None:
 
 def test_without_stream_no_job_output_reaches_the_terminal(failing: Result) -> None:
     assert "hello from build" not in failing.stderr
-    assert "before" not in failing.stderr and "art" not in failing.stderr.splitlines()
+    assert "art" not in failing.stderr.splitlines()
+    # only the failing step's last lines, under its failed line
+    assert [line for line in failing.stderr.splitlines() if "before" in line] == ["    before"]
 
 
 def test_local_is_required(tmp_path: Path) -> None:
@@ -239,6 +243,7 @@ def test_allow_failure_passes_and_dependents_run(tmp_path: Path) -> None:
     assert terminal(result) == [
         'job "flaky" started (host)',
         'job "flaky" failed in N.NNs (exit code 4, allowed to fail)',
+        f"  logs: loom logs {result.receipt['run_id']} --job flaky",  # its step printed nothing
         'job "after" started (host)',
         'job "after" passed in N.NNs',
         'job "later" started (host)',

@@ -88,10 +88,17 @@ class Terminal:
         if image:
             self.detail(f'job "{name}": image {image}')
 
-    def job_ended(self, name: str, status: str, seconds: float | None, why: str) -> None:
+    def job_ended(self, name: str, status: str, seconds: float | None, why: str, *,
+                  tail: Sequence[str] = (), logs_hint: str | None = None) -> None:
+        """`tail`: a failed job's last output lines (redacted, without control characters), shown
+        under its line; `logs_hint`: the `loom logs` command that shows the rest (spec §11)."""
         took = f" in {seconds:.2f}s" if seconds is not None else ""
         word = WORDS[status]
         self.event(f'job "{name}" {self.paint(word, WORD_COLORS[word])}{took}{f" ({why})" if why else ""}')
+        for line in tail:
+            self.event(f"    {line}")
+        if logs_hint:
+            self.event(f"  logs: {logs_hint}")
 
     def summary(self, ended: Sequence[JobEnded], deps: Mapping[str, Sequence[str]], wall_s: float) -> None:
         """The table of every job, the wall time and the critical path (not with -q)."""
