@@ -336,7 +336,7 @@ class RunLog:
             for s in job.sections.values()
         ]
         failing_section, failing_step = _failing_place(job, msg)
-        return {
+        doc: dict[str, Any] = {
             "schema_version": SCHEMA, "run_id": self.start.run_id, "job_id": job.job_id,
             "status": msg.status, "steps": steps, "system_sections": sections,
             "failing_section": failing_section,
@@ -344,6 +344,10 @@ class RunLog:
                                          if failing_step is not None else None),
             "artifacts": job.artifacts,
         }
+        failed_in = job.sections.get(failing_section or "")
+        if failed_in is not None and failed_in.error_code:  # e.g. SECRETS_REF_NOT_FOUND (spec §7.2)
+            doc["error_code"] = failed_in.error_code
+        return doc
 
     # -- run end -----------------------------------------------------------------------------
     def receipt_path(self) -> Path:

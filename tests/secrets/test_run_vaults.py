@@ -188,7 +188,8 @@ def test_optional_secret_is_skipped_with_a_warning(tmp_path: Path, vault: Path) 
 
 
 def _failed_once(result: Result, job: str, code: str) -> str:
-    """The code appears exactly once in the terminal line, the section's error event and the job summary."""
+    """The code appears exactly once in the terminal line, the section's error event and the job
+    summary, and the job manifest names it (spec §7.2)."""
     assert result.code == 1
     [terminal] = [line for line in result.stderr.splitlines() if code in line and f'"{job}"' in line
                   and "failed" in line and not line.startswith(("loom run", "receipt"))]
@@ -197,7 +198,8 @@ def _failed_once(result: Result, job: str, code: str) -> str:
     assert error["code"] == code and code not in str(error["message"]), error
     summary = result.job_summary(job)
     assert summary["failure_kind"] == "secrets_error" and str(summary["message"]).count(code) == 1
-    assert result.job_manifest(job)["failing_section"] == "secrets"
+    manifest = result.job_manifest(job)
+    assert manifest["failing_section"] == "secrets" and manifest["error_code"] == code
     assert load(result.logs_dir / "jobs" / job / "system/secrets/summary.json")["error_code"] == code
     return str(error["message"])
 
