@@ -78,6 +78,18 @@ def write_json(path: str | os.PathLike[str], doc: Any, *, compact: bool = False,
     os.replace(write_temp(path, encode_json(doc, compact=compact), fsync=durable), path)
 
 
+def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON document that should be a mapping, or {} when it is missing, unreadable, torn or not
+    a mapping: for readers of documents another process may be writing or may have left half-done
+    (a dead run's, a report's), which carry on with what they can."""
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def syncfs(folder: str | os.PathLike[str]) -> None:
     """Flush the filesystem holding `folder` (not every filesystem, as os.sync() would)."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

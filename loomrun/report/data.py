@@ -14,15 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from loomrun.durable import read_mapping
+
 OUTPUT_LINES = 500
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _ms(stamp: Any) -> float | None:
@@ -49,10 +43,10 @@ def dependencies(graph: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 def collect(receipt_path: Path) -> dict[str, Any]:
-    receipt = _load(receipt_path)
+    receipt = read_mapping(receipt_path)
     logs_dir = Path(receipt.get("logs_dir", receipt_path.parent))
     origin = _ms(receipt.get("started_at")) or 0.0
-    pipeline = _load(Path(receipt.get("pipeline_manifest_path", logs_dir / "pipeline" / "manifest.json")))
+    pipeline = read_mapping(Path(receipt.get("pipeline_manifest_path", logs_dir / "pipeline" / "manifest.json")))
 
     def rel(stamp: Any) -> float | None:
         at = _ms(stamp)
@@ -60,11 +54,11 @@ def collect(receipt_path: Path) -> dict[str, Any]:
 
     jobs = []
     for entry in pipeline.get("jobs", []):
-        summary = _load(logs_dir / entry.get("summary_path", ""))
-        manifest = _load(logs_dir / entry.get("manifest_path", ""))
+        summary = read_mapping(logs_dir / entry.get("summary_path", ""))
+        manifest = read_mapping(logs_dir / entry.get("manifest_path", ""))
         steps = []
         for step in manifest.get("steps", []):
-            doc = _load(logs_dir / step.get("summary_path", ""))
+            doc = read_mapping(logs_dir / step.get("summary_path", ""))
             steps.append({"index": step.get("index"), "status": step.get("status"), "exit_code": step.get("exit_code"),
                           "command": doc.get("command", ""), "start": rel(doc.get("started_at")),
                           "end": rel(doc.get("finished_at"))})
@@ -123,12 +117,12 @@ def _failing(logs_dir: Path, pipeline: Mapping[str, Any]) -> dict[str, Any] | No
     path = pipeline.get("failing_job_manifest_path")
     if not path:
         return None
-    manifest = _load(logs_dir / path)
+    manifest = read_mapping(logs_dir / path)
     events = manifest.get("failing_step_events_path")
     where: dict[str, Any] = {"job": manifest.get("job_id"), "section": manifest.get("failing_section")}
     if events:
         step: dict[str, Any] = next((s for s in manifest.get("steps", []) if s.get("events_path") == events), {})
-        doc = _load(logs_dir / step.get("summary_path", ""))
+        doc = read_mapping(logs_dir / step.get("summary_path", ""))
         where.update(step=step.get("index"), exit_code=step.get("exit_code"), command=doc.get("command", ""))
     else:
         sec = next((s for s in manifest.get("system_sections", []) if s["name"] == where["section"]), None)

@@ -13,12 +13,12 @@ supervisor died after its writer finished) is kept as it is: it tells what happe
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from loomrun import __version__
+from loomrun.durable import read_mapping
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, rfc3339
 from loomrun.writer.files import recover_temps, write_document
@@ -32,7 +32,7 @@ def mark_abandoned(runtime: Path, run_id: str, facts: dict[str, Any] | None = No
     found_ns = time.time_ns()
     logs_dir = runtime / "logs" / run_id
     receipt_path = runtime / "receipts" / f"{run_id}.json"
-    old = _load(receipt_path)
+    old = read_mapping(receipt_path)
     if old.get("status") and old.get("finished_at"):
         return receipt_path  # its writer wrote the receipt last: the run had finished
     if logs_dir.is_dir():
@@ -46,7 +46,7 @@ def mark_abandoned(runtime: Path, run_id: str, facts: dict[str, Any] | None = No
     for job in jobs:
         counts[job["status"]] = counts.get(job["status"], 0) + 1
     write_document(summary_path, {
-        **_load(summary_path), "schema_version": SCHEMA, "run_id": run_id, "pipeline_id": pipeline_id,
+        **read_mapping(summary_path), "schema_version": SCHEMA, "run_id": run_id, "pipeline_id": pipeline_id,
         "status": "failure", "exit_code": 1, "error": "abandoned", "started_at": rfc3339(started_ns),
         "finished_at": rfc3339(found_ns), "duration_ms": duration_ms, "jobs": counts})
     failing = min((j for j in jobs if j["status"] == "failed" and not j["allow_failure"]),
@@ -93,7 +93,7 @@ def _roster(logs_dir: Path, facts: dict[str, Any]) -> list[tuple[str, str]]:
 def _job(logs_dir: Path, run_id: str, pipeline_id: str, job_id: str, stage: str, found_ns: int) -> dict[str, Any]:
     """The job's outcome from its summary; a job without one gets a `canceled` summary and manifest."""
     folder = logs_dir / "jobs" / job_id
-    summary = _load(folder / "summary.json")
+    summary = read_mapping(folder / "summary.json")
     if not summary.get("status"):
         summary = {"schema_version": SCHEMA, "run_id": run_id, "pipeline_id": pipeline_id, "job_id": job_id,
                    "stage": stage, "status": "canceled", "exit_code": None, "failure_kind": m.CANCELED,
@@ -114,27 +114,19 @@ def _manifest(folder: Path, run_id: str, job_id: str) -> dict[str, Any]:
     script = folder / "user" / "script"
     for step in sorted(script.iterdir() if script.is_dir() else [], key=lambda p: (len(p.name), p.name)):
         if step.name.isdigit():
-            done = _load(step / "summary.json")
+            done = read_mapping(step / "summary.json")
             steps.append({"index": int(step.name), "dir": f"{base}/user/script/{step.name}",
                           "status": done.get("status") or "canceled", "exit_code": done.get("exit_code"),
                           "summary_path": f"{base}/user/script/{step.name}/summary.json",
                           "events_path": f"{base}/user/script/{step.name}/events.jsonl"})
     system = folder / "system"
-    sections = [{"name": sec.name, "status": _load(sec / "summary.json").get("status") or "canceled",
+    sections = [{"name": sec.name, "status": read_mapping(sec / "summary.json").get("status") or "canceled",
                  "summary_path": f"{base}/system/{sec.name}/summary.json",
                  "events_path": f"{base}/system/{sec.name}/events.jsonl"}
                 for sec in sorted(system.iterdir() if system.is_dir() else []) if sec.is_dir()]
     return {"schema_version": SCHEMA, "run_id": run_id, "job_id": job_id, "status": "canceled", "steps": steps,
             "system_sections": sections, "failing_section": None, "failing_step_events_path": None,
             "artifacts": []}
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _int(value: object) -> int | None:
