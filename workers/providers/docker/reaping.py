@@ -5,12 +5,12 @@ the first Docker job's worker; never in the supervisor itself, which does not im
 
 from __future__ import annotations
 
-import contextlib
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from docker.errors import APIError, DockerException
+from docker.errors import APIError, DockerException, NotFound
 
 from workers.providers.docker.engine import JOB_LABEL, RUN_LABEL, RUNTIME_LABEL, connect
 
@@ -58,21 +58,50 @@ def reap_run(run_id: str, job_id: str | None = None, timeout_s: float = 30.0) ->
     return _reap(connect(timeout_s), wanted, lambda _labels: True)
 
 
-def _reap(api: Any, label_filter: list[str], doomed: Callable[[dict[str, str]], bool]) -> list[str]:
+def _reap(api: Any, label_filter: list[str], doomed: Callable[[dict[str, str]], bool],
+          settle_s: float = 10.0) -> list[str]:
+    """Remove what `doomed` says, containers first (a network cannot go while one is attached).
+    Removals that fail are tried again for up to `settle_s`: a container whose own worker was
+    removing it when it was killed is "removal in progress" (409) for a moment, and its network
+    can only go after it."""
     removed: list[str] = []
+    deadline = time.monotonic() + settle_s
+    while True:
+        left = _reap_once(api, label_filter, doomed, removed)
+        if not left or time.monotonic() >= deadline:
+            return removed
+        time.sleep(0.2)
+
+
+def _reap_once(api: Any, label_filter: list[str], doomed: Callable[[dict[str, str]], bool],
+               removed: list[str]) -> int:
+    """One pass; returns how many doomed objects could not be removed."""
+    left = 0
     for c in api.containers(all=True, filters={"label": label_filter}):
         if doomed(c.get("Labels") or {}):
-            with contextlib.suppress(APIError, DockerException):
+            try:
                 api.remove_container(c["Id"], force=True)
                 removed.append(f"container {(c.get('Names') or [c['Id']])[0].lstrip('/')}")
+            except NotFound:
+                pass
+            except (APIError, DockerException):
+                left += 1
     for n in api.networks(filters={"label": label_filter}):
         if doomed(n.get("Labels") or {}):
-            with contextlib.suppress(APIError, DockerException):
+            try:
                 api.remove_network(n["Id"])
                 removed.append(f"network {n['Name']}")
+            except NotFound:
+                pass
+            except (APIError, DockerException):
+                left += 1
     for v in api.volumes(filters={"label": label_filter}).get("Volumes") or []:
         if doomed(v.get("Labels") or {}):
-            with contextlib.suppress(APIError, DockerException):
+            try:
                 api.remove_volume(v["Name"], force=True)
                 removed.append(f"volume {v['Name']}")
-    return removed
+            except NotFound:
+                pass
+            except (APIError, DockerException):
+                left += 1
+    return left
