@@ -57,7 +57,9 @@ def version() -> None:
 
 
 @cli.command()
-@click.option("--local", "local", is_flag=True, help="Run on this machine (required).")
+@click.option("--local", "local", is_flag=True, help="Run on this machine.")
+@click.option("--remote", "remote", is_flag=False, flag_value="", default=None, metavar="ADDRESS",
+              help="Run the jobs on a Ray cluster (default address: RAY_ADDRESS, then remote.ray.address).")
 @click.option("--workflow", "workflow", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Workflow file (default .loom/workflow.yml).")
 @click.option("--stream", is_flag=True, help="Stream each job's output live, prefixed with the job name.")
@@ -70,7 +72,9 @@ def version() -> None:
               help="Maximum jobs running at once (default: number of CPUs).")
 @click.option("--job", "only_jobs", multiple=True, help="Run only this job and what it needs (repeatable).")
 def run(**kwargs: Any) -> None:
-    """Run the workflow locally."""
+    """Run the workflow: on this machine (--local) or on a Ray cluster (--remote)."""
+    if kwargs["local"] and kwargs["remote"] is not None:
+        raise click.UsageError("--local and --remote are mutually exclusive")
     from loomrun.commands import run as run_cmd
 
     _invoke("loom run", lambda: run_cmd.main(**kwargs))

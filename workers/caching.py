@@ -20,7 +20,7 @@ from loomrun.cache.unpack import CacheEntryError
 from loomrun.errors import LoomError
 from loomrun.protocol.messages import PROVIDER_ERROR
 from loomrun.workflow.model import CacheSpec
-from workers.providers.base import JobContext, Provider
+from workers.providers.base import JobContext, Provider, workspace_is_local
 from workers.report import OpenSection, Reporter, SectionFailed
 
 
@@ -50,7 +50,7 @@ class JobCaches:
     @property
     def direct(self) -> bool:
         """True when the job's workspace is the host snapshot itself."""
-        return self.ctx.job.provider == "host" or self.ctx.mount_mode == "bind_mount"
+        return workspace_is_local(self.provider, self.ctx.job, self.ctx.mount_mode)
 
     def _resolve(self, spec: CacheSpec, sec: OpenSection) -> ResolvedCache | None:
         ids: dict[str, Any] = {"job_name": self.ctx.job.name, "job_id": self.ctx.job.name,

@@ -44,7 +44,8 @@ def find_receipt(runtime: Path, run_id: str | None) -> Path:
         if not path.exists():
             raise LoomError(f"no receipt for run {run_id} in {receipts}")
         return path
-    runs = sorted(receipts.glob("loom-run-local-*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[-1]))
+    runs = sorted([*receipts.glob("loom-run-local-*.json"), *receipts.glob("loom-run-remote-*.json")],
+                  key=lambda p: int(p.stem.rsplit("-", 1)[-1]))
     if not runs:
         raise LoomError(f"no runs recorded in {receipts}")
     return runs[-1]

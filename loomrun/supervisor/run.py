@@ -1,7 +1,9 @@
-"""`loom run --local`: bootstrap, execute, finalize. Runs in the `loom` process (the supervisor).
+"""`loom run --local` and `--remote`: bootstrap, execute, finalize. Runs in the `loom` process (the supervisor).
 
-1. bootstrap: run id, run lock, writer process, abandoned runs, workflow, runtime config, snapshot
-2. execute: the event loop (`loop.Supervisor`) starts one worker per job
+1. bootstrap: run id, run lock, writer process, abandoned runs, workflow, runtime config, snapshot;
+   a remote run (spec §12) then has its gateway connect to the Ray cluster and ship the snapshot
+2. execute: the event loop (`loop.Supervisor`) starts one worker per job (a remote job's worker
+   runs its steps on a cluster node through the gateway)
 3. finalize: `RunEnded` to the writer, which writes the pipeline documents and the receipt last;
    the receipt path is printed before the error line.
 """
@@ -15,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loomrun.errors import ExitCode, LoomError
 from loomrun.forkserver.process import ForkServer
@@ -28,6 +30,9 @@ from loomrun.supervisor.loop import Outcome, Supervisor, WriterLost
 from loomrun.supervisor.terminal import Terminal
 from loomrun.workflow.model import Job, Workflow
 from loomrun.writer import process as writer_process
+
+if TYPE_CHECKING:
+    from loomrun.remote.handle import Gateway
 
 KEEP_SNAPSHOTS = 5
 GRACE_S = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
@@ -45,6 +50,7 @@ class RunOptions(NamedTuple):
     cache_enabled: bool = True
     fingerprint_outputs: bool = False
     command: tuple[str, ...] = ("loom", "run", "--local")
+    remote: str | None = None  # the Ray cluster's address: a remote run (spec §12)
 
 
 class RunResult(NamedTuple):
@@ -84,8 +90,9 @@ class Run:
         self.workflow_path, self.repo_root = locate(opts.workflow)
         self.runtime = runtime_dir(self.repo_root)
         self.started_ns = time.time_ns()
-        self.run_id = f"loom-run-local-{self.started_ns}"
-        self.pipeline_id = f"loom-local-{self.started_ns}"
+        kind = "local" if opts.remote is None else "remote"
+        self.run_id = f"loom-run-{kind}-{self.started_ns}"
+        self.pipeline_id = f"loom-{kind}-{self.started_ns}"
         self.receipt: dict[str, Any] = {}
         self.wf: Workflow | None = None
         self.janitors: list[janitor.Janitor] = []
@@ -96,6 +103,8 @@ class Run:
         self.sup: Supervisor | None = None
         self.forks: ForkServer | None = None
         self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
+        self.gateway: Gateway | None = None  # a remote run's Ray driver process
+        self.cluster_cpus = 0.0
 
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -192,7 +201,8 @@ class Run:
         folder = self.runtime / "workspaces"
         if folder.is_dir():  # keep the newest snapshots only, and never one of a run still going
             alive = locks.alive_runs(self.runtime)
-            old = sorted(p for p in folder.iterdir() if p.name.startswith("loom-run-local-") and p.name not in alive)
+            old = sorted((p for p in folder.iterdir() if p.name.startswith("loom-run-") and p.name not in alive),
+                         key=lambda p: p.name.rsplit("-", 1)[-1])
             for path in old[: max(0, len(old) - (KEEP_SNAPSHOTS - 1))]:
                 with contextlib.suppress(LoomError, OSError):  # a concurrent run may be pruning it too
                     remove_snapshot(path)
@@ -206,6 +216,34 @@ class Run:
         self.receipt["snapshot_path"] = str(snap.path)
         self.receipt["snapshot_head_sha"] = snap.head_sha
         self.term.detail(f"workspace {snap.path} ({snap.files} files)")
+
+    def connect_remote(self) -> None:
+        """The gateway joins the Ray cluster and ships the snapshot (spec §12)."""
+        from loomrun.protocol.remote import GatewayFailed
+        from loomrun.remote.handle import Gateway
+
+        address = self.opts.remote
+        assert address is not None and self.snapshot_path is not None
+        block: dict[str, Any] = {"engine": "ray", "address": address, "nodes": []}
+        self.receipt["remote"] = block
+        if self.gateway is None:
+            try:
+                self.gateway = Gateway.start()
+            except OSError as exc:
+                raise _Failed(f"cannot start the gateway process: {exc.strerror or exc}") from exc
+        reply = self.gateway.connect(address, self.run_id, str(self.snapshot_path))
+        if isinstance(reply, GatewayFailed):
+            raise _Failed(reply.message)
+        block["ray_version"] = reply.ray_version
+        self.cluster_cpus = reply.cpus
+        self.term.detail(f"ray cluster {address}: Ray {reply.ray_version}, {reply.cpus:g} CPUs")
+
+    def close_remote(self) -> None:
+        """The gateway ends (and the run's actors with it); the receipt names the nodes used."""
+        if self.gateway is not None:
+            nodes = self.gateway.shutdown()
+            self.gateway = None
+            self.receipt["remote"]["nodes"] = list(nodes)
 
     # -- execute ------------------------------------------------------------------------------
     def make_spec(self, deps: dict[str, tuple[str, ...]]) -> Any:
@@ -227,7 +265,7 @@ class Run:
                 trace=os.environ.get("LOOM_DEBUG_TRACE") == "1", grace_s=GRACE_S,
                 cache_enabled=self.opts.cache_enabled, head_sha=self.head_sha or "",
                 dependency_artifacts=dep_art, fingerprint_outputs=self.opts.fingerprint_outputs,
-                docker_leftovers=leftovers,
+                docker_leftovers=leftovers, remote=self.gateway.socket_name if self.gateway is not None else "",
             )
         return make
 
@@ -240,10 +278,11 @@ class Run:
         self.writer.conn.send(m.RunPhase("run.bootstrap", time.time_ns(), "success"))
         self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns()))
         self.writer.conn.send(m.RunPhase("pipeline.execute", time.time_ns()))
-        if any(j.provider == "docker" for j in jobs):
+        if any(j.provider == "docker" for j in jobs) and self.gateway is None:
             # The first Docker job's worker removes dead runs' leftovers: it imports the SDK anyway.
             self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
-        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
+        default_jobs = int(self.cluster_cpus) if self.gateway is not None else os.cpu_count()
+        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or default_jobs or 1,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
                          run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks)
         self.sup = sup
@@ -257,6 +296,7 @@ class Run:
     def finalize(self, exit_code: int, error: str | None) -> RunResult:
         status = "success" if exit_code == 0 else "failure"
         receipt_path: str | None = None
+        self.close_remote()
         try:
             self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns()))
             self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns(), status))
@@ -337,12 +377,15 @@ class _Interrupted(BaseException):  # like KeyboardInterrupt: no `except Excepti
 
 
 def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | None = None,
-              forks: ForkServer | None = None) -> RunResult:
-    """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
-    the receipt is written. `forks`: a fork server started early by the caller (else one per run)."""
+              forks: ForkServer | None = None, gateway: Gateway | None = None) -> RunResult:
+    """One run (on this machine, or its jobs on a Ray cluster when `opts.remote` is set). `amend`
+    (used by --cache-diff) may add receipt fields and change the verdict before the receipt is
+    written. `forks`: a fork server started early by the caller (else one per run); `gateway`: the
+    same for a remote run's gateway process (closed by the run, whatever happens)."""
     term = term or Terminal(verbose=opts.verbose, quiet=opts.quiet)
     run = Run(opts, term)
     run.forks = forks
+    run.gateway = gateway
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     phase = {"bootstrap": False}  # while the lock and the writer are set up, signals are only recorded
 
@@ -368,6 +411,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
                 term.event("pipeline skipped by workflow.rules")
             else:
                 run.snapshot()
+                if opts.remote is not None:
+                    run.connect_remote()
                 phase["bootstrap"] = False
                 _raise_pending(wake_r)  # a signal whose exception some library code swallowed
                 sup = run.execute(jobs, wake_r)

@@ -20,6 +20,11 @@ from loomrun.writer.events import SCHEMA, SECTION_PHASE, emit, emit_output, rfc3
 from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children, write_document
 
 
+def run_kind(run_id: str) -> str:
+    """The receipt's `kind`: `loom-run-remote` for a run on a Ray cluster (spec §12), else local."""
+    return "loom-run-remote" if run_id.startswith("loom-run-remote-") else "loom-run-local"
+
+
 def step_dir(index: int) -> str:
     return f"user/script/{index:02d}" if index < 100 else f"user/script/{index:03d}"
 
@@ -60,7 +65,7 @@ class SectionLog:
 
 
 class JobLog:
-    __slots__ = ("artifacts", "ended", "job_id", "sections", "stage", "steps")
+    __slots__ = ("artifacts", "ended", "job_id", "node", "sections", "stage", "steps")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -69,6 +74,7 @@ class JobLog:
         self.sections: dict[str, SectionLog] = {}
         self.artifacts: list[dict[str, Any]] = []
         self.ended: m.JobEnded | None = None
+        self.node: dict[str, Any] | None = None  # a remote job's cluster node (spec §12)
 
 
 class RunLog:
@@ -234,6 +240,9 @@ class RunLog:
         self.docs.write(self.job_path(job_id, f"{step_dir(step.index)}/summary.json"), doc)
         step.events.close()
 
+    def job_placed(self, msg: m.JobPlaced) -> None:
+        self.job(msg.job_id).node = {"id": msg.node_id, "address": msg.address, "labels": dict(msg.labels)}
+
     # -- artifacts ---------------------------------------------------------------------------
     def adopt_artifacts(self, msg: m.ArtifactsStaged) -> None:
         """Move staged files under jobs/<id>/artifacts/ (rename: same filesystem) and hash them."""
@@ -311,7 +320,7 @@ class RunLog:
             for s in job.sections.values()
         ]
         failing_section, failing_step = _failing_place(job, msg)
-        return {
+        doc: dict[str, Any] = {
             "schema_version": SCHEMA, "run_id": self.start.run_id, "job_id": job.job_id,
             "status": msg.status, "steps": steps, "system_sections": sections,
             "failing_section": failing_section,
@@ -319,6 +328,9 @@ class RunLog:
                                          if failing_step is not None else None),
             "artifacts": job.artifacts,
         }
+        if job.node is not None:
+            doc["node"] = job.node
+        return doc
 
     # -- run end -----------------------------------------------------------------------------
     def receipt_path(self) -> Path:
@@ -366,7 +378,7 @@ class RunLog:
         self.docs.flush()
         syncfs(self.logs_dir)  # every log line and document is durable before the receipt, written last
         receipt: dict[str, Any] = {
-            "schema_version": "v1", "kind": "loom-run-local", "run_id": start.run_id,
+            "schema_version": "v1", "kind": run_kind(start.run_id), "run_id": start.run_id,
             "pipeline_id": start.pipeline_id, "command": list(start.command), "loom_version": __version__,
             "repo_root": start.repo_root, "workflow_path": start.workflow_path,
             "started_at": rfc3339(start.started_ns), "finished_at": rfc3339(msg.finished_ns),
@@ -468,7 +480,7 @@ def mark_abandoned(runtime: Path, run_id: str) -> Path | None:
             receipt = json.loads(receipt_path.read_text())
         except (OSError, ValueError):
             receipt = {}
-    receipt.update({"schema_version": "v1", "kind": "loom-run-local", "run_id": run_id,
+    receipt.update({"schema_version": "v1", "kind": run_kind(run_id), "run_id": run_id,
                     "loom_version": __version__, "status": "failure", "exit_code": 1, "error": "abandoned",
                     "logs_dir": str(logs_dir), "pipeline_summary_path": str(summary_path),
                     "pipeline_manifest_path": str(logs_dir / "pipeline" / "manifest.json"),
