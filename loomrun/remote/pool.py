@@ -21,6 +21,7 @@ from typing import Any
 from loomrun.remote import rayapi
 from loomrun.remote.placement import Placement
 
+RETIRE_WAIT_S = 10.0
 HANG_S = 8.0  # a ping unanswered this long: the node hangs (spec §12: reported within 15 s)
 PING_EVERY_S = 1.0
 EVICT_AFTER_S = 0.5
@@ -106,7 +107,12 @@ class Pool:
                 rayapi.kill([member.actor])
 
     def close(self) -> None:
+        """The run is over: every actor removes its folder on its node (bounded wait), then dies."""
         with self.lock:
             self.closed = True
             members, self.members = self.members, []
+        calls = [rayapi.call(m.actor, "retire") for m in members if m.lost is None]
+        deadline = time.monotonic() + RETIRE_WAIT_S
+        while calls and time.monotonic() < deadline:
+            calls = [c for c in calls if c not in rayapi.ready(calls, max(0.0, deadline - time.monotonic()))]
         rayapi.kill(m.actor for m in members)

@@ -248,6 +248,18 @@ class NodeRunner:
         self._tell_guard("done")
         return (tuple(lines), stops, peak, cpu)
 
+    def retire(self) -> None:
+        """The run is over: this actor's folder goes (before Ray kills the actor, so the run's
+        files on the node are gone when `loom` exits; the guard would remove them too, later)."""
+        if self.job is not None:
+            self.cleanup()
+        shutil.rmtree(self.home, ignore_errors=True)
+        for folder in (self.home.parent, self.home.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
     # -- helpers ---------------------------------------------------------------------------------------
     def _job(self) -> NodeJob:
         if self.job is None:
