@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks: `python scripts/bench.py {check|run|docker|cache|workspace} [...]`.
+"""Benchmarks: `python scripts/bench.py {check|run|docker|cache|workspace|remote} [...]`.
 
 Each figure is printed next to a baseline measured in the same run (these machines are noisy), as
 a ratio or a difference. Never used by tests.
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 SUITES = {"check": "bench_check", "run": "bench_run", "docker": "bench_docker", "cache": "bench_cache",
-          "workspace": "bench_workspace"}
+          "workspace": "bench_workspace", "remote": "bench_remote"}
 
 
 def main(argv: list[str]) -> int:

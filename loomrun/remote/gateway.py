@@ -101,11 +101,8 @@ class Gateway:
     def _connect(self, msg: r.Connect) -> r.Connected | r.GatewayFailed:
         if self.rayapi is None:
             return r.GatewayFailed(self.import_error or "Ray is not available")
-        import loomrun
-        import workers
-
         try:
-            self.rayapi.connect(msg.address, [os.path.dirname(loomrun.__file__), os.path.dirname(workers.__file__)])
+            self.rayapi.connect(msg.address)
             nodes = self.rayapi.live_nodes()
         except Exception as exc:
             return r.GatewayFailed(f"cannot connect to the Ray cluster at {msg.address}: {_line(exc)}")
@@ -251,7 +248,12 @@ class JobLink:
         why = infeasible(msg.job, place, nodes)
         if why is not None:
             return r.Failed("infeasible", why)
-        member = self.gw.pool.acquire(place, abort=lambda: self.conn.poll(0))
+        from loomrun.remote.pool import VersionMismatch
+
+        try:
+            member = self.gw.pool.acquire(place, abort=lambda: self.conn.poll(0))
+        except VersionMismatch as exc:
+            return r.Failed("provider", str(exc))
         if member is None:
             return r.Failed("gateway", "placement abandoned")
         self.member = member

@@ -27,6 +27,10 @@ PING_EVERY_S = 1.0
 EVICT_AFTER_S = 0.5
 
 
+class VersionMismatch(Exception):
+    pass
+
+
 class Member:
     __slots__ = ("actor", "busy", "key", "loaded", "lost", "node_id", "ping", "ping_sent")
 
@@ -67,7 +71,12 @@ class Pool:
             if not evicted and time.monotonic() - start > EVICT_AFTER_S:
                 evicted = True
                 self._evict(key)
-        member = Member(actor, key, str(rayapi.get(where)))
+        node_id, theirs = rayapi.get(where)
+        if theirs != rayapi.versions():
+            rayapi.kill([actor])
+            raise VersionMismatch(f"node {node_id} runs {theirs}; this loom is {rayapi.versions()} "
+                                  "(install the same loomrun on every node)")
+        member = Member(actor, key, str(node_id))
         with self.lock:
             self.members.append(member)
         return member

@@ -39,20 +39,32 @@ class NodeLost(Exception):
 
 
 class RemoteRunner(NodeRunner):
-    """`NodeRunner` plus the one thing only Ray can tell it: which node it is on."""
+    """`NodeRunner` plus the one thing only Ray can tell it: which node it is on (and, to check
+    they match this `loom`'s, the loomrun and Python versions there)."""
 
-    def where(self) -> str:
-        return str(ray.get_runtime_context().get_node_id())
+    def where(self) -> tuple[str, str]:
+        return str(ray.get_runtime_context().get_node_id()), versions()
+
+
+def versions() -> str:
+    """What must match between the machine running `loom` and the nodes (Ray checks its own)."""
+    import platform
+
+    from loomrun import __version__
+
+    return f"loomrun {__version__}, Python {platform.python_version()}"
 
 
 _ACTOR = ray.remote(max_concurrency=ACTOR_CONCURRENCY, max_restarts=0, max_task_retries=0)(RemoteRunner)
 
 
-def connect(address: str, py_modules: Sequence[str]) -> None:
-    """Join the cluster as its driver; loomrun's own code travels with the job (`py_modules`), so a
-    node runs exactly the code of the `loom` that placed the job there."""
+def connect(address: str) -> None:
+    """Join the cluster as its driver. The nodes run their own installed loomrun (checked against
+    this one's version when an actor starts): shipping it with `runtime_env={"py_modules": ...}`
+    made every run's first actor on a node ~2.5 s slower (its runtime env set up anew; measured
+    3.6 s against ~1.1 s), on the path to the first step."""
     ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False,
-             runtime_env={"py_modules": list(py_modules)}, namespace="loom")
+             namespace="loom")
 
 
 def shutdown() -> None:

@@ -21,20 +21,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
 
 GRACE_S = 2.0  # short: the job's owner is gone (spec §12: remote jobs die within 5 s)
 
 
-def start(run_id: str, home: Path) -> IO[bytes]:
-    """Start the guard of the calling actor; the pipe to tell it about jobs."""
+def start(run_id: str, home: Path) -> subprocess.Popen[bytes]:
+    """Start the guard of the calling actor. Its first process exits once it forked the guard
+    proper: wait for it (`Popen.wait`) before the actor becomes a subreaper. `stdin` is the pipe
+    to tell the guard about jobs."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "workers.remote.guard", run_id, str(home)],
+    return subprocess.Popen([sys.executable, "-m", "workers.remote.guard", run_id, str(home)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, start_new_session=True, close_fds=True)
-    proc.wait()  # the first process exits once it forked the guard proper
-    assert proc.stdin is not None
-    return proc.stdin
 
 
 def main(argv: list[str]) -> None:

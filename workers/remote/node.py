@@ -117,8 +117,8 @@ class NodeRunner:
         self.run_id = run_id
         self.home = node_root(root) / run_id / f"actor-{os.getpid()}"
         self.home.mkdir(parents=True, exist_ok=True)
-        self.guard: IO[bytes] = guard.start(run_id, self.home)
-        set_child_subreaper()  # after the guard started: it must not re-parent to us
+        self.guard_proc = guard.start(run_id, self.home)  # its start overlaps the snapshot's unpacking
+        self.guard: IO[bytes] | None = None
         self.snapshot: Path | None = None
         self.job: NodeJob | None = None
         self.hurried = False
@@ -157,6 +157,7 @@ class NodeRunner:
         self.hurried = False
         ctx.state["hurry"] = lambda: self.hurried
         provider = get_provider(req.inner)
+        self._guarded()
         self._tell_guard(f"job {req.job.name}")
         self.job = NodeJob(ctx, provider, folder)
         try:
@@ -273,7 +274,17 @@ class NodeRunner:
         job.reported_stops = len(log)
         return new
 
+    def _guarded(self) -> None:
+        """Before the first job: the guard runs on its own, then this actor becomes a subreaper
+        (not before: the guard must not re-parent to it)."""
+        if self.guard is None:
+            self.guard_proc.wait()
+            self.guard = self.guard_proc.stdin
+            set_child_subreaper()
+
     def _tell_guard(self, line: str) -> None:
+        if self.guard is None:
+            return
         with contextlib.suppress(OSError):
             self.guard.write(line.encode() + b"\n")
             self.guard.flush()
