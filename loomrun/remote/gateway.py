@@ -34,6 +34,7 @@ from loomrun.protocol import remote as r
 PR_SET_PDEATHSIG = 1
 WAIT_TICK_S = 0.25
 STOP_CALL_SLACK_S = 15.0
+CONNECT_PROBE_S = 5.0
 
 
 def serve(ctl: socket.socket) -> NoReturn:
@@ -101,6 +102,9 @@ class Gateway:
     def _connect(self, msg: r.Connect) -> r.Connected | r.GatewayFailed:
         if self.rayapi is None:
             return r.GatewayFailed(self.import_error or "Ray is not available")
+        unreachable = _unreachable(msg.address)
+        if unreachable is not None:  # ray.init would retry for minutes
+            return r.GatewayFailed(f"cannot connect to the Ray cluster at {msg.address}: {unreachable}")
         try:
             self.rayapi.connect(msg.address)
             nodes = self.rayapi.live_nodes()
@@ -383,6 +387,19 @@ class JobLink:
         if member is None:
             return "node lost"
         return member.lost or f"node lost: {member.node_id}"
+
+
+def _unreachable(address: str) -> str | None:
+    """Why the cluster's GCS port does not take a connection (None when it does, or when the
+    address is not host:port, e.g. `auto`)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_PROBE_S).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection, wait
 
 from loomrun.protocol import remote as r
 
-CONNECT_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = float(os.environ.get("LOOM_REMOTE_CONNECT_TIMEOUT_S", "60"))
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
@@ -51,8 +51,8 @@ class Gateway:
                     return reply
         except (EOFError, OSError):
             pass
-        return r.GatewayFailed(f"cannot connect to the Ray cluster at {address}: the gateway process "
-                               + ("did not answer" if self.alive() else "died"))
+        why = f"no answer in {CONNECT_TIMEOUT_S:g}s" if self.alive() else "the gateway process died"
+        return r.GatewayFailed(f"cannot connect to the Ray cluster at {address}: {why}")
 
     def alive(self) -> bool:
         return not wait([self.sentinel], timeout=0)
@@ -69,10 +69,10 @@ class Gateway:
         self.close()
         return nodes
 
-    def close(self) -> None:
+    def close(self, wait_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         with contextlib.suppress(OSError):
             self.conn.close()
-        if wait([self.sentinel], timeout=SHUTDOWN_TIMEOUT_S) == []:
+        if wait([self.sentinel], timeout=wait_s) == []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):

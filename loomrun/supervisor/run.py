@@ -233,6 +233,8 @@ class Run:
                 raise _Failed(f"cannot start the gateway process: {exc.strerror or exc}") from exc
         reply = self.gateway.connect(address, self.run_id, str(self.snapshot_path))
         if isinstance(reply, GatewayFailed):
+            self.gateway.close(wait_s=0.5)  # it may be stuck inside ray.init: no orderly end to wait for
+            self.gateway = None
             raise _Failed(reply.message)
         block["ray_version"] = reply.ray_version
         self.cluster_cpus = reply.cpus
