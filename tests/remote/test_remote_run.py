@@ -199,7 +199,9 @@ def test_a_node_that_hangs_fails_its_job_as_worker_crashed(tmp_path: Path, remot
     try:
         wait_for(marker)
         frozen = cluster.freeze_node("127.0.0.5")
+        stopped = time.monotonic()
         res = finish(popen, repo)
+        print(f"node SIGSTOPped to the end of loom: {time.monotonic() - stopped:.2f}s")
     finally:
         cluster.kill_node("127.0.0.5")
         for proc in frozen:  # what the node kill did not reach (the job's steps) wakes to its guard
@@ -257,3 +259,101 @@ def test_loom_killed_takes_its_remote_jobs_along(tmp_path: Path, remote: Remote,
     # the next loom command in the repo marks the run abandoned (the local part of the contract)
     res = remote.run(repo, "logs")
     assert "abandoned" in (repo / f".loom/.runtime/receipts/{run_id}.json").read_text(), res.stderr
+
+
+POISONABLE_REMOTE = """
+    version: v1
+    stages: [s]
+    build:
+      stage: s
+      target: linux
+      runner_pool: a
+      cache:
+        key: deps-$DEPS_VERSION
+        paths: [deps]
+      variables:
+        DEPS_VERSION: v1
+      artifacts:
+        paths: [out]
+      script:
+        - if [ ! -f deps/lib.txt ]; then mkdir -p deps && echo real > deps/lib.txt; fi
+        - mkdir -p out && cp deps/lib.txt out/lib.txt
+"""
+
+
+def test_cache_entries_come_back_and_cache_diff_works_remotely(tmp_path: Path, remote: Remote,
+                                                              cluster: Cluster) -> None:
+    from tests.e2e.test_cache_run import _poison
+
+    repo = make_repo(tmp_path / "repo", POISONABLE_REMOTE)
+    first = remote.run(repo, "run", "--remote", cluster.address, "-v")
+    assert first.code == 0, first.stderr
+    assert 'job "build": cache deps-v1: miss' in first.stderr
+    assert list((repo / ".loom/.runtime/cache/entries").iterdir())  # saved from the node into the local store
+    second = remote.run(repo, "run", "--remote", cluster.address, "-v")
+    assert 'job "build": cache deps-v1: hit' in second.stderr  # restored into the job on the node
+    _poison(repo)
+    diff = remote.run(repo, "run", "--remote", cluster.address, "--cache-diff")
+    assert diff.code == 1, diff.stderr
+    assert 'cache-diff: job "build" diverged with the cache on; quarantined deps-v1' in diff.stderr
+    block = diff.receipt["cache_diff"]
+    assert block["quarantined"] == ["deps-v1"]
+    assert all(p["run_id"].startswith("loom-run-remote-") for p in block["passes"])
+    assert diff.receipt["kind"] == "loom-run-remote"
+    for run_id in (first.receipt["run_id"], second.receipt["run_id"], *(p["run_id"] for p in block["passes"])):
+        assert not node_leftovers(run_id)
+
+
+def test_a_docker_job_runs_through_the_nodes_engine(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    import shutil
+
+    if shutil.which("docker") is None and not Path("/var/run/docker.sock").exists():
+        pytest.skip("no Docker engine")
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        boxed:
+          stage: s
+          target: linux
+          runner_pool: b
+          image: loom-test/busybox
+          script: ["cat README", "echo in-a-container > made.txt", "test -f /.dockerenv && echo docker"]
+          artifacts: {paths: [made.txt]}
+    """)
+    (repo / "README").write_text("seeded from the node's copy\n")
+    res = remote.run(repo, "run", "--remote", cluster.address)
+    assert res.code == 0, res.stderr
+    assert res.job_manifest("boxed")["node"]["labels"]["loom.pool"] == "b"
+    assert res.step_lines("boxed", 1) == ["seeded from the node's copy"]
+    assert res.step_lines("boxed", 3) == ["docker"]
+    assert (res.logs_dir / "jobs/boxed/artifacts/made.txt").read_text() == "in-a-container\n"
+    assert res.job_summary("boxed")["provider"] == "docker"
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_limits_and_timeouts_are_enforced_on_the_node(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        hog:
+          stage: s
+          target: linux
+          runner_pool: a
+          limits: {memory: 64m}
+          script:
+            - echo start
+            - python3 -c "import time; b=[]; [b.append(bytearray(8 << 20)) or time.sleep(0.02) for _ in range(200)]"
+        slow:
+          stage: s
+          target: linux
+          runner_pool: b
+          timeout: 2s
+          script: ["sleep 300"]
+    """)
+    res = remote.run(repo, "run", "--remote", cluster.address)
+    assert res.code == 1
+    hog, slow = res.job_summary("hog"), res.job_summary("slow")
+    assert hog["failure_kind"] == "memory_limit", hog
+    assert res.step_lines("hog", 1) == ["start"]
+    assert slow["failure_kind"] == "timeout" and slow["message"] == "timeout after 2s"
+    assert not node_leftovers(res.receipt["run_id"])
