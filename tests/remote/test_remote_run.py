@@ -261,31 +261,17 @@ def test_loom_killed_takes_its_remote_jobs_along(tmp_path: Path, remote: Remote,
     assert "abandoned" in (repo / f".loom/.runtime/receipts/{run_id}.json").read_text(), res.stderr
 
 
-POISONABLE_REMOTE = """
-    version: v1
-    stages: [s]
-    build:
-      stage: s
-      target: linux
-      runner_pool: a
-      cache:
-        key: deps-$DEPS_VERSION
-        paths: [deps]
-      variables:
-        DEPS_VERSION: v1
-      artifacts:
-        paths: [out]
-      script:
-        - if [ ! -f deps/lib.txt ]; then mkdir -p deps && echo real > deps/lib.txt; fi
-        - mkdir -p out && cp deps/lib.txt out/lib.txt
-"""
+def _poisonable_on(pool: str) -> str:
+    from tests.e2e.test_cache_run import POISONABLE
+
+    return POISONABLE.replace("  target: linux\n", f"  target: linux\n  runner_pool: {pool}\n")
 
 
 def test_cache_entries_come_back_and_cache_diff_works_remotely(tmp_path: Path, remote: Remote,
                                                               cluster: Cluster) -> None:
     from tests.e2e.test_cache_run import _poison
 
-    repo = make_repo(tmp_path / "repo", POISONABLE_REMOTE)
+    repo = make_repo(tmp_path / "repo", _poisonable_on("a"))
     first = remote.run(repo, "run", "--remote", cluster.address, "-v")
     assert first.code == 0, first.stderr
     assert 'job "build": cache deps-v1: miss' in first.stderr
