@@ -66,6 +66,7 @@ class Prepare(NamedTuple):
     grace_s: float
     labels: dict[str, str]
     local_workspace: str  # paths in `env` that start with it are rewritten to the node's copy
+    secret_files: tuple[tuple[str, str, str], ...] = ()  # (variable, its value here, file content): `file: true`
 
 
 class Step(NamedTuple):

@@ -102,6 +102,9 @@ class Gateway:
     def _connect(self, msg: r.Connect) -> r.Connected | r.GatewayFailed:
         if self.rayapi is None:
             return r.GatewayFailed(self.import_error or "Ray is not available")
+        if msg.address.startswith("ray://"):
+            return r.GatewayFailed(f"cannot use {msg.address}: Ray Client addresses are not supported; run loom on "
+                                   "a node of the cluster and give the head's host:port")
         unreachable = _unreachable(msg.address)
         if unreachable is not None:  # ray.init would retry for minutes
             return r.GatewayFailed(f"cannot connect to the Ray cluster at {msg.address}: {unreachable}")

@@ -343,3 +343,28 @@ def test_limits_and_timeouts_are_enforced_on_the_node(tmp_path: Path, remote: Re
     assert res.step_lines("hog", 1) == ["start"]
     assert slow["failure_kind"] == "timeout" and slow["message"] == "timeout after 2s"
     assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_secrets_reach_the_node_and_are_redacted(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        secretive:
+          stage: s
+          target: linux
+          runner_pool: a
+          secrets:
+            TOKEN: {ref: "env://APP_TOKEN", file: false}
+            KEYFILE: {ref: "env://APP_TOKEN"}
+          script:
+            - echo "token=$TOKEN"; echo "file=$(cat "$KEYFILE") mode=$(stat -c %a "$KEYFILE")"; echo "at $KEYFILE"
+    """)
+    from tests.process.runner import loom_env
+
+    res = remote.run(repo, "run", "--remote", cluster.address, env=loom_env(APP_TOKEN="s3cr3t-value"))
+    assert res.code == 0, res.stderr
+    lines = res.step_lines("secretive", 1)
+    assert lines[:2] == ["token=[REDACTED:SECRET_TOKEN]", "file=[REDACTED:SECRET_TOKEN] mode=600"]
+    assert "/loom-remote/" in lines[2]  # the node's own copy of the file, not this machine's
+    assert "s3cr3t-value" not in (res.logs_dir / "jobs/secretive/user/script/01/events.jsonl").read_text()
+    assert not node_leftovers(res.receipt["run_id"])

@@ -121,7 +121,7 @@ class RemoteProvider:
         link = Link(spec["socket"])
         ctx.state["link"] = link
         link.send(r.Prepare(ctx.run_id, ctx.pipeline_id, ctx.job, ctx.job.provider, ctx.env, ctx.mount_mode,
-                            ctx.trace, ctx.grace_s, ctx.labels, str(ctx.workspace)))
+                            ctx.trace, ctx.grace_s, ctx.labels, str(ctx.workspace), _secret_files(ctx)))
         while not link.conn.poll(PLACE_TICK_S):  # waiting for a node: a Cancel ends the wait
             hurry, canceled = ctx.state.get("hurry"), ctx.state.get("canceled")
             if hurry is not None:
@@ -213,6 +213,25 @@ class RemoteProvider:
             pass  # the gateway is gone: the run is going down, the node side cleans up by itself
         finally:
             link.close()
+
+
+def _secret_files(ctx: JobContext) -> tuple[tuple[str, str, str], ...]:
+    """`file: true` secrets, written here by `workers/secrets.py`, go to the node with the job and are
+    written there again (0600, in the job's folder); the variable then names the node's file (host)
+    or the same path inside the container (Docker)."""
+    out = []
+    local = {inner: host for host, inner in ctx.secret_mounts.items()}
+    for spec in ctx.job.secrets:
+        value = ctx.env.get(spec.name)
+        if not spec.file or value is None:
+            continue
+        path = local.get(value, value)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                out.append((spec.name, value, fh.read()))
+        except OSError as exc:
+            raise ProviderError(f"cannot read secret file {spec.name}: {exc.strerror or exc}") from exc
+    return tuple(out)
 
 
 def _check(link: Link, msg: Any) -> Any:

@@ -153,6 +153,7 @@ class NodeRunner:
         ctx = JobContext(run_id=req.run_id, pipeline_id=req.pipeline_id, job=req.job, workspace=workspace,
                          env=env, sections=collector, mount_mode=req.mount_mode, trace=req.trace,
                          grace_s=req.grace_s, labels=req.labels)
+        _write_secrets(ctx, req, folder / "secrets")
         ctx.log = collector
         self.hurried = False
         ctx.state["hurry"] = lambda: self.hurried
@@ -288,6 +289,20 @@ class NodeRunner:
         with contextlib.suppress(OSError):
             self.guard.write(line.encode() + b"\n")
             self.guard.flush()
+
+
+def _write_secrets(ctx: JobContext, req: Prepare, folder: Path) -> None:
+    """`file: true` secrets as files of this node (0600, removed with the job's folder)."""
+    for name, value, content in req.secret_files:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        if req.inner == "docker":
+            ctx.secret_mounts[str(path)] = value  # the path inside the container stays as it was
+        else:
+            ctx.env[name] = str(path)
 
 
 def _children_cpu() -> float:
