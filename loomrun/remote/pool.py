@@ -56,18 +56,17 @@ class Pool:
     def acquire(self, key: Placement, abort: Callable[[], bool]) -> Member | None:
         """An actor for `key` (idle or new); None when `abort()` said so while waiting for one.
         rayapi.NodeLost: the new actor died before it was placed."""
-        with self.lock:
-            for member in self.members:
-                if not member.busy and member.key == key and member.lost is None:
-                    member.busy = True
-                    return member
+        idle = self._take_idle(key)
+        if idle is not None:
+            return idle
         actor = rayapi.create(self.run_id, dict(key.selector), key.cpus, key.memory, self.root)
         where = rayapi.call(actor, "where")
         start, evicted = time.monotonic(), False
         while not rayapi.ready([where], 0.1):
-            if abort() or self.closed:
+            idle = None if abort() or self.closed else self._take_idle(key)
+            if idle is not None or abort() or self.closed:  # an actor freed meanwhile holds what this one waits for
                 rayapi.kill([actor])
-                return None
+                return idle
             if not evicted and time.monotonic() - start > EVICT_AFTER_S:
                 evicted = True
                 self._evict(key)
@@ -80,6 +79,14 @@ class Pool:
         with self.lock:
             self.members.append(member)
         return member
+
+    def _take_idle(self, key: Placement) -> Member | None:
+        with self.lock:
+            for member in self.members:
+                if not member.busy and member.key == key and member.lost is None:
+                    member.busy = True
+                    return member
+        return None
 
     def release(self, member: Member, keep: bool) -> None:
         with self.lock:

@@ -368,3 +368,54 @@ def test_secrets_reach_the_node_and_are_redacted(tmp_path: Path, remote: Remote,
     assert "/loom-remote/" in lines[2]  # the node's own copy of the file, not this machine's
     assert "s3cr3t-value" not in (res.logs_dir / "jobs/secretive/user/script/01/events.jsonl").read_text()
     assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_a_job_waiting_for_a_busy_pool_waits_and_a_cancel_ends_the_wait(tmp_path: Path, remote: Remote,
+                                                                       cluster: Cluster) -> None:
+    marker = tmp_path / "started"
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        first:
+          stage: s
+          target: linux
+          runner_pool: a
+          limits: {{cpus: 2}}
+          script: ["touch {marker} && sleep 300"]
+        second:
+          stage: s
+          target: linux
+          runner_pool: a
+          limits: {{cpus: 2}}
+          script: ["touch {marker} && sleep 300"]
+    """)
+    popen = remote.popen(repo, "run", "--remote", cluster.address, "-j", "2")
+    try:
+        wait_for(marker)
+        time.sleep(1.0)  # the second job is now waiting for node a's two CPUs (feasible: no error)
+        assert popen.poll() is None
+        popen.send_signal(signal.SIGINT)
+        res = finish(popen, repo)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+    assert res.code == 130
+    assert [res.job_summary(j)["status"] for j in ("first", "second")] == ["canceled", "canceled"]
+    ran = [j for j in ("first", "second") if (res.logs_dir / f"jobs/{j}/user").exists()]
+    assert len(ran) == 1  # the other one never got a node: it waited, and the cancel ended the wait
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_jobs_that_each_need_a_whole_node_take_turns(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    """The second job waits for node b's two CPUs, which the first job's actor holds; once that job
+    is done, its (now idle) actor takes the second job rather than sitting on the CPUs."""
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        one: {stage: s, target: linux, runner_pool: b, limits: {cpus: 2}, script: ["echo one"]}
+        two: {stage: s, target: linux, runner_pool: b, limits: {cpus: 2}, script: ["echo two"]}
+    """)
+    res = remote.run(repo, "run", "--remote", cluster.address, "-j", "2", timeout=120)
+    assert res.code == 0, res.stderr
+    assert res.step_lines("one", 1) == ["one"] and res.step_lines("two", 1) == ["two"]
+    assert not node_leftovers(res.receipt["run_id"])

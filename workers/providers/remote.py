@@ -40,7 +40,7 @@ class Link:
         except OSError as exc:
             self.sock.close()
             raise ProviderError(f"cannot reach the run's gateway process: {exc.strerror or exc}") from exc
-        self.conn = Connection(self.sock.fileno())
+        self.conn = Connection(os.dup(self.sock.fileno()))  # each object owns (and closes) its own fd
         self.step_end: r.StepDone | None = None
         self.lost: str | None = None
 
@@ -86,6 +86,7 @@ class Link:
 
     def close(self) -> None:
         self.conn.close()
+        self.sock.close()
 
 
 class RemoteStep:
@@ -126,8 +127,8 @@ class RemoteProvider:
             hurry, canceled = ctx.state.get("hurry"), ctx.state.get("canceled")
             if hurry is not None:
                 hurry()
-            if canceled is not None and canceled():
-                link.close()
+            if canceled is not None and canceled():  # closing the link tells the gateway to give up
+                ctx.state.pop("link").close()
                 raise ProviderError("canceled while waiting for a node")
         reply = link.recv()
         _replay(ctx, getattr(reply, "lines", ()), getattr(reply, "sections", ()))
