@@ -27,11 +27,11 @@ def start_early(argv: list[str]) -> None:
     if "--cache-diff" in argv or "-h" in argv or "--help" in argv:
         return
     remote = any(a == "--remote" or a.startswith("--remote=") for a in argv)
-    if remote:  # the gateway imports Ray (~0.5 s) while this process goes on (spec §12)
+    if remote:  # the gateway imports Ray (~0.5 s) and joins the cluster while this process goes on (spec §12)
         from loomrun.remote.handle import Gateway
 
         try:
-            _early_gateway = Gateway.start()
+            _early_gateway = Gateway.start(_early_address(argv))
         except OSError:
             _early_gateway = None
     workflow = None
@@ -46,13 +46,23 @@ def start_early(argv: list[str]) -> None:
         _early = None  # `main` tries again and says why
 
 
+def _early_address(argv: list[str]) -> str | None:
+    """The address given with `--remote` on the command line, if one is (a hint: `main` decides)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--remote="):
+            return arg.split("=", 1)[1] or None
+        if arg == "--remote" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            return argv[i + 1]
+    return None
+
+
 def close_early() -> None:
     global _early, _early_gateway
     if _early is not None:
         _early.close()
         _early = None
-    if _early_gateway is not None:
-        _early_gateway.close()
+    if _early_gateway is not None:  # a usage error, --help: no run, nothing to wait for
+        _early_gateway.close(wait_s=0.5)
         _early_gateway = None
 
 
@@ -85,8 +95,8 @@ def main(*, local: bool, remote: str | None, workflow: str | None, stream: bool,
     finally:
         if forks is not None:
             forks.close()
-        if gateway is not None:
-            gateway.close()
+        if gateway is not None:  # no run took it (a bad address, a config error)
+            gateway.close(wait_s=0.5)
 
 
 def ray_address(flag: str, workflow: str | None) -> str:

@@ -37,12 +37,13 @@ STOP_CALL_SLACK_S = 15.0
 CONNECT_PROBE_S = 5.0
 
 
-def serve(ctl: socket.socket) -> NoReturn:
-    """The gateway process, forked by the supervisor; never returns."""
+def serve(ctl: socket.socket, early_address: str | None = None) -> NoReturn:
+    """The gateway process, forked by the supervisor; never returns. `early_address`: the cluster
+    named on the command line, joined at once (while the supervisor is still bootstrapping)."""
     code = 0
     try:
         _isolate(ctl.fileno())
-        Gateway(Connection(ctl.detach())).run()
+        Gateway(Connection(ctl.detach())).run(early_address)
     except BaseException:
         code = 1
     finally:
@@ -71,6 +72,7 @@ class Gateway:
         self.ctl = ctl
         self.rayapi: Any = None
         self.import_error: str | None = None
+        self.joined: tuple[str, str | None] | None = None  # (address, why it failed) of an early join
         self.nodes_used: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.snapshot: Any = None
@@ -80,13 +82,15 @@ class Gateway:
         self.links: list[JobLink] = []
         self.closing = False
 
-    def run(self) -> None:
+    def run(self, early_address: str | None) -> None:
         try:
             from loomrun.remote import rayapi  # Ray's import (~0.5 s) overlaps the supervisor's bootstrap
 
             self.rayapi = rayapi
         except ImportError as exc:
             self.import_error = f"Ray is not installed ({exc.name or exc}): pip install 'loomrun[ray]'"
+        if early_address:  # and so does ray.init (0.1-1 s), when the address is on the command line
+            self.joined = (early_address, self._join(early_address))
         while True:
             try:
                 msg = self.ctl.recv()
@@ -99,17 +103,31 @@ class Gateway:
         self._shutdown()
 
     # -- connecting -------------------------------------------------------------------------------
-    def _connect(self, msg: r.Connect) -> r.Connected | r.GatewayFailed:
+    def _join(self, address: str) -> str | None:
+        """Become the cluster's driver; None, or why not in one line."""
         if self.rayapi is None:
-            return r.GatewayFailed(self.import_error or "Ray is not available")
-        if msg.address.startswith("ray://"):
-            return r.GatewayFailed(f"cannot use {msg.address}: Ray Client addresses are not supported; run loom on "
-                                   "a node of the cluster and give the head's host:port")
-        unreachable = _unreachable(msg.address)
+            return self.import_error or "Ray is not available"
+        if address.startswith("ray://"):
+            return (f"cannot use {address}: Ray Client addresses are not supported; run loom on a node of the "
+                    "cluster and give the head's host:port")
+        unreachable = _unreachable(address)
         if unreachable is not None:  # ray.init would retry for minutes
-            return r.GatewayFailed(f"cannot connect to the Ray cluster at {msg.address}: {unreachable}")
+            return f"cannot connect to the Ray cluster at {address}: {unreachable}"
         try:
-            self.rayapi.connect(msg.address)
+            self.rayapi.connect(address)
+        except Exception as exc:
+            return f"cannot connect to the Ray cluster at {address}: {_line(exc)}"
+        return None
+
+    def _connect(self, msg: r.Connect) -> r.Connected | r.GatewayFailed:
+        if self.joined is not None and self.joined[0] != msg.address:  # the run wants another cluster
+            if self.joined[1] is None:
+                self.rayapi.shutdown()
+            self.joined = None
+        why = self.joined[1] if self.joined is not None else self._join(msg.address)
+        if why is not None:
+            return r.GatewayFailed(why)
+        try:
             nodes = self.rayapi.live_nodes()
         except Exception as exc:
             return r.GatewayFailed(f"cannot connect to the Ray cluster at {msg.address}: {_line(exc)}")

@@ -29,14 +29,15 @@ class Gateway:
         self.socket_name = ""
 
     @classmethod
-    def start(cls) -> Gateway:
+    def start(cls, address: str | None = None) -> Gateway:
+        """`address`: the cluster to join at once, before `connect` (the one on the command line)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
             ours.close()
             from loomrun.remote.gateway import serve
 
-            serve(theirs)
+            serve(theirs, address)
         theirs.close()
         return cls(pid, Connection(ours.detach()))
 
