@@ -41,7 +41,7 @@ def start_early(argv: list[str]) -> None:
         elif arg.startswith("--workflow="):
             workflow = arg.split("=", 1)[1]
     try:
-        _early = ForkServer(preload_docker=not remote and _mentions_image(workflow))
+        _early = ForkServer(preload_docker=not remote and _mentions_image(workflow), preload_remote=remote)
     except OSError:
         _early = None  # `main` tries again and says why
 
@@ -84,7 +84,8 @@ def main(*, local: bool, remote: str | None, workflow: str | None, stream: bool,
             return run_cache_diff(opts)
         if forks is None:
             try:
-                forks = ForkServer(preload_docker=address is None and _mentions_image(workflow))
+                forks = ForkServer(preload_docker=address is None and _mentions_image(workflow),
+                                   preload_remote=address is not None)
             except OSError as exc:
                 raise LoomError(f"cannot start the fork server: {exc.strerror or exc}") from exc
         from loomrun.supervisor.run import run_local

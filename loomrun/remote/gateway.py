@@ -35,6 +35,7 @@ PR_SET_PDEATHSIG = 1
 WAIT_TICK_S = 0.25
 STOP_CALL_SLACK_S = 15.0
 CONNECT_PROBE_S = 5.0
+NODES_TTL_S = 1.0
 
 
 def serve(ctl: socket.socket, early_address: str | None = None) -> NoReturn:
@@ -72,6 +73,8 @@ class Gateway:
         self.ctl = ctl
         self.rayapi: Any = None
         self.import_error: str | None = None
+        self.nodes: list[dict[str, Any]] = []
+        self.nodes_at = -NODES_TTL_S
         self.joined: tuple[str, str | None] | None = None  # (address, why it failed) of an early join
         self.nodes_used: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
@@ -175,11 +178,24 @@ class Gateway:
                 self.links.append(link)
             threading.Thread(target=link.serve, name="job", daemon=True).start()
 
+    def live_nodes(self) -> list[dict[str, Any]]:
+        """The live nodes, asked of the GCS at most once a second (one call per job was measurable)."""
+        with self.lock:
+            if time.monotonic() - self.nodes_at > NODES_TTL_S:
+                self.nodes, self.nodes_at = self.rayapi.live_nodes(), time.monotonic()
+            return list(self.nodes)
+
     def record_node(self, node_id: str, job: str) -> dict[str, Any]:
+        """The node's entry in the receipt's `remote` block, with this job added."""
+        with self.lock:
+            known = node_id in self.nodes_used
+        info: dict[str, Any] = {}
+        if not known:
+            self.nodes_at = -NODES_TTL_S  # a node not seen yet: ask the GCS again
+            info = next((n for n in self.live_nodes() if n["id"] == node_id), info)
         with self.lock:
             entry = self.nodes_used.get(node_id)
             if entry is None:
-                info = next((n for n in self.rayapi.live_nodes() if n["id"] == node_id), None) or {}
                 labels = {k: v for k, v in (info.get("labels") or {}).items() if k.startswith("loom.")}
                 entry = self.nodes_used[node_id] = {"id": node_id, "address": info.get("address", ""),
                                                     "labels": labels, "jobs": []}
@@ -268,7 +284,7 @@ class JobLink:
 
         rayapi = self.gw.rayapi
         self.job = msg.job.name
-        nodes = rayapi.live_nodes()
+        nodes = self.gw.live_nodes()
         place = placement(msg.job, nodes)
         why = infeasible(msg.job, place, nodes)
         if why is not None:
