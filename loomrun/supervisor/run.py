@@ -94,6 +94,8 @@ class Run:
         self.run_id = f"loom-run-{kind}-{self.started_ns}"
         self.pipeline_id = f"loom-{kind}-{self.started_ns}"
         self.receipt: dict[str, Any] = {}
+        if opts.remote is not None:  # spec §12: every remote receipt has it, a run that failed early too
+            self.receipt["remote"] = {"engine": "ray", "address": opts.remote, "nodes": []}
         self.wf: Workflow | None = None
         self.janitors: list[janitor.Janitor] = []
         self.snapshot_path: Path | None = None
@@ -224,8 +226,7 @@ class Run:
 
         address = self.opts.remote
         assert address is not None and self.snapshot_path is not None
-        block: dict[str, Any] = {"engine": "ray", "address": address, "nodes": []}
-        self.receipt["remote"] = block
+        block: dict[str, Any] = self.receipt["remote"]
         if self.gateway is None:
             try:
                 self.gateway = Gateway.start()

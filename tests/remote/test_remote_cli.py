@@ -45,3 +45,14 @@ def test_an_unreachable_cluster_fails_the_run_with_a_receipt(tmp_path: Path) -> 
     assert receipt["kind"] == "loom-run-remote" and receipt["run_id"].startswith("loom-run-remote-")
     assert receipt["remote"] == {"engine": "ray", "address": "127.0.0.1:1", "nodes": []}
     assert receipt["error"] == why
+
+
+def test_an_invalid_workflow_fails_a_remote_run_like_a_local_one(tmp_path: Path) -> None:
+    """The gateway started early (the address is on the command line) is ended without a connection."""
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [s]\nbroken:\n  stage: s\n")
+    res = run_loom(repo, "run", "--remote", "127.0.0.1:1")
+    assert res.code == 1
+    assert 'missing required key "script"' in res.stderr or "script" in res.stderr, res.stderr
+    receipt = res.receipt
+    assert receipt["kind"] == "loom-run-remote" and receipt["workflow_errors"]
+    assert receipt["remote"] == {"engine": "ray", "address": "127.0.0.1:1", "nodes": []}
