@@ -29,10 +29,16 @@ RAY = str(Path(sys.executable).parent / "ray")
 HEAD_PORT = 6390
 
 
-def ray_env() -> dict[str, str]:
+def ray_env(temp: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LOOM_TEST_SESSION" and not k.startswith("RAY_")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Explicit: with RAY_AUTH_MODE unset, a ~/.ray/auth_token left by any earlier `ray.init()` on the
+    # machine turns token auth on for `ray start --head` but not for the worker nodes' `ray start`
+    # (Ray 2.60), which then cannot join. The cluster is loopback-only in its own namespace.
+    env["RAY_AUTH_MODE"] = "disabled"
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    if temp is not None:  # Ray's own files (default: $TMPDIR/ray) go with the cluster's folder
+        env["RAY_TMPDIR"] = str(temp)
     return env
 
 
@@ -62,8 +68,8 @@ class Cluster:
         return ["nsenter", f"--net={self.netns}", "--", *argv]
 
     def ray(self, *args: str) -> None:
-        out = subprocess.run(self.cmd([RAY, *args]), env=ray_env(), capture_output=True, text=True, timeout=120,
-                             check=False)
+        out = subprocess.run(self.cmd([RAY, *args]), env=ray_env(self.temp), capture_output=True, text=True,
+                             timeout=120, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
 

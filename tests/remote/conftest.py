@@ -61,15 +61,20 @@ class Remote:
     def argv(self, args: Sequence[str]) -> list[str]:
         return self.cluster.cmd([*LOOM, *args])
 
+    def env(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """The test environment, with Ray's own files (the driver's: default $TMPDIR/ray) kept in the
+        cluster's folder, which goes at the end of the session."""
+        return {**(env or loom_env()), "RAY_TMPDIR": str(self.cluster.temp), "RAY_AUTH_MODE": "disabled"}
+
     def run(self, repo: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Result:
         proc = subprocess.run(self.argv(args), cwd=repo, capture_output=True, text=True, timeout=timeout,
-                              env=env or loom_env())
+                              env=self.env(env))
         assert "Traceback" not in proc.stderr, proc.stderr
         return Result(proc.returncode, proc.stdout, proc.stderr, repo)
 
     def popen(self, repo: Path, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(self.argv(args), cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=loom_env())
+                                text=True, env=self.env())
 
 
 @pytest.fixture

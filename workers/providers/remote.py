@@ -124,13 +124,12 @@ class RemoteProvider:
         link.send(r.Prepare(ctx.run_id, ctx.pipeline_id, ctx.job, ctx.job.provider, ctx.env, ctx.mount_mode,
                             ctx.trace, ctx.grace_s, ctx.labels, str(ctx.workspace), _secret_files(ctx)))
         while not link.conn.poll(PLACE_TICK_S):  # waiting for a node: a Cancel ends the wait
-            hurry, canceled = ctx.state.get("hurry"), ctx.state.get("canceled")
-            if hurry is not None:
-                hurry()
-            if canceled is not None and canceled():  # closing the link tells the gateway to give up
+            if _canceled(ctx):  # closing the link tells the gateway to give up
                 ctx.state.pop("link").close()
                 raise ProviderError("canceled while waiting for a node")
         reply = link.recv()
+        if isinstance(reply, r.Placed) and _canceled(ctx):  # placed as the Cancel came: start no step
+            raise ProviderError("canceled while waiting for a node")
         _replay(ctx, getattr(reply, "lines", ()), getattr(reply, "sections", ()))
         if isinstance(reply, r.Placed):
             ctx.state["node"] = reply
@@ -214,6 +213,14 @@ class RemoteProvider:
             pass  # the gateway is gone: the run is going down, the node side cleans up by itself
         finally:
             link.close()
+
+
+def _canceled(ctx: JobContext) -> bool:
+    """Whether the supervisor canceled the job (its pipe is read here: the worker is not waiting on it)."""
+    hurry, canceled = ctx.state.get("hurry"), ctx.state.get("canceled")
+    if hurry is not None:
+        hurry()
+    return canceled is not None and bool(canceled())
 
 
 def _secret_files(ctx: JobContext) -> tuple[tuple[str, str, str], ...]:
