@@ -26,7 +26,7 @@ def start_early(argv: list[str]) -> None:
     global _early, _early_gateway
     if "--cache-diff" in argv or "-h" in argv or "--help" in argv:
         return
-    remote = any(a == "--remote" or a.startswith("--remote=") for a in argv)
+    remote = any(a == "--remote" or a.startswith("--remote=") for a in argv) and "--local" not in argv
     if remote:  # the gateway imports Ray (~0.5 s) and joins the cluster while this process goes on (spec §12)
         from loomrun.remote.handle import Gateway
 

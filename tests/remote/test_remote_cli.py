@@ -19,7 +19,7 @@ WORKFLOW = """
 
 def test_local_and_remote_are_mutually_exclusive(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", WORKFLOW)
-    res = run_loom(repo, "run", "--local", "--remote", "127.0.0.1:6379")
+    res = run_loom(repo, "run", "--local", "--remote", "127.0.0.1:1")
     assert res.code == 2
     assert "--local and --remote are mutually exclusive" in res.stderr
     assert not (repo / ".loom/.runtime/receipts").exists()
