@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_run import ENV, LOOM, receipt_of, repo_with  # noqa: E402
 
+from tests.process.runner import numbered_lines  # noqa: E402
 from tests.remote.cluster import Cluster  # noqa: E402
 
 
@@ -136,15 +137,8 @@ def bench_3m(cluster: Cluster, tmp: Path, reps: int) -> None:
         elapsed, _, result = run(cluster, repo, ["--remote", cluster.address])
         far.append(elapsed)
         step = Path(str(receipt_of(result)["logs_dir"])) / "jobs/seq/user/script/01"
-        expect = 1
-        with open(step / "events.jsonl") as fh:
-            for raw in fh:
-                ev = json.loads(raw)
-                if ev["type"] == "output":
-                    for line in ev["lines"] if "lines" in ev else [ev["line"]]:
-                        assert line == str(expect), (line, expect)
-                        expect += 1
-        assert expect - 1 == 3_000_000, expect
+        got = numbered_lines(step / "events.jsonl")
+        assert got == 3_000_000, got
     print(f"3,000,000 lines from a node: --remote {statistics.median(far):.2f}s  "
           f"--local {statistics.median(local):.2f}s (target: <= 10 s); every line kept, in order")
 

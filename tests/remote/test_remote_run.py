@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.process.runner import Result, make_repo, run_processes
+from tests.process.runner import Result, load, make_repo, numbered_lines, run_processes
 from tests.remote.cluster import Cluster
 from tests.remote.conftest import Remote
 
@@ -107,18 +107,8 @@ def test_three_million_lines_from_a_node_every_line_in_order(tmp_path: Path, rem
     res = remote.run(repo, "run", "--remote", cluster.address, timeout=240)
     assert res.code == 0, res.stderr
     step = res.logs_dir / "jobs/seq/user/script/01"
-    expect = 1
-    import json
-
-    with open(step / "events.jsonl") as fh:
-        for raw in fh:
-            ev = json.loads(raw)
-            if ev["type"] == "output":
-                for line in ev["lines"] if "lines" in ev else [ev["line"]]:
-                    assert line == str(expect)
-                    expect += 1
-    assert expect - 1 == 3_000_000
-    assert json.loads((step / "summary.json").read_text())["output_lines"] == 3_000_000
+    assert numbered_lines(step / "events.jsonl") == 3_000_000
+    assert load(step / "summary.json")["output_lines"] == 3_000_000
     assert not node_leftovers(res.receipt["run_id"])
 
 
