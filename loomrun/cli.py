@@ -83,7 +83,9 @@ def version() -> None:
 
 
 @cli.command()
-@click.option("--local", "local", is_flag=True, help="Run on this machine (required).")
+@click.option("--local", "local", is_flag=True, help="Run on this machine.")
+@click.option("--remote", "remote", is_flag=False, flag_value="", default=None, metavar="ADDRESS",
+              help="Run the jobs on a Ray cluster (default address: RAY_ADDRESS, then remote.ray.address).")
 @click.option("--workflow", "workflow", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Workflow file (default .loom/workflow.yml).")
 @click.option("--stream", is_flag=True, help="Stream each job's output live, prefixed with the job name.")
@@ -100,7 +102,9 @@ def version() -> None:
               help="With --job: run exactly those jobs; upstream artifacts come from the newest run that made them.")
 @click.option("--list", "list_jobs", is_flag=True, help="Print the jobs a run would start, and exit.")
 def run(**kwargs: Any) -> None:
-    """Run the workflow locally."""
+    """Run the workflow: on this machine (--local) or on a Ray cluster (--remote)."""
+    if kwargs["local"] and kwargs["remote"] is not None:
+        raise click.UsageError("--local and --remote are mutually exclusive")
     if kwargs["no_deps"] and not kwargs["only_jobs"]:
         raise click.UsageError("--no-deps needs --job NAME")
     from loomrun.commands import run as run_cmd

@@ -20,6 +20,7 @@ SUITES = {
     "workspace": "bench_workspace",
     "globs": "bench_globs",
     "secrets": "bench_secrets",
+    "remote": "bench_remote",
 }
 
 

@@ -33,6 +33,12 @@ ensure_tools() {
         echo "installing git with apt-get"
         apt_install git ca-certificates || die "git is required and could not be installed"
     fi
+    # The remote tests (tests/remote) run a Ray cluster in a network namespace of their own:
+    # unshare/nsenter (util-linux) and ip (iproute2).
+    if ! command -v ip >/dev/null 2>&1 || ! command -v nsenter >/dev/null 2>&1; then
+        echo "installing iproute2 and util-linux with apt-get"
+        apt_install iproute2 util-linux || warn "ip/nsenter missing: the remote tests will skip (fail with CI=true)"
+    fi
     # Terminal output is tested in a real terminal: a detached tmux pane read with capture-pane.
     if ! command -v tmux >/dev/null 2>&1; then
         echo "installing tmux with apt-get"
@@ -89,10 +95,11 @@ setup_python() {
     fi
     want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
     if [ -n "$stamp" ] && [ "${LOOM_TEST_REINSTALL:-0}" != 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-        echo "loomrun[test,keepass,op] already installed for this pyproject.toml"
+        echo "loomrun[test,keepass,op,ray] already installed for this pyproject.toml"
     else
-        echo "pip install -e '.[test,keepass,op]'"
-        "$PY" -m pip install -q --disable-pip-version-check -e '.[test,keepass,op]'
+        # keepass, op: the secrets providers (spec §7); ray: the remote tests run a real Ray cluster (§12)
+        echo "pip install -e '.[test,keepass,op,ray]'"
+        "$PY" -m pip install -q --disable-pip-version-check -e '.[test,keepass,op,ray]'
         if [ -n "$stamp" ]; then
             echo "$want" > "$stamp"
         fi

@@ -22,7 +22,7 @@ from loomrun.oserror import describe
 from loomrun.protocol.messages import PROVIDER_ERROR
 from loomrun.workflow.model import CacheSpec, KeyFiles, KeyPrefix, KeyTemplate
 from loomrun.workflow.variables import SECRET_OPEN
-from workers.providers.base import JobContext, Provider, ProviderError
+from workers.providers.base import JobContext, Provider, ProviderError, workspace_is_local
 from workers.report import OpenSection, Reporter, SectionFailed
 
 
@@ -84,7 +84,7 @@ class JobCaches:
     @property
     def direct(self) -> bool:
         """True when the job's workspace is the host snapshot itself."""
-        return self.ctx.job.provider == "host" or self.ctx.mount_mode == "bind_mount"
+        return workspace_is_local(self.provider, self.ctx.job, self.ctx.mount_mode)
 
     def _resolve(self, spec: CacheSpec, sec: OpenSection) -> ResolvedCache | None:
         secrets = self.ctx.state.get("secret_values") or ()

@@ -24,7 +24,7 @@ from loomrun.oserror import describe, printable
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
 from workers.providers import get_provider
-from workers.providers.base import JobContext, Provider, ProviderError, StepHandle
+from workers.providers.base import JobContext, Provider, ProviderError, StepHandle, workspace_is_local
 from workers.report import OpenSection, Reporter, SectionFailed
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class JobRunner:
         self.lost_supervisor = False
         self.limit_kind: str | None = None
         self._last_code: int | None = None  # exit code of the last step that ran
-        self.provider: Provider = get_provider(self.job.provider)
+        self.provider: Provider = get_provider("remote" if spec.remote else self.job.provider)
         self.ctx = JobContext(
             run_id=spec.run_id, pipeline_id=spec.pipeline_id, job=self.job, workspace=spec.workspace,
             env=dict(spec.env), sections=rep, mount_mode=spec.mount_mode, trace=spec.trace,
@@ -60,6 +60,9 @@ class JobRunner:
             labels={"loom.run_id": spec.run_id, "loom.job_id": self.job.name, "loom.runtime": str(spec.runtime_dir)},
         )
         self.ctx.state["hurry"] = self._hurry
+        if spec.remote:  # the remote provider waits for a node: a Cancel must end that wait
+            self.ctx.state.update(remote={"socket": spec.remote}, placed=self._placed,
+                                  canceled=lambda: self.cancel is not None or self.lost_supervisor)
         self.caches: JobCaches | None = None
         if spec.cache_enabled and self.job.caches:
             from workers.caching import JobCaches  # zstd and tarfile only for jobs with a cache
@@ -138,7 +141,7 @@ class JobRunner:
 
         def reap() -> None:
             with contextlib.suppress(ProviderError):  # unreachable: prepare() says so in its own words
-                done.extend(reap_leftovers(alive, prefix="loom-run-local-"))
+                done.extend(reap_leftovers(alive, prefix="loom-run-"))
 
         thread = threading.Thread(target=reap, name="docker-leftovers", daemon=True)
         thread.start()
@@ -250,6 +253,9 @@ class JobRunner:
             self.broker.close()
             self.broker = None
 
+    def _placed(self, node_id: str, address: str, labels: dict[str, str]) -> None:
+        self.rep.record(m.JobPlaced(self.job.name, node_id, address, labels))
+
     def _hurry(self) -> bool:
         """Polled during a stop's grace period: a second ^C (Cancel with grace 0) ends it early."""
         if not self.lost_supervisor and self.sup.poll(0):
@@ -329,7 +335,7 @@ class JobRunner:
         if not patterns:
             return {}
         exclude = art.exclude if art else ()
-        if self.job.provider == "host" or self.spec.mount_mode == "bind_mount":
+        if workspace_is_local(self.provider, self.job, self.spec.mount_mode):
             return fingerprint(self.spec.workspace, patterns, exclude)
         staging = self.spec.runtime_dir / "tmp" / self.spec.run_id / "outputs" / self.job.name
         staging.mkdir(parents=True, exist_ok=True)
@@ -352,6 +358,8 @@ class JobRunner:
                 from workers import secrets
 
                 secrets.remove(self._secret_dir)
+            for line in self.ctx.state.get("cleanup_lines", []):  # said on a remote node
+                sec.line(line)
             for line in self.ctx.state.get("stop_log", []):
                 sec.line(f"stop: {line}")
 
@@ -360,5 +368,5 @@ class JobRunner:
         peak = self.ctx.state.get("final_peak") or self.provider.peak_memory(self.ctx) or 0
         return {
             "peak_rss_bytes": max(int(peak), usage.ru_maxrss * 1024),
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime + self.ctx.state.get("remote_cpu", 0.0), 3),
         }

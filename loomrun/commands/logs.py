@@ -59,7 +59,7 @@ def find_receipt(runtime: Path, run_id: str | None) -> Path:
         if not path.exists():
             raise LoomError(f"no receipt for run {run_id} in {receipts}")
         return path
-    runs = sorted(receipts.glob("loom-run-local-*.json"), key=_run_ns)
+    runs = sorted(receipts.glob("loom-run-*.json"), key=_run_ns)
     if not runs:
         raise LoomError(f"no runs recorded in {receipts}")
     return runs[-1]
@@ -265,7 +265,7 @@ class Follow:
     def __init__(self, runtime: Path, run_id: str | None, job: str | None, step: int | None) -> None:
         logs = runtime / "logs"
         if run_id is None:
-            runs = sorted((p for p in logs.glob("loom-run-local-*") if p.is_dir()), key=_run_ns)
+            runs = sorted((p for p in logs.glob("loom-run-*") if p.is_dir()), key=_run_ns)
             if not runs:
                 raise LoomError(f"no runs recorded in {logs}")
             run_id = runs[-1].name

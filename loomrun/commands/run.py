@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -11,19 +12,29 @@ from loomrun.repo import resolve_workflow_path
 from loomrun.userfiles import read_regular
 
 if TYPE_CHECKING:
+    from loomrun.remote.handle import Gateway
     from loomrun.supervisor.run import RunOptions
 
 
 _early: ForkServer | None = None
+_early_gateway: Gateway | None = None
 
 
 def start_early(argv: list[str]) -> None:
     """Called by the console script for `loom run`, before click is even imported: the fork server
     then imports the worker code (and the Docker SDK when the workflow mentions an image) while this
     process imports the CLI and loads the workflow. `--cache-diff` starts one per pass instead."""
-    global _early
+    global _early, _early_gateway
     if "--cache-diff" in argv or "--list" in argv or "-h" in argv or "--help" in argv:
         return
+    remote = any(a == "--remote" or a.startswith("--remote=") for a in argv) and "--local" not in argv
+    if remote:  # the gateway imports Ray (~0.5 s) and joins the cluster while this process goes on (spec §12)
+        from loomrun.remote.handle import Gateway
+
+        try:
+            _early_gateway = Gateway.start(_early_address(argv))
+        except OSError:
+            _early_gateway = None
     workflow = None
     for i, arg in enumerate(argv):
         if arg == "--workflow" and i + 1 < len(argv):
@@ -31,57 +42,93 @@ def start_early(argv: list[str]) -> None:
         elif arg.startswith("--workflow="):
             workflow = arg.split("=", 1)[1]
     try:
-        _early = ForkServer(preload_docker=_mentions_image(workflow))
+        _early = ForkServer(preload_docker=not remote and _mentions_image(workflow), preload_remote=remote)
     except OSError:
         _early = None  # `main` tries again and says why
 
 
+def _early_address(argv: list[str]) -> str | None:
+    """The address given with `--remote` on the command line, if one is (a hint: `main` decides)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--remote="):
+            return arg.split("=", 1)[1] or None
+        if arg == "--remote" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            return argv[i + 1]
+    return None
+
+
 def close_early() -> None:
-    global _early
+    global _early, _early_gateway
     if _early is not None:
         _early.close()
         _early = None
+    if _early_gateway is not None:  # a usage error, --help: no run, nothing to wait for
+        _early_gateway.close(wait_s=0.5)
+        _early_gateway = None
 
 
-def main(*, local: bool, workflow: str | None, stream: bool, verbose: bool, quiet: bool, cache_diff: bool,
-         docker_workspace_mount: str | None, max_jobs: int | None, only_jobs: tuple[str, ...],
-         list_jobs: bool = False, no_deps: bool = False) -> int:
-    global _early
+def main(*, local: bool, remote: str | None, workflow: str | None, stream: bool, verbose: bool, quiet: bool,
+         cache_diff: bool, docker_workspace_mount: str | None, max_jobs: int | None,
+         only_jobs: tuple[str, ...], list_jobs: bool = False, no_deps: bool = False) -> int:
+    global _early, _early_gateway
     forks, _early = _early, None
+    gateway, _early_gateway = _early_gateway, None
     try:
         if list_jobs:  # nothing runs: --local is not needed
             return list_runnable(_options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount,
                                           max_jobs, only_jobs, no_deps))
-        if not local:
-            raise LoomError("--local is required (remote execution is not available)")
-        if cache_diff:  # each pass is its own supervisor with its own fork server
+        if not local and remote is None:
+            raise LoomError("--local or --remote ADDRESS is required")
+        address = None if remote is None else ray_address(remote, workflow)
+        opts = _options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount, max_jobs, only_jobs,
+                        no_deps, address)
+        if cache_diff:  # each pass is its own supervisor with its own fork server (and gateway)
             from loomrun.supervisor.cache_diff import run_cache_diff
 
-            return run_cache_diff(_options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount,
-                                           max_jobs, only_jobs, no_deps))
+            return run_cache_diff(opts)
         if forks is None:
             try:
-                forks = ForkServer(preload_docker=_mentions_image(workflow))
+                forks = ForkServer(preload_docker=address is None and _mentions_image(workflow),
+                                   preload_remote=address is not None)
             except OSError as exc:
                 raise LoomError(f"cannot start the fork server: {exc.strerror or exc}") from exc
         from loomrun.supervisor.run import run_local
 
-        opts = _options(workflow, stream, verbose, quiet, cache_diff, docker_workspace_mount, max_jobs, only_jobs,
-                        no_deps)
-        return run_local(opts, forks=forks).exit_code
+        result = run_local(opts, forks=forks, gateway=gateway)
+        gateway = None  # the run closed it
+        return result.exit_code
     finally:
         if forks is not None:
             forks.close()
+        if gateway is not None:  # no run took it (a bad address, a config error)
+            gateway.close(wait_s=0.5)
+
+
+def ray_address(flag: str, workflow: str | None) -> str:
+    """The cluster of `--remote`: its value, else `RAY_ADDRESS`, else `remote.ray.address` of the
+    runtime config (spec §8, §12)."""
+    if flag:
+        return flag
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    from loomrun.config import load_runtime_config
+
+    _, root = resolve_workflow_path(workflow)
+    address = load_runtime_config(root).ray_address if root is not None else None  # no repo: the run says why
+    if address:
+        return address
+    raise LoomError("--remote needs an address: give one, or set RAY_ADDRESS or remote.ray.address in the "
+                    "runtime config")
 
 
 def _options(workflow: str | None, stream: bool, verbose: bool, quiet: bool, cache_diff: bool,
              docker_workspace_mount: str | None, max_jobs: int | None, only_jobs: tuple[str, ...],
-             no_deps: bool = False) -> RunOptions:
+             no_deps: bool = False, remote: str | None = None) -> RunOptions:
     from loomrun.supervisor.run import RunOptions
 
     return RunOptions(workflow=workflow, stream=stream, verbose=verbose, quiet=quiet, cache_diff=cache_diff,
                       docker_workspace_mount=docker_workspace_mount, max_jobs=max_jobs,
-                      only_jobs=tuple(only_jobs), no_deps=no_deps, command=("loom", *sys.argv[1:]))
+                      only_jobs=tuple(only_jobs), no_deps=no_deps, command=("loom", *sys.argv[1:]), remote=remote)
 
 
 def list_runnable(opts: RunOptions) -> int:

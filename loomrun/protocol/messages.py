@@ -144,6 +144,15 @@ class ArtifactsStaged(NamedTuple):
     files: tuple[str, ...]
 
 
+class JobPlaced(NamedTuple):
+    """A remote job was placed on a cluster node (spec §12); its manifest names the node."""
+
+    job_id: str
+    node_id: str
+    address: str
+    labels: dict[str, str]
+
+
 class Records(NamedTuple):
     """Several worker records sent at once, handled in order (see workers/report.py)."""
 

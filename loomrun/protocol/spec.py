@@ -26,3 +26,4 @@ class WorkerSpec(NamedTuple):
     dependency_artifacts: tuple[tuple[str, str], ...] = ()  # (job id, staged artifacts folder)
     fingerprint_outputs: bool = False  # --cache-diff: hash the declared outputs after the job
     docker_leftovers: tuple[str, ...] | None = None  # set for one Docker job: remove dead runs' objects
+    remote: str = ""  # a remote run (spec §12): the gateway's socket name; the job's steps run on a node

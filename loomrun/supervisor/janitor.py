@@ -51,7 +51,7 @@ def docker_reap_leftovers(alive: set[str]) -> None:
     from workers.providers.docker.reaping import reap_leftovers
 
     # Only loom's own run ids: objects of other tools (or of tests driving the provider) stay.
-    reap_leftovers(alive, prefix="loom-run-local-")
+    reap_leftovers(alive, prefix="loom-run-")
 
 
 def docker_reap_run(run_id: str, job_id: str | None) -> None:

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-RUN_ID = re.compile(r"loom-run-local-\d+")
+RUN_ID = re.compile(r"loom-run-(?:local|remote)-\d+")
 
 
 def _try_lock(fd: int) -> bool:
@@ -93,7 +93,7 @@ def find_abandoned(runtime: Path) -> list[str]:
     folder = runtime / "runs"
     if not folder.is_dir():
         return []
-    return [p.name[: -len(".lock")] for p in sorted(folder.glob("loom-run-local-*.lock"))
+    return [p.name[: -len(".lock")] for p in sorted(folder.glob("loom-run-*.lock"))
             if RUN_ID.fullmatch(p.name[: -len(".lock")]) and p.exists() and not held(p)]
 
 

@@ -470,8 +470,8 @@ class Supervisor:
             msg = f"worker crashed ({describe_status(status)})"
             if slot.step is not None:
                 msg += f" during step {slot.step}"
-        if res is not None and res.failure_kind == m.WORKER_CRASHED and slot.stop_kind is None:
-            msg = f"{res.message} ({describe_status(status)})"
+        if res is not None and res.failure_kind == m.WORKER_CRASHED and slot.stop_kind is None and status != 0:
+            msg = f"{res.message} ({describe_status(status)})"  # a clean exit adds nothing: `node lost: <id>`
         self._record(slot.name, st, code, kind, msg, slot, started_ns=slot.started_ns,
                      resources=res.resources if res else {}, cache_hits=res.cache_hits if res else (),
                      outputs=res.outputs if res else {})

@@ -1,7 +1,9 @@
-"""`loom run --local`: bootstrap, execute, finalize. Runs in the `loom` process (the supervisor).
+"""`loom run --local` and `--remote`: bootstrap, execute, finalize. Runs in the `loom` process (the supervisor).
 
-1. bootstrap: run id, run lock, writer process, abandoned runs, workflow, runtime config, snapshot
-2. execute: the event loop (`loop.Supervisor`) starts one worker per job
+1. bootstrap: run id, run lock, writer process, abandoned runs, workflow, runtime config, snapshot;
+   a remote run (spec §12) then has its gateway connect to the Ray cluster and ship the snapshot
+2. execute: the event loop (`loop.Supervisor`) starts one worker per job (a remote job's worker
+   runs its steps on a cluster node through the gateway)
 3. finalize: `RunEnded` to the writer, which writes the pipeline documents and the receipt last;
    the receipt path is printed before the error line.
 """
@@ -34,6 +36,9 @@ from loomrun.workspace import GitFacts
 if TYPE_CHECKING:
     from loomrun.supervisor.secrets_broker import SecretsBroker
 
+if TYPE_CHECKING:
+    from loomrun.remote.handle import Gateway
+
 KEEP_SNAPSHOTS = 5
 # A job's variables made in `configure` are kept for its start below this size; bigger ones are
 # made again then, so a thousand jobs with large variables never sit in memory at once.
@@ -65,6 +70,7 @@ class RunOptions(NamedTuple):
     cache_enabled: bool = True
     fingerprint_outputs: bool = False
     command: tuple[str, ...] = ("loom", "run", "--local")
+    remote: str | None = None  # the Ray cluster's address: a remote run (spec §12)
 
 
 class RunResult(NamedTuple):
@@ -102,9 +108,12 @@ class Run:
         self.workflow_path, self.repo_root = locate(opts.workflow)
         self.runtime = runtime_dir(self.repo_root)
         self.started_ns = time.time_ns()
-        self.run_id = f"loom-run-local-{self.started_ns}"
-        self.pipeline_id = f"loom-local-{self.started_ns}"
+        kind = "local" if opts.remote is None else "remote"
+        self.run_id = f"loom-run-{kind}-{self.started_ns}"
+        self.pipeline_id = f"loom-{kind}-{self.started_ns}"
         self.receipt: dict[str, Any] = {}
+        if opts.remote is not None:  # spec §12: every remote receipt has it, a run that failed early too
+            self.receipt["remote"] = {"engine": "ray", "address": opts.remote, "nodes": []}
         self.wf: Workflow | None = None
         self.janitors: list[janitor.Janitor] = []
         self.snapshot_path: Path | None = None
@@ -120,6 +129,8 @@ class Run:
         self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
         self.secrets: SecretsBroker | None = None  # when a job has keepass:// or op:// refs
         self.upstream: dict[str, str] = {}  # --no-deps: upstream job -> artifacts folder of an earlier run
+        self.gateway: Gateway | None = None  # a remote run's Ray driver process
+        self.cluster_cpus = 0.0
 
     # -- bootstrap ----------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -243,7 +254,8 @@ class Run:
         folder = self.runtime / "workspaces"
         if folder.is_dir():  # keep the newest snapshots only, and never one of a run still going
             alive = locks.alive_runs(self.runtime)
-            old = sorted(p for p in folder.iterdir() if p.name.startswith("loom-run-local-") and p.name not in alive)
+            old = sorted((p for p in folder.iterdir() if p.name.startswith("loom-run-") and p.name not in alive),
+                         key=lambda p: p.name.rsplit("-", 1)[-1])
             for path in old[: max(0, len(old) - (KEEP_SNAPSHOTS - 1))]:
                 with contextlib.suppress(LoomError, OSError):  # a concurrent run may be pruning it too
                     remove_snapshot(path)
@@ -257,6 +269,35 @@ class Run:
         self.receipt["snapshot_path"] = str(snap.path)
         self.receipt["snapshot_head_sha"] = snap.head_sha
         self.term.detail(f"workspace {snap.path} ({snap.files} files)")
+
+    def connect_remote(self) -> None:
+        """The gateway joins the Ray cluster and ships the snapshot (spec §12)."""
+        from loomrun.protocol.remote import GatewayFailed
+        from loomrun.remote.handle import Gateway
+
+        address = self.opts.remote
+        assert address is not None and self.snapshot_path is not None
+        block: dict[str, Any] = self.receipt["remote"]
+        if self.gateway is None:
+            try:
+                self.gateway = Gateway.start()
+            except OSError as exc:
+                raise _Failed(f"cannot start the gateway process: {exc.strerror or exc}") from exc
+        reply = self.gateway.connect(address, self.run_id, str(self.snapshot_path))
+        if isinstance(reply, GatewayFailed):
+            self.gateway.close(wait_s=0.5)  # it may be stuck inside ray.init: no orderly end to wait for
+            self.gateway = None
+            raise _Failed(reply.message)
+        block["ray_version"] = reply.ray_version
+        self.cluster_cpus = reply.cpus
+        self.term.detail(f"ray cluster {address}: Ray {reply.ray_version}, {reply.cpus:g} CPUs")
+
+    def close_remote(self) -> None:
+        """The gateway ends (and the run's actors with it); the receipt names the nodes used."""
+        if self.gateway is not None:
+            nodes = self.gateway.shutdown()
+            self.gateway = None
+            self.receipt["remote"]["nodes"] = list(nodes)
 
     # -- execute ------------------------------------------------------------------------------
     def make_spec(self, deps: dict[str, tuple[str, ...]]) -> Any:
@@ -279,7 +320,7 @@ class Run:
                 trace=os.environ.get("LOOM_DEBUG_TRACE") == "1", grace_s=GRACE_S,
                 cache_enabled=self.opts.cache_enabled, head_sha=self.head_sha or "",
                 dependency_artifacts=dep_art, fingerprint_outputs=self.opts.fingerprint_outputs,
-                docker_leftovers=leftovers,
+                docker_leftovers=leftovers, remote=self.gateway.socket_name if self.gateway is not None else "",
             )
         return make
 
@@ -292,7 +333,7 @@ class Run:
         self.writer.send(m.RunPhase("run.bootstrap", time.time_ns(), "success"))
         self.writer.send(m.RunPhase("run.pipeline_execute", time.time_ns()))
         self.writer.send(m.RunPhase("pipeline.execute", time.time_ns()))
-        if any(j.provider == "docker" for j in jobs):
+        if any(j.provider == "docker" for j in jobs) and self.gateway is None:
             # The first Docker job's worker removes dead runs' leftovers: it imports the SDK anyway.
             self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
         if any(j.secrets for j in jobs):
@@ -304,7 +345,8 @@ class Run:
         self.lock.note(snapshot_path=self.receipt.get("snapshot_path"),
                        snapshot_head_sha=self.receipt.get("snapshot_head_sha"),
                        graph_ir=self.receipt.get("graph_ir"), roster=[[j.name, j.stage] for j in jobs])
-        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
+        default_jobs = int(self.cluster_cpus) if self.gateway is not None else os.cpu_count()
+        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or default_jobs or 1,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
                          run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks,
                          note=lambda path: self.lock.note(cgroup=path), secrets=self.secrets,
@@ -329,6 +371,7 @@ class Run:
     # -- finalize -----------------------------------------------------------------------------
     def finalize(self, exit_code: int, error: str | None) -> RunResult:
         receipt_path: str | None = None
+        self.close_remote()
         exit_code, error = self.with_writer_deaths(exit_code, error)
         self.writer.send(m.RunPhase("run.finalize", time.time_ns()))
         while True:
@@ -391,13 +434,17 @@ class _Interrupted(BaseException):  # like KeyboardInterrupt: no `except Excepti
 
 
 def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | None = None,
-              forks: ForkServer | None = None, relay: Callable[[int], None] | None = None) -> RunResult:
-    """One run. `amend` (used by --cache-diff) may add receipt fields and change the verdict before
-    the receipt is written. `forks`: a fork server started early by the caller (else one per run).
-    `relay` (--cache-diff) is told every SIGINT/SIGTERM this run gets, from its signal handler."""
+              forks: ForkServer | None = None, relay: Callable[[int], None] | None = None,
+              gateway: Gateway | None = None) -> RunResult:
+    """One run (on this machine, or its jobs on a Ray cluster when `opts.remote` is set). `amend`
+    (used by --cache-diff) may add receipt fields and change the verdict before the receipt is
+    written. `forks`: a fork server started early by the caller (else one per run); `gateway`: the
+    same for a remote run's gateway process (closed by the run, whatever happens). `relay`
+    (--cache-diff) is told every SIGINT/SIGTERM this run gets, from its signal handler."""
     term = term or choose(verbose=opts.verbose, quiet=opts.quiet, stream_output=opts.stream)
     run = Run(opts, term)
     run.forks = forks
+    run.gateway = gateway
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     phase = {"bootstrap": False}  # while the lock and the writer are set up, signals are only recorded
 
@@ -424,6 +471,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
                 run.receipt["skipped_reason"] = "workflow.rules"
             else:
                 run.snapshot()
+                if opts.remote is not None:
+                    run.connect_remote()
                 phase["bootstrap"] = False
                 _raise_pending(wake_r)  # a signal whose exception some library code swallowed
                 sup = run.execute(jobs, wake_r)

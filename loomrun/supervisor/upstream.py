@@ -31,7 +31,7 @@ def newest_artifacts(logs: Path, job: str, before: str) -> tuple[str, Path] | No
     """(run id, folder) of the newest run older than `before` whose logs hold artifacts of `job`."""
     if not logs.is_dir():
         return None
-    runs = [p for p in logs.iterdir() if p.name.startswith("loom-run-local-") and p.name != before]
+    runs = [p for p in logs.iterdir() if p.name.startswith("loom-run-") and p.name != before]
     for run in sorted(runs, key=_ns, reverse=True):
         folder = run / "jobs" / job / "artifacts"
         if folder.is_dir() and any(folder.iterdir()):

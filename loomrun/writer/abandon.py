@@ -22,6 +22,7 @@ from loomrun.durable import read_mapping
 from loomrun.protocol import messages as m
 from loomrun.writer.events import SCHEMA, rfc3339
 from loomrun.writer.files import recover_temps, write_document
+from loomrun.writer.runlog import run_kind
 
 WHY = "abandoned: its supervisor died (the next loom command found it)"
 
@@ -59,7 +60,7 @@ def mark_abandoned(runtime: Path, run_id: str, facts: dict[str, Any] | None = No
         "failing_job_id": failing["id"] if failing else None,
         "failing_job_manifest_path": f"jobs/{failing['id']}/manifest.json" if failing else None})
     receipt: dict[str, Any] = {
-        "schema_version": "v1", "kind": "loom-run-local", "run_id": run_id, "pipeline_id": pipeline_id,
+        "schema_version": "v1", "kind": run_kind(run_id), "run_id": run_id, "pipeline_id": pipeline_id,
         "command": facts.get("command") or old.get("command"), "loom_version": __version__,
         "repo_root": facts.get("repo_root") or str(runtime.parent.parent),
         "workflow_path": facts.get("workflow_path") or old.get("workflow_path"),

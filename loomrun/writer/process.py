@@ -372,6 +372,7 @@ _WORKER_RECORDS: dict[type, Callable[[RunLog, Any], None]] = {
     m.SectionLines: RunLog.section_lines,
     m.SectionEnded: RunLog.section_ended,
     m.ArtifactsStaged: RunLog.adopt_artifacts,
+    m.JobPlaced: RunLog.job_placed,
 }
 
 

@@ -22,6 +22,11 @@ from loomrun.writer.redact import Redactor
 from loomrun.writer.tail import last_lines
 
 
+def run_kind(run_id: str) -> str:
+    """The receipt's `kind`: `loom-run-remote` for a run on a Ray cluster (spec §12), else local."""
+    return "loom-run-remote" if run_id.startswith("loom-run-remote-") else "loom-run-local"
+
+
 def step_dir(index: int) -> str:
     return f"user/script/{index:02d}" if index < 100 else f"user/script/{index:03d}"
 
@@ -63,7 +68,7 @@ class SectionLog:
 
 
 class JobLog:
-    __slots__ = ("artifacts", "ended", "job_id", "sections", "stage", "steps")
+    __slots__ = ("artifacts", "ended", "job_id", "node", "sections", "stage", "steps")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -72,6 +77,7 @@ class JobLog:
         self.sections: dict[str, SectionLog] = {}
         self.artifacts: list[dict[str, Any]] = []
         self.ended: m.JobEnded | None = None
+        self.node: dict[str, Any] | None = None  # a remote job's cluster node (spec §12)
 
 
 class RunLog:
@@ -246,6 +252,9 @@ class RunLog:
         self.write_doc(self.job_path(job_id, f"{step_dir(step.index)}/summary.json"), doc)
         step.events.close()
 
+    def job_placed(self, msg: m.JobPlaced) -> None:
+        self.job(msg.job_id).node = {"id": msg.node_id, "address": msg.address, "labels": dict(msg.labels)}
+
     # -- artifacts ---------------------------------------------------------------------------
     def adopt_artifacts(self, msg: m.ArtifactsStaged) -> None:
         """Move staged files under jobs/<id>/artifacts/ (rename: same filesystem) and hash them."""
@@ -347,6 +356,8 @@ class RunLog:
         failed_in = job.sections.get(failing_section or "")
         if failed_in is not None and failed_in.error_code:  # e.g. SECRETS_REF_NOT_FOUND (spec §7.2)
             doc["error_code"] = failed_in.error_code
+        if job.node is not None:
+            doc["node"] = job.node
         return doc
 
     # -- run end -----------------------------------------------------------------------------
@@ -396,7 +407,7 @@ class RunLog:
         self.docs.flush()
         syncfs(self.logs_dir)  # every log line and document is durable before the receipt, written last
         receipt: dict[str, Any] = {
-            "schema_version": "v1", "kind": "loom-run-local", "run_id": start.run_id,
+            "schema_version": "v1", "kind": run_kind(start.run_id), "run_id": start.run_id,
             "pipeline_id": start.pipeline_id, "command": list(start.command), "loom_version": __version__,
             "repo_root": start.repo_root, "workflow_path": start.workflow_path,
             "started_at": rfc3339(start.started_ns), "finished_at": rfc3339(msg.finished_ns),

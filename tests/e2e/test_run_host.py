@@ -206,7 +206,7 @@ def test_local_is_required(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", PASSING)
     result = run_loom(repo, "run")
     assert result.code == 1
-    assert result.stderr == "loom run: --local is required (remote execution is not available)\n"
+    assert result.stderr == "loom run: --local or --remote ADDRESS is required\n"
     assert not (repo / ".loom" / ".runtime" / "receipts").exists()
 
 

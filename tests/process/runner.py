@@ -63,6 +63,20 @@ def output_lines(events: Path) -> list[str]:
     return lines
 
 
+def numbered_lines(events: Path) -> int:
+    """How many output lines a step's events hold, checking they are 1, 2, 3, ... in order (a
+    `seq` step), without keeping them all in memory."""
+    expect = 1
+    with open(events) as fh:
+        for raw in fh:
+            ev = json.loads(raw)
+            if ev["type"] == "output":
+                for line in ev["lines"] if "lines" in ev else [ev["line"]]:
+                    assert line == str(expect), (line, expect)
+                    expect += 1
+    return expect - 1
+
+
 def make_repo(root: Path, workflow: str, git: bool = True) -> Path:
     (root / ".loom").mkdir(parents=True, exist_ok=True)
     (root / ".loom" / "workflow.yml").write_text(textwrap.dedent(workflow).lstrip())

@@ -105,6 +105,25 @@ def test_the_supervisor_path_does_not_load_filelock() -> None:
     assert json.loads(out.stdout) == []
 
 
+def test_ray_is_imported_in_one_module_only() -> None:
+    """Spec §12: `import ray` only in remote runs, in exactly one module (the gateway's adapter)."""
+    found = sorted(str(path.relative_to(ROOT)) for folder in ("loomrun", "workers") for path in _modules(folder)
+                   if any(_under(name, "ray") for _, name in _imports(_parse(path))))
+    assert found == ["loomrun/remote/rayapi.py"]
+
+
+def test_the_supervisor_and_worker_paths_do_not_load_ray() -> None:
+    names = ["loomrun.cli", "loomrun.remote.handle", "workers.main", "workers.providers.remote",
+             *(_dotted(p) for p in _modules("loomrun/supervisor"))]
+    code = ("import importlib, json, sys\n"
+            f"for name in {names!r}: importlib.import_module(name)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'ray')))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
 def _dotted(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

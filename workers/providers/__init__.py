@@ -14,6 +14,7 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "host": ("workers.providers.host", "HostProvider"),
     "docker": ("workers.providers.docker", "DockerProvider"),
     "fake": ("workers.providers.fake", "FakeProvider"),
+    "remote": ("workers.providers.remote", "RemoteProvider"),  # spec §12: steps on a Ray cluster node
 }
 
 

@@ -81,6 +81,13 @@ class StepHandle(Protocol):
         ...
 
 
+def workspace_is_local(provider: Provider, job: Job, mount_mode: str) -> bool:
+    """Whether the job's workspace is the run's snapshot folder itself (host jobs, bind-mounted
+    Docker jobs): caches and fingerprints then read it directly instead of through the provider.
+    A remote job's workspace is a copy on its node."""
+    return provider.name != "remote" and (job.provider == "host" or mount_mode == "bind_mount")
+
+
 class Provider(Protocol):
     name: ClassVar[str]
 

@@ -1,0 +1,411 @@
+"""`loom run --remote` on a real multi-node Ray cluster (spec §12). Runs in the pytest process; the
+cluster, `loom`, its gateway and the jobs are real processes in a loopback-only network namespace.
+
+After every run: no process carrying the run's id is left on any node (steps, guards), and the
+nodes' work folders are gone (the leak check sees them: they live under the session's TMPDIR).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.process.runner import Result, load, make_repo, numbered_lines, run_processes
+from tests.remote.cluster import Cluster
+from tests.remote.conftest import Remote
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def node_leftovers(run_id: str, wait_s: float = 10.0) -> list[str]:
+    """Processes of the run still alive on any node (its steps by LOOM_RUN_ID, its guards by their
+    command line), after giving them `wait_s` to go."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [f"{p.pid} {p.info['cmdline']}" for p in psutil.process_iter(["cmdline", "status", "environ"])
+                 if p.info["status"] != psutil.STATUS_ZOMBIE
+                 and ((p.info["environ"] or {}).get("LOOM_RUN_ID") == run_id
+                      or (run_id in " ".join(p.info["cmdline"] or []) and "workers.remote.guard" in p.info["cmdline"]))]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def wait_for(path: Path, proc: object = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def finish(popen: object, repo: Path, timeout: float = 120) -> Result:
+    import subprocess
+
+    assert isinstance(popen, subprocess.Popen)
+    out, err = popen.communicate(timeout=timeout)
+    assert "Traceback" not in err, err
+    return Result(popen.returncode, out, err, repo)
+
+
+def test_jobs_land_on_nodes_by_pool_and_artifacts_cross_nodes(tmp_path: Path, remote: Remote,
+                                                               cluster: Cluster) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [build, test]
+        build:
+          stage: build
+          target: linux
+          runner_pool: a
+          script: ["mkdir -p dist && echo built-on-a > dist/out.txt", "echo to-stderr >&2", "pwd"]
+          artifacts: {paths: [dist]}
+        test:
+          stage: test
+          target: linux
+          runner_pool: b
+          script: ["cat dist/out.txt", "cat README"]
+    """)
+    (repo / "README").write_text("from the snapshot\n")
+    res = remote.run(repo, "run", "--remote", cluster.address)
+    assert res.code == 0, res.stderr
+    receipt = res.receipt
+    run_id = receipt["run_id"]
+    assert run_id.startswith("loom-run-remote-") and receipt["kind"] == "loom-run-remote"
+    assert receipt["pipeline_id"].startswith("loom-remote-")
+    build, test = res.job_manifest("build")["node"], res.job_manifest("test")["node"]
+    assert (build["address"], build["labels"]["loom.pool"]) == ("127.0.0.2", "a")
+    assert (test["address"], test["labels"]["loom.pool"]) == ("127.0.0.3", "b")
+    assert build["id"] != test["id"]
+    block = receipt["remote"]
+    assert block["engine"] == "ray" and block["address"] == cluster.address
+    assert {n["id"]: n["jobs"] for n in block["nodes"]} == {build["id"]: ["build"], test["id"]: ["test"]}
+    # the artifact made on node a, stored locally, restored into the job on node b
+    assert [a["path"] for a in res.job_manifest("build")["artifacts"]] == ["dist/out.txt"]
+    assert (res.logs_dir / "jobs/build/artifacts/dist/out.txt").read_text() == "built-on-a\n"
+    assert res.step_lines("test", 1) == ["built-on-a"]
+    assert res.step_lines("test", 2) == ["from the snapshot"]
+    assert res.step_lines("build", 2) == ["to-stderr"]
+    workdir = res.step_lines("build", 3)[0]
+    assert "/loom-remote/" in workdir and run_id in workdir  # a private copy on the node, not the snapshot
+    assert not node_leftovers(run_id)
+
+
+def test_three_million_lines_from_a_node_every_line_in_order(tmp_path: Path, remote: Remote,
+                                                             cluster: Cluster) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        seq:
+          stage: s
+          target: linux
+          runner_pool: a
+          script: ["seq 1 3000000"]
+    """)
+    res = remote.run(repo, "run", "--remote", cluster.address, timeout=240)
+    assert res.code == 0, res.stderr
+    step = res.logs_dir / "jobs/seq/user/script/01"
+    assert numbered_lines(step / "events.jsonl") == 3_000_000
+    assert load(step / "summary.json")["output_lines"] == 3_000_000
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_infeasible_pool_fails_at_once_naming_it(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        nowhere:
+          stage: s
+          target: linux
+          runner_pool: gpu
+          script: ["true"]
+        too_big:
+          stage: s
+          target: linux
+          runner_pool: a
+          limits: {cpus: 64}
+          script: ["true"]
+        fine:
+          stage: s
+          target: linux
+          runner_pool: b
+          script: ["true"]
+    """)
+    res = remote.run(repo, "run", "--remote", cluster.address)
+    assert res.code == 1
+    nowhere, too_big = res.job_summary("nowhere"), res.job_summary("too_big")
+    assert nowhere["failure_kind"] == "provider_error"
+    assert 'pool "gpu"' in nowhere["message"] and "loom.pool=gpu" in nowhere["message"]
+    assert too_big["failure_kind"] == "provider_error"
+    assert 'pool "a"' in too_big["message"] and "64 CPU" in too_big["message"]
+    assert res.job_summary("fine")["status"] == "success"
+
+
+def _sleeper(repo_root: Path, pool: str, marker: Path) -> Path:
+    return make_repo(repo_root, f"""
+        version: v1
+        stages: [s]
+        long:
+          stage: s
+          target: linux
+          runner_pool: {pool}
+          script: ["touch {marker} && sleep 300"]
+    """)
+
+
+def test_a_node_that_dies_fails_its_job_as_worker_crashed(tmp_path: Path, remote: Remote,
+                                                          cluster: Cluster) -> None:
+    cluster.add_node("127.0.0.4", "victim-crash")
+    marker = tmp_path / "started"
+    repo = _sleeper(tmp_path / "repo", "victim-crash", marker)
+    popen = remote.popen(repo, "run", "--remote", cluster.address)
+    try:
+        wait_for(marker)
+        cluster.kill_node("127.0.0.4")
+        killed = time.monotonic()
+        res = finish(popen, repo)
+    finally:
+        cluster.kill_node("127.0.0.4")
+        if popen.poll() is None:
+            popen.kill()
+    print(f"node crash to the end of loom: {time.monotonic() - killed:.2f}s")
+    assert res.code == 1
+    summary, manifest = res.job_summary("long"), res.job_manifest("long")
+    assert summary["failure_kind"] == "worker_crashed"
+    assert summary["message"] == f"node lost: {manifest['node']['id']}"
+    assert manifest["failing_section"] == "user"
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_a_node_that_hangs_fails_its_job_as_worker_crashed(tmp_path: Path, remote: Remote,
+                                                           cluster: Cluster) -> None:
+    cluster.add_node("127.0.0.5", "victim-hang")
+    marker = tmp_path / "started"
+    repo = _sleeper(tmp_path / "repo", "victim-hang", marker)
+    popen = remote.popen(repo, "run", "--remote", cluster.address)
+    frozen: list[psutil.Process] = []
+    try:
+        wait_for(marker)
+        frozen = cluster.freeze_node("127.0.0.5")
+        stopped = time.monotonic()
+        res = finish(popen, repo)
+        print(f"node SIGSTOPped to the end of loom: {time.monotonic() - stopped:.2f}s")
+    finally:
+        cluster.kill_node("127.0.0.5")
+        for proc in frozen:  # what the node kill did not reach (the job's steps) wakes to its guard
+            try:
+                proc.send_signal(signal.SIGCONT)
+            except psutil.Error:
+                continue
+        if popen.poll() is None:
+            popen.kill()
+    assert res.code == 1
+    summary, manifest = res.job_summary("long"), res.job_manifest("long")
+    assert summary["failure_kind"] == "worker_crashed"
+    assert summary["message"].startswith(f"node lost: {manifest['node']['id']}")
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_stops_remote_jobs_and_leaves_nothing(tmp_path: Path, remote: Remote, cluster: Cluster,
+                                                           sig: int, code: int) -> None:
+    marker = tmp_path / "started"
+    repo = _sleeper(tmp_path / "repo", "a", marker)
+    popen = remote.popen(repo, "run", "--remote", cluster.address)
+    try:
+        wait_for(marker)
+        popen.send_signal(sig)
+        res = finish(popen, repo)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+    assert res.code == code
+    receipt = res.receipt
+    assert receipt["error"] == f"interrupted by {signal.Signals(sig).name}"
+    assert res.job_summary("long")["status"] == "canceled"
+    assert not run_processes(receipt["run_id"])  # the job's processes on the node: gone when loom exits
+    assert not node_leftovers(receipt["run_id"])
+
+
+def test_loom_killed_takes_its_remote_jobs_along(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    marker = tmp_path / "started"
+    repo = _sleeper(tmp_path / "repo", "b", marker)
+    popen = remote.popen(repo, "run", "--remote", cluster.address)
+    try:
+        wait_for(marker)
+        run_id = next(p.name[:-5] for p in (repo / ".loom/.runtime/runs").glob("*.lock") if p.suffix == ".lock")
+        assert run_processes(run_id)
+        popen.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        popen.communicate(timeout=60)
+        left = node_leftovers(run_id, wait_s=30)
+        print(f"loom SIGKILLed to the last remote process gone: {time.monotonic() - killed:.2f}s")
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+    assert not left
+    # the next loom command in the repo marks the run abandoned (the local part of the contract)
+    res = remote.run(repo, "logs")
+    assert "abandoned" in (repo / f".loom/.runtime/receipts/{run_id}.json").read_text(), res.stderr
+
+
+def _poisonable_on(pool: str) -> str:
+    from tests.e2e.test_cache_run import POISONABLE
+
+    return POISONABLE.replace("  target: linux\n", f"  target: linux\n  runner_pool: {pool}\n")
+
+
+def test_cache_entries_come_back_and_cache_diff_works_remotely(tmp_path: Path, remote: Remote,
+                                                              cluster: Cluster) -> None:
+    from tests.e2e.test_cache_run import _poison
+
+    repo = make_repo(tmp_path / "repo", _poisonable_on("a"))
+    first = remote.run(repo, "run", "--remote", cluster.address, "-v")
+    assert first.code == 0, first.stderr
+    assert 'job "build": cache deps-v1: miss' in first.stderr
+    assert list((repo / ".loom/.runtime/cache/entries").iterdir())  # saved from the node into the local store
+    second = remote.run(repo, "run", "--remote", cluster.address, "-v")
+    assert 'job "build": cache deps-v1: hit' in second.stderr  # restored into the job on the node
+    _poison(repo)
+    diff = remote.run(repo, "run", "--remote", cluster.address, "--cache-diff")
+    assert diff.code == 1, diff.stderr
+    assert 'cache-diff: job "build" diverged with the cache on; quarantined deps-v1' in diff.stderr
+    block = diff.receipt["cache_diff"]
+    assert block["quarantined"] == ["deps-v1"]
+    assert all(p["run_id"].startswith("loom-run-remote-") for p in block["passes"])
+    assert diff.receipt["kind"] == "loom-run-remote"
+    for run_id in (first.receipt["run_id"], second.receipt["run_id"], *(p["run_id"] for p in block["passes"])):
+        assert not node_leftovers(run_id)
+
+
+def test_a_docker_job_runs_through_the_nodes_engine(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    import shutil
+
+    if shutil.which("docker") is None and not Path("/var/run/docker.sock").exists():
+        pytest.skip("no Docker engine")
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        boxed:
+          stage: s
+          target: linux
+          runner_pool: b
+          image: loom-test/busybox
+          script: ["cat README", "echo in-a-container > made.txt", "test -f /.dockerenv && echo docker"]
+          artifacts: {paths: [made.txt]}
+    """)
+    (repo / "README").write_text("seeded from the node's copy\n")
+    res = remote.run(repo, "run", "--remote", cluster.address)
+    assert res.code == 0, res.stderr
+    assert res.job_manifest("boxed")["node"]["labels"]["loom.pool"] == "b"
+    assert res.step_lines("boxed", 1) == ["seeded from the node's copy"]
+    assert res.step_lines("boxed", 3) == ["docker"]
+    assert (res.logs_dir / "jobs/boxed/artifacts/made.txt").read_text() == "in-a-container\n"
+    assert res.job_summary("boxed")["provider"] == "docker"
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_limits_and_timeouts_are_enforced_on_the_node(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        hog:
+          stage: s
+          target: linux
+          runner_pool: a
+          limits: {memory: 64m}
+          script:
+            - echo start
+            - python3 -c "import time; b=[]; [b.append(bytearray(8 << 20)) or time.sleep(0.02) for _ in range(200)]"
+        slow:
+          stage: s
+          target: linux
+          runner_pool: b
+          timeout: 2s
+          script: ["sleep 300"]
+    """)
+    res = remote.run(repo, "run", "--remote", cluster.address)
+    assert res.code == 1
+    hog, slow = res.job_summary("hog"), res.job_summary("slow")
+    assert hog["failure_kind"] == "memory_limit", hog
+    assert res.step_lines("hog", 1) == ["start"]
+    assert slow["failure_kind"] == "timeout" and slow["message"] == "timeout after 2s"
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_secrets_reach_the_node_and_are_redacted(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        secretive:
+          stage: s
+          target: linux
+          runner_pool: a
+          secrets:
+            TOKEN: {ref: "env://APP_TOKEN", file: false}
+            KEYFILE: {ref: "env://APP_TOKEN"}
+          script:
+            - echo "token=$TOKEN"; echo "file=$(cat "$KEYFILE") mode=$(stat -c %a "$KEYFILE")"; echo "at $KEYFILE"
+    """)
+    from tests.process.runner import loom_env
+
+    res = remote.run(repo, "run", "--remote", cluster.address, env=loom_env(APP_TOKEN="s3cr3t-value"))
+    assert res.code == 0, res.stderr
+    lines = res.step_lines("secretive", 1)
+    assert lines[:2] == ["token=[REDACTED:SECRET_TOKEN]", "file=[REDACTED:SECRET_TOKEN] mode=600"]
+    assert "/loom-remote/" in lines[2]  # the node's own copy of the file, not this machine's
+    assert "s3cr3t-value" not in (res.logs_dir / "jobs/secretive/user/script/01/events.jsonl").read_text()
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_a_job_waiting_for_a_busy_pool_waits_and_a_cancel_ends_the_wait(tmp_path: Path, remote: Remote,
+                                                                       cluster: Cluster) -> None:
+    marker = tmp_path / "started"
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        first:
+          stage: s
+          target: linux
+          runner_pool: a
+          limits: {{cpus: 2}}
+          script: ["touch {marker} && sleep 300"]
+        second:
+          stage: s
+          target: linux
+          runner_pool: a
+          limits: {{cpus: 2}}
+          script: ["touch {marker} && sleep 300"]
+    """)
+    popen = remote.popen(repo, "run", "--remote", cluster.address, "-j", "2")
+    try:
+        wait_for(marker)
+        time.sleep(1.0)  # the second job is now waiting for node a's two CPUs (feasible: no error)
+        assert popen.poll() is None
+        popen.send_signal(signal.SIGINT)
+        res = finish(popen, repo)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+    assert res.code == 130
+    assert [res.job_summary(j)["status"] for j in ("first", "second")] == ["canceled", "canceled"]
+    ran = [j for j in ("first", "second") if (res.logs_dir / f"jobs/{j}/user").exists()]
+    assert len(ran) == 1  # the other one never got a node: it waited, and the cancel ended the wait
+    assert not node_leftovers(res.receipt["run_id"])
+
+
+def test_jobs_that_each_need_a_whole_node_take_turns(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    """The second job waits for node b's two CPUs, which the first job's actor holds; once that job
+    is done, its (now idle) actor takes the second job rather than sitting on the CPUs."""
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        one: {stage: s, target: linux, runner_pool: b, limits: {cpus: 2}, script: ["echo one"]}
+        two: {stage: s, target: linux, runner_pool: b, limits: {cpus: 2}, script: ["echo two"]}
+    """)
+    res = remote.run(repo, "run", "--remote", cluster.address, "-j", "2", timeout=120)
+    assert res.code == 0, res.stderr
+    assert res.step_lines("one", 1) == ["one"] and res.step_lines("two", 1) == ["two"]
+    assert not node_leftovers(res.receipt["run_id"])
