@@ -77,11 +77,13 @@ def run(**kwargs: Any) -> None:
 
 
 @cli.command()
-def check() -> None:
-    """Validate .loom/workflow.yml against schema v1."""
+@click.option("--workflow", "workflow", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Workflow file (default .loom/workflow.yml).")
+def check(workflow: str | None) -> None:
+    """Validate the workflow against schema v1 and list every error."""
     from loomrun.commands import check as check_cmd
 
-    _invoke("loom check", check_cmd.main)
+    _invoke("loom check", lambda: check_cmd.main(workflow))
 
 
 @cli.command("compile")

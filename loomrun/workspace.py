@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from loomrun.errors import LoomError
+from loomrun.repo import in_git_tree
 
 RUNTIME_PREFIX = ".loom/.runtime"
 _COPY_CHUNK = 1 << 30
@@ -53,17 +55,32 @@ class _Entry(NamedTuple):
     kind: str  # "file", "link" or "dir"
 
 
-class _GitInfo(NamedTuple):
+class GitFacts(NamedTuple):
+    """What a run needs to know of the repo's git state, asked once, before `workflow.rules` (which
+    see them as predefined variables) and reused by the snapshot. `head_sha` is None in a repo
+    without commits; `branch` is None on a detached HEAD (an unborn branch is named); `tag` is the
+    newest tag pointing at HEAD; `default_branch` is the branch origin's HEAD names, if any."""
+
     head_sha: str | None
     branch: str | None
+    tag: str | None = None
+    default_branch: str | None = None
 
 
-def make_snapshot(repo_root: Path, dest: Path) -> Snapshot:
-    """Copy the repo's working content into `dest` (which must not exist or be empty)."""
+class _Unasked:
+    """make_snapshot's `facts` when the caller has not asked git yet."""
+
+
+_UNASKED = _Unasked()
+
+
+def make_snapshot(repo_root: Path, dest: Path, facts: GitFacts | _Unasked | None = _UNASKED) -> Snapshot:
+    """Copy the repo's working content into `dest` (which must not exist or be empty). `facts`:
+    `git_facts(repo_root)` when the caller already has them (None: not a git work tree)."""
     root = repo_root.resolve()
     _prepare_dest(dest)
     try:
-        info = _git_info(root)
+        info = git_facts(root) if isinstance(facts, _Unasked) else facts
         entries = _git_entries(root) if info is not None else _walk_entries(root, dest.resolve())
         files, size = _copy_all(root, dest, entries)
     except BaseException:
@@ -128,32 +145,52 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
         raise LoomError(f"git {args[0]} in {root} took longer than {_GIT_TIMEOUT_S}s") from None
 
 
-def _git_info(root: Path) -> _GitInfo | None:
-    """HEAD and branch of the repo holding `root`, or None when `root` is not in a git work tree."""
-    if not any(os.path.lexists(os.path.join(folder, ".git")) for folder in (root, *root.parents)):
+def git_facts(root: Path) -> GitFacts | None:
+    """HEAD, branch, tag and origin's default branch of the repo holding `root`; None when `root`
+    is not in a git work tree. Two git processes in a repo with commits (one rev-parse answers
+    "work tree?", HEAD and origin's HEAD together; one for-each-ref the branch and tags at HEAD),
+    none outside git."""
+    if not in_git_tree(root):
         # git looks for a repository by the same walk up (its GIT_DIR & co. are dropped): a tree
         # with no `.git` anywhere above it is not in one, and asking would cost a process.
         return None
     try:
-        top = _git(root, "rev-parse", "--is-inside-work-tree")
+        # rev-parse prints each answer in turn and stops at the first name that does not resolve
+        # (no commit yet, no origin/HEAD): what it printed before that still holds.
+        out = _git(root, "rev-parse", "--is-inside-work-tree", "HEAD^{commit}", "--abbrev-ref",
+                   "refs/remotes/origin/HEAD")
     except FileNotFoundError:
         if (root / ".git").exists():
             raise LoomError(f"{root} is a git repository but the git command is not installed") from None
         return None
-    if top.returncode != 0:
-        message = top.stderr.decode(errors="replace").strip()
+    lines = out.stdout.decode(errors="replace").splitlines()
+    if not lines or lines[0] not in ("true", "false"):
+        message = out.stderr.decode(errors="replace").strip()
         if "not a git repository" in message:
             return None
-        first = message.splitlines()[0] if message else f"exit code {top.returncode}"
+        first = message.splitlines()[0] if message else f"exit code {out.returncode}"
         raise LoomError(f"cannot read git repository {root}: {first}")
-    if top.stdout.strip() != b"true":  # inside a .git folder or a bare repo
+    if lines[0] != "true":  # inside a .git folder or a bare repo
         return None
-    head = _git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    branch = _git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
-    return _GitInfo(
-        head_sha=head.stdout.decode().strip() or None if head.returncode == 0 else None,
-        branch=os.fsdecode(branch.stdout.strip()) or None if branch.returncode == 0 else None,
-    )
+    head = lines[1] if len(lines) > 1 and _SHA.fullmatch(lines[1]) else None
+    origin = lines[2] if len(lines) > 2 and _SHA.fullmatch(lines[1]) else ""
+    default = origin[len("origin/"):] or None if origin.startswith("origin/") else None
+    if head is None:  # no commit yet: the branch still has a name
+        branch = _git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
+        name = os.fsdecode(branch.stdout.strip()) or None if branch.returncode == 0 else None
+        return GitFacts(None, name, None, default)
+    refs = _git(root, "for-each-ref", "--points-at=HEAD", "--sort=-creatordate", "--format=%(HEAD)%(refname)",
+                "refs/heads", "refs/tags")
+    current, tags = None, []
+    for line in os.fsdecode(refs.stdout).splitlines():
+        if line.startswith("*refs/heads/"):
+            current = line[len("*refs/heads/"):]
+        elif line.startswith(" refs/tags/"):
+            tags.append(line[len(" refs/tags/"):])
+    return GitFacts(head, current, tags[0] if tags else None, default)
+
+
+_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
 def _git_entries(root: Path) -> list[_Entry]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loomrun.cache.keys import CacheKeyError, compute_key, expand_fallbacks
+from loomrun.cache.keys import CacheKeyError, compute_key, fallback_keys
 from loomrun.cache.policy import restores, saves
 from loomrun.cache.store import CacheStore, SaveResult
 from loomrun.cache.unpack import CacheEntryError
@@ -64,12 +64,9 @@ class JobCaches:
         return self.ctx.job.provider == "host" or self.ctx.mount_mode == "bind_mount"
 
     def _resolve(self, spec: CacheSpec, sec: OpenSection) -> ResolvedCache | None:
-        ids: dict[str, Any] = {"job_name": self.ctx.job.name, "job_id": self.ctx.job.name,
-                               "run_id": self.ctx.run_id, "pipeline_id": self.ctx.pipeline_id,
-                               "head_sha": self.head_sha}
-        try:
-            key, warnings = compute_key(spec, variables=self.ctx.env, workspace=self.ctx.workspace, **ids)
-            fallbacks, more = expand_fallbacks(spec, primary=key, variables=self.ctx.env, **ids)
+        try:  # the supervisor expanded the job's keys already
+            key, warnings = compute_key(spec, job_name=self.ctx.job.name, workspace=self.ctx.workspace)
+            fallbacks, more = fallback_keys(spec, primary=key)
         except CacheKeyError as exc:
             sec.line(f"cache {spec.name or 'default'}: unusable key: {exc}", "stderr")
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loomrun.cache.compare import JobOutcome, compare_passes, diff_fingerprints, fingerprint
-from loomrun.cache.keys import CacheKeyError, compute_key, expand_fallbacks
+from loomrun.cache.keys import CacheKeyError, compute_key, fallback_keys
 from loomrun.cache.policy import restores, saves
 from loomrun.cache.quarantine import Quarantine
 from loomrun.cache.store import CacheStore, RestoreResult, SaveResult
@@ -34,7 +34,7 @@ __all__ = [
     "compare_passes",
     "compute_key",
     "diff_fingerprints",
-    "expand_fallbacks",
+    "fallback_keys",
     "fingerprint",
     "restores",
     "saves",

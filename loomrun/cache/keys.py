@@ -1,12 +1,11 @@
 """Cache keys (spec §6.2). PURE: reads workspace files for `{prefix, files}` keys, writes nothing.
 
-Runs in the worker process (cache_restore / cache_save phases).
+Runs in the worker process (cache_restore / cache_save phases). The job a worker receives has its
+keys already expanded by the supervisor (`loomrun.supervisor.env`: variables, and in `{template}`
+keys and fallback keys `$job_name`, `$job_id`, `$run_id`, `$pipeline_id`, `$head_sha`), so nothing
+here expands again: a `$` left in a key is the user's (`$$`, or a name no variable has).
 
 Decisions where the spec is silent:
-* Variables expand as `$NAME` or `${NAME}`; `$$` is a literal `$`. An unset variable expands to the
-  empty string and adds a warning.
-* `{template}` sees `$job_name`, `$job_id`, `$run_id`, `$pipeline_id`, `$head_sha` first, then the
-  job's variables (a variable cannot shadow those five names).
 * Files-key digest framing, for each matched path in sorted order (Python code-point order of the
   workspace-relative POSIX path), exactly these bytes are hashed::
 
@@ -26,13 +25,12 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from loomrun.globs import match_paths
 from loomrun.workflow.model import CacheSpec, KeyFiles, KeyPrefix, KeyTemplate
 
-_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CHUNK = 1 << 20
 
@@ -41,27 +39,11 @@ class CacheKeyError(ValueError):
     """A key that cannot be used (empty, control characters, bad `files` glob)."""
 
 
-def expand(text: str, variables: Mapping[str, str], warnings: list[str] | None = None) -> str:
-    """Expand `$NAME` / `${NAME}` from `variables`; `$$` is `$`; unset names become ''."""
-
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name is None:
-            return "$"
-        if name in variables:
-            return variables[name]
-        if warnings is not None:
-            warnings.append(f"cache key: variable ${name} is not set (expanded to an empty string)")
-        return ""
-
-    return _VAR.sub(sub, text)
-
-
 def check_key(key: str) -> str:
     """Return the key stripped of surrounding blanks, or raise `CacheKeyError`."""
     key = key.strip()
     if not key:
-        raise CacheKeyError("cache key is empty after variable expansion")
+        raise CacheKeyError("cache key is empty")
     if _CONTROL.search(key):
         raise CacheKeyError(f"cache key {key!r} contains control characters")
     return key
@@ -102,73 +84,35 @@ def files_digest(workspace: Path, patterns: Sequence[str]) -> tuple[str, list[st
     return digest.hexdigest(), warnings
 
 
-def builtins(*, job_name: str, job_id: str, run_id: str, pipeline_id: str, head_sha: str) -> dict[str, str]:
-    return {
-        "job_name": job_name,
-        "job_id": job_id,
-        "run_id": run_id,
-        "pipeline_id": pipeline_id,
-        "head_sha": head_sha,
-    }
-
-
-def compute_key(
-    spec: CacheSpec,
-    *,
-    job_name: str,
-    job_id: str,
-    run_id: str,
-    pipeline_id: str,
-    head_sha: str,
-    variables: Mapping[str, str],
-    workspace: Path,
-) -> tuple[str, list[str]]:
+def compute_key(spec: CacheSpec, *, job_name: str, workspace: Path) -> tuple[str, list[str]]:
     """(key, warnings) for one cache of one job. Raises `CacheKeyError` for an unusable key."""
     warnings: list[str] = []
     key = spec.key
     if key is None:
         result = f"{job_name}-{spec.name or 'default'}"
     elif isinstance(key, str):
-        result = expand(key, variables, warnings)
+        result = key
     elif isinstance(key, KeyFiles):
-        prefix = expand(key.prefix, variables, warnings)
-        digest, file_warnings = files_digest(workspace, key.files)
-        warnings.extend(file_warnings)
-        result = f"{prefix}-{digest}" if prefix else digest
+        digest, warnings = files_digest(workspace, key.files)
+        result = f"{key.prefix}-{digest}" if key.prefix else digest
     elif isinstance(key, KeyPrefix):
-        result = expand(key.prefix, variables, warnings)
+        result = key.prefix
     elif isinstance(key, KeyTemplate):
-        names = {**variables, **builtins(
-            job_name=job_name, job_id=job_id, run_id=run_id, pipeline_id=pipeline_id, head_sha=head_sha,
-        )}
-        result = expand(key.template, names, warnings)
+        result = key.template
     else:  # pragma: no cover - the model's union is closed
         raise CacheKeyError(f"unknown cache key form {key!r}")
     return check_key(result), warnings
 
 
-def expand_fallbacks(
-    spec: CacheSpec,
-    *,
-    primary: str,
-    job_name: str,
-    job_id: str,
-    run_id: str,
-    pipeline_id: str,
-    head_sha: str,
-    variables: Mapping[str, str],
-) -> tuple[list[str], list[str]]:
-    """(fallback keys, warnings): each expanded like a template, in order, without the primary key,
-    duplicates or keys that expand to nothing (those are dropped with a warning)."""
+def fallback_keys(spec: CacheSpec, *, primary: str) -> tuple[list[str], list[str]]:
+    """(fallback keys, warnings): in order, without the primary key, duplicates or keys that are
+    empty (those are dropped with a warning)."""
     warnings: list[str] = []
-    names = {**variables, **builtins(
-        job_name=job_name, job_id=job_id, run_id=run_id, pipeline_id=pipeline_id, head_sha=head_sha,
-    )}
     seen = {primary}
     out: list[str] = []
     for raw in spec.fallback_keys:
         try:
-            key = check_key(expand(raw, names, warnings))
+            key = check_key(raw)
         except CacheKeyError as exc:
             warnings.append(f"fallback key {raw!r} dropped: {exc}")
             continue

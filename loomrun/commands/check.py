@@ -1,7 +1,10 @@
-"""`loom check` (spec §1.2). Runs in the `loom` process; the receipt is written by a one-shot writer.
+"""`loom check [--workflow PATH]` (spec §1.2). Runs in the `loom` process; the receipt is written by a
+one-shot writer.
 
-Validates `.loom/workflow.yml` (found from the current directory), prints one line per error on
-stderr, writes `.loom/.runtime/receipts/<UTC>-check-<pid>.json` and exits 0 (valid) or 1.
+Validates the workflow (`.loom/workflow.yml` found from the current directory, or `--workflow`),
+prints every error on stderr (one line each, sorted by line), writes
+`.loom/.runtime/receipts/<UTC>-check-<pid>.json` and exits 0 (valid) or 1. The receipt path is
+printed relative to the current directory, so it can be used as shown from wherever check ran.
 """
 
 from __future__ import annotations
@@ -13,29 +16,30 @@ from pathlib import Path
 from typing import Any
 
 from loomrun import __version__
-from loomrun.repo import DEFAULT_WORKFLOW, discover_repo_root, runtime_dir
+from loomrun.repo import no_repo, resolve_workflow_path, runtime_dir
 from loomrun.workflow.errors import format_diagnostic, one_line
 from loomrun.workflow.model import Diagnostic
 
 
-def main() -> int:
+def main(workflow_arg: str | None = None) -> int:
     from loomrun.workflow.resolve import check_workflow
 
-    root = discover_repo_root()
-    workflow = root / DEFAULT_WORKFLOW
+    workflow, root = resolve_workflow_path(workflow_arg)
     wf, errors = check_workflow(workflow, root)
     warnings = list(wf.warnings) if wf is not None else []
     for warning in warnings:
         _say(f"warning: {one_line(warning.message)}")
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    receipt = runtime_dir(root) / "receipts" / f"{stamp}-check-{os.getpid()}.json"
-    doc = _receipt(workflow, errors, warnings)
-    shown = receipt.relative_to(root)
     if errors:
         for diag in errors:
             _say(format_diagnostic(diag))
         _say("")
-    _write(root, receipt, doc)
+    if root is None:  # the file was checked, but it belongs to no repo: there is no place for a receipt
+        raise no_repo(workflow)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    receipt = runtime_dir(root) / "receipts" / f"{stamp}-check-{os.getpid()}.json"
+    command = ["loom", "check", *(["--workflow", workflow_arg] if workflow_arg is not None else [])]
+    _write(root, receipt, _receipt(workflow, errors, warnings, command))
+    shown = os.path.relpath(receipt)
     if errors:
         _say(f"receipt: {shown}")
         _say("loom check failed (exit code 1)")
@@ -49,11 +53,12 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _receipt(workflow: Path, errors: list[Diagnostic], warnings: list[Diagnostic]) -> dict[str, Any]:
+def _receipt(workflow: Path, errors: list[Diagnostic], warnings: list[Diagnostic],
+             command: list[str]) -> dict[str, Any]:
     code = 1 if errors else 0
     return {
         "schema_version": "v1", "kind": "loom-check", "loom_version": __version__,
-        "command": ["loom", "check"], "exit_code": code, "status": "failure" if errors else "success",
+        "command": command, "exit_code": code, "status": "failure" if errors else "success",
         "workflow_schema_v1": {
             "workflow_path": str(workflow), "valid": not errors,
             "errors": [d.as_receipt_item() for d in errors],

@@ -18,7 +18,7 @@ def main(workflow: str | None) -> int:
     from loomrun.workflow.resolve import check_workflow
 
     path, root = resolve_workflow_path(workflow)
-    wf, errors = check_workflow(path, root)
+    wf, errors = check_workflow(path, root or path.parent)  # compile writes nothing: any folder will do
     if wf is None:
         for diag in errors:
             print(format_diagnostic(diag), file=sys.stderr)

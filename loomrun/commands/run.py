@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from loomrun.errors import LoomError
 from loomrun.forkserver.process import ForkServer
 from loomrun.repo import resolve_workflow_path
+from loomrun.userfiles import read_regular
 
 if TYPE_CHECKING:
     from loomrun.supervisor.run import RunOptions
@@ -78,11 +79,11 @@ def _options(workflow: str | None, stream: bool, verbose: bool, quiet: bool, cac
 
 
 def _mentions_image(workflow: str | None) -> bool:
-    """A hint only (a wrong guess costs an import or a little time, never correctness)."""
+    """A hint only (a wrong guess costs an import or a little time, never correctness). Read before
+    click is even imported, so it must never block: a FIFO or a device is not read (`read_regular`)."""
     try:
         path, _ = resolve_workflow_path(workflow)
-        with path.open("rb") as fh:
-            return b"image" in fh.read(1 << 20)
+        return b"image" in read_regular(path, 1 << 20)
     except (LoomError, OSError):
         return False
 

@@ -17,20 +17,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from loomrun.config import RuntimeConfig, load_runtime_config
 from loomrun.errors import ExitCode, LoomError
 from loomrun.forkserver.process import ForkServer
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
-from loomrun.repo import DEFAULT_WORKFLOW, discover_repo_root, repo_root_for_workflow, runtime_dir
+from loomrun.repo import no_repo, resolve_workflow_path, runtime_dir
 from loomrun.supervisor import janitor, locks
-from loomrun.supervisor.env import job_env
+from loomrun.supervisor.env import pipeline_variables, prepare_job
 from loomrun.supervisor.loop import Outcome, Supervisor, WriterLost
 from loomrun.supervisor.terminal import Terminal
 from loomrun.workflow.model import Job, Workflow
+from loomrun.workspace import GitFacts
 from loomrun.writer import process as writer_process
 
 KEEP_SNAPSHOTS = 5
-GRACE_S = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
+# A job's variables made in `configure` are kept for its start below this size; bigger ones are
+# made again then, so a thousand jobs with large variables never sit in memory at once.
+PREPARED_KEEP_BYTES = 64 * 1024
+
+
+def _grace_s() -> float:
+    """LOOM_STOP_GRACE_S, bounded: it becomes a wait, and poll() takes a C int of milliseconds."""
+    try:
+        value = float(os.environ.get("LOOM_STOP_GRACE_S", "5"))
+    except ValueError:
+        return 5.0
+    return min(max(value, 0.0), 3600.0) if value == value else 5.0  # NaN is not equal to itself
+
+
+GRACE_S = _grace_s()
 
 
 class RunOptions(NamedTuple):
@@ -66,15 +82,13 @@ class _Failed(Exception):
 
 
 def locate(workflow: str | None) -> tuple[Path, Path]:
-    """(workflow path, repo root). Falls back to the current folder so a failed start still has a home."""
-    if workflow is not None:
-        path = Path(workflow).absolute()
-        return path, repo_root_for_workflow(path)
-    try:
-        root = discover_repo_root()
-    except LoomError:
-        root = Path.cwd().resolve()
-    return root / DEFAULT_WORKFLOW, root
+    """(workflow path, repo root). A workflow outside any repo (no git, no `.loom/` above it) is a
+    LoomError here, before anything is written: loom never makes a `.loom/.runtime` of its own
+    choosing (`--workflow /etc/passwd`, or a `loom run` in a folder that is no repo)."""
+    path, root = resolve_workflow_path(workflow)
+    if root is None:
+        raise no_repo(path)
+    return path, root
 
 
 class Run:
@@ -91,7 +105,11 @@ class Run:
         self.janitors: list[janitor.Janitor] = []
         self.snapshot_path: Path | None = None
         self.head_sha: str | None = None
-        self.branch: str | None = None
+        self.git: GitFacts | None = None
+        self.pipeline_vars: dict[str, str] = {}
+        self.prepared: dict[str, tuple[dict[str, str], Job]] = {}  # job -> (its variables, expanded job)
+        self.skipped: str | None = None  # why workflow.rules skipped the pipeline
+        self.config: RuntimeConfig | None = None
         self.mount_mode = "ephemeral_volume"
         self.sup: Supervisor | None = None
         self.forks: ForkServer | None = None
@@ -163,28 +181,53 @@ class Run:
         return wf
 
     def configure(self, wf: Workflow) -> list[Job]:
+        """Runtime config, git facts, the predefined variables, `workflow.rules`, `--job`, then every
+        job's variables and expanded paths (an error in any is the run's, before anything starts).
+        An empty list with `skipped` set: the rules skip the pipeline."""
         from loomrun.workflow.graph import graph_ir, select_jobs
-        from loomrun.workflow.rules import pipeline_runs
+        from loomrun.workflow.rules import rule_context, skip_reason
+        from loomrun.workflow.variables import ExpansionError
+        from loomrun.workspace import git_facts
 
         self.receipt["graph_ir"] = graph_ir(wf)
-        jobs = list(wf.jobs)
-        if any(j.provider == "docker" for j in jobs):
-            from loomrun.config import load_runtime_config
-
-            try:
-                cfg = load_runtime_config(self.repo_root, self.opts.docker_workspace_mount)
-            except LoomError as exc:
-                raise _Failed(exc.message) from exc
-            self.mount_mode = cfg.docker_workspace_mount
-        if not pipeline_runs(wf, os.environ):
+        try:  # every run reads the config, so a bad one fails a host-only run too (spec §8)
+            self.config = load_runtime_config(self.repo_root, self.opts.docker_workspace_mount)
+            self.git = git_facts(self.repo_root)
+        except LoomError as exc:
+            raise _Failed(exc.message) from exc
+        self.mount_mode = self.config.docker_workspace_mount
+        self.pipeline_vars = pipeline_variables(
+            run_id=self.run_id, pipeline_id=self.pipeline_id, project_dir=str(self.snapshot_dest),
+            project_name=self.repo_root.name, git=self.git)
+        try:
+            self.skipped = skip_reason(wf, rule_context(wf, self.pipeline_vars, os.environ))
+        except ExpansionError as exc:
+            raise _Failed(f"workflow.rules: {exc}") from exc
+        if self.skipped is not None:
             return []
+        jobs = list(wf.jobs)
         if self.opts.only_jobs:
             try:
                 keep = set(select_jobs(wf, self.opts.only_jobs))
             except LoomError as exc:
                 raise _Failed(exc.message) from exc
             jobs = [j for j in jobs if j.name in keep]
+        for job in jobs:
+            prepared = self._prepare(job)
+            if sum(len(v) for v in prepared[0].values()) < PREPARED_KEEP_BYTES:
+                self.prepared[job.name] = prepared
         return jobs
+
+    @property
+    def snapshot_dest(self) -> Path:
+        return self.runtime / "workspaces" / self.run_id
+
+    def _prepare(self, job: Job) -> tuple[dict[str, str], Job]:
+        project = "/workspace" if job.provider == "docker" else str(self.snapshot_dest)
+        try:
+            return prepare_job(job, self.pipeline_vars, project)
+        except LoomError as exc:
+            raise _Failed(exc.message) from exc
 
     def snapshot(self) -> None:
         from loomrun.workspace import make_snapshot, remove_snapshot
@@ -197,12 +240,12 @@ class Run:
                 with contextlib.suppress(LoomError, OSError):  # a concurrent run may be pruning it too
                     remove_snapshot(path)
         try:
-            snap = make_snapshot(self.repo_root, folder / self.run_id)
+            snap = make_snapshot(self.repo_root, self.snapshot_dest, self.git)
         except LoomError as exc:
             raise _Failed(f"cannot snapshot the workspace: {exc.message}") from exc
         except OSError as exc:
             raise _Failed(f"cannot snapshot the workspace: {exc.strerror or exc} ({exc.filename})") from exc
-        self.snapshot_path, self.head_sha, self.branch = snap.path, snap.head_sha, snap.branch
+        self.snapshot_path, self.head_sha = snap.path, snap.head_sha
         self.receipt["snapshot_path"] = str(snap.path)
         self.receipt["snapshot_head_sha"] = snap.head_sha
         self.term.detail(f"workspace {snap.path} ({snap.files} files)")
@@ -213,9 +256,10 @@ class Run:
         staging = self.runtime / "tmp" / self.run_id / "artifacts"
 
         def make(job: Job) -> WorkerSpec:
-            project = "/workspace" if job.provider == "docker" else str(self.snapshot_path)
-            env = job_env(job, run_id=self.run_id, pipeline_id=self.pipeline_id, project_dir=project,
-                          head_sha=self.head_sha, branch=self.branch)
+            # Prepared (and checked) in `configure`; a big one was let go then, and is made again
+            # here, which cannot fail: the same inputs passed then.
+            prepared = self.prepared.pop(job.name, None)
+            env, job = prepared if prepared is not None else self._prepare(job)
             dep_art = tuple((d, str(staging / d)) for d in deps.get(job.name, ()))
             leftovers = None
             if job.provider == "docker" and self.docker_leftovers is not None:
@@ -363,9 +407,8 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
             _raise_pending(wake_r)  # a ^C during start-up: the writer now exists to write the receipt
             wf = run.load()
             jobs = run.configure(wf)
-            if not jobs and wf.jobs and not opts.only_jobs:
+            if run.skipped is not None:
                 run.receipt["skipped_reason"] = "workflow.rules"
-                term.event("pipeline skipped by workflow.rules")
             else:
                 run.snapshot()
                 phase["bootstrap"] = False
@@ -399,6 +442,9 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
     result = run.finalize(int(exit_code), error)
     os.close(wake_r)
     term.finished(result.exit_code == 0, result.receipt_path, result.error)
+    if run.skipped is not None and result.exit_code == 0 and term.final:
+        # Last, so a run that did nothing never reads as a pipeline that passed (issue 11 item 19).
+        term.line(f"{term.prefix}loom run: pipeline skipped by workflow.rules ({run.skipped})")
     return result
 
 

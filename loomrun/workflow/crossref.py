@@ -30,26 +30,44 @@ def extends_of(node: YNode) -> list[YNode]:
     return [item for item in items if item.kind == "string"]
 
 
-def check_extends(chk: Checker, jobs: dict[str, JobSource]) -> bool:
-    """Every extends target exists; no cycles. True when inheritance can be resolved."""
-    before = len(chk.errors)
+def check_extends(chk: Checker, jobs: dict[str, JobSource]) -> set[str]:
+    """Every extends target exists; no cycles. Returns the jobs and templates whose inheritance
+    cannot be resolved (a missing target, a cycle, a part that is not a mapping, anywhere up their
+    chain): the caller leaves those out of the merged checks, so one mistake is reported once."""
+    broken = {name for name, src in jobs.items() if src.node.kind != "mapping"}
     for src in jobs.values():
         for i, target in enumerate(extends_of(src.node)):
             if target.value not in jobs:
+                broken.add(src.name)
                 ext = src.node.value["extends"]
                 where = ptr(src.name, "extends") + (f"/{i}" if ext.kind == "sequence" else "")
                 chk.error(target, where, f'extends target "{target.value}" of job "{src.name}" does not exist',
                           "define the template (a job whose name starts with .) or include its file")
-    if len(chk.errors) > before:
-        return False
-    for cycle in _cycles({n: [t.value for t in extends_of(s.node)] for n, s in jobs.items()}):
+    edges = {n: [t.value for t in extends_of(s.node) if t.value in jobs] for n, s in jobs.items()}
+    for cycle in _cycles(edges):
+        broken.update(cycle)
         src = jobs[cycle[0]]
         pointer = ptr(src.name, "extends")
         path = " -> ".join(cycle)
         chk.error(src.node.value["extends"], pointer,
                   f"{CODE} {pointer}: resolve extends cycle by removing one extends edge: {path}",
                   "a template chain must end in a template that extends nothing")
-    return len(chk.errors) == before
+    return _upward(broken, edges)
+
+
+def _upward(broken: set[str], edges: dict[str, list[str]]) -> set[str]:
+    """`broken` plus every name whose chain reaches one of them."""
+    users: dict[str, list[str]] = {}
+    for name, targets in edges.items():
+        for target in targets:
+            users.setdefault(target, []).append(name)
+    todo, out = list(broken), set(broken)
+    while todo:
+        for user in users.get(todo.pop(), ()):
+            if user not in out:
+                out.add(user)
+                todo.append(user)
+    return out
 
 
 def _cycles(edges: dict[str, list[str]]) -> list[list[str]]:
@@ -85,8 +103,9 @@ def _cycles(edges: dict[str, list[str]]) -> list[list[str]]:
     return found
 
 
-def check_resolved(chk: Checker, stages: list[str], jobs: list[tuple[JobSource, dict[str, YNode]]]) -> None:
-    """Rules on the merged runnable jobs."""
+def check_resolved(chk: Checker, stages: list[str], jobs: list[tuple[JobSource, dict[str, YNode]]],
+                   runnable: set[str]) -> None:
+    """Rules on the merged runnable jobs (`runnable`: every runnable name, merged or not)."""
     stage_index = {name: i for i, name in enumerate(stages)}
     job_stage: dict[str, int] = {}
     for src, merged in jobs:
@@ -99,7 +118,7 @@ def check_resolved(chk: Checker, stages: list[str], jobs: list[tuple[JobSource, 
                 chk.error(stage, ptr(src.name, "stage"), f'stage "{stage.value}" of job "{src.name}" is not '
                           "declared in stages", f'declared stages: {", ".join(stages)}')
         _docker_only(chk, src, merged)
-    _check_needs(chk, jobs, job_stage)
+    _check_needs(chk, jobs, job_stage, runnable)
 
 
 def _required(chk: Checker, src: JobSource, merged: dict[str, YNode]) -> None:
@@ -141,8 +160,8 @@ def _docker_only(chk: Checker, src: JobSource, merged: dict[str, YNode]) -> None
                   "set `image:` on the job, or remove services")
 
 
-def _check_needs(chk: Checker, jobs: list[tuple[JobSource, dict[str, YNode]]], job_stage: dict[str, int]) -> None:
-    runnable = {src.name for src, _ in jobs}
+def _check_needs(chk: Checker, jobs: list[tuple[JobSource, dict[str, YNode]]], job_stage: dict[str, int],
+                 runnable: set[str]) -> None:
     edges: dict[str, list[str]] = {}
     for src, merged in jobs:
         needs = merged.get("needs")
@@ -151,6 +170,8 @@ def _check_needs(chk: Checker, jobs: list[tuple[JobSource, dict[str, YNode]]], j
         edges[src.name] = []
         for i, item in enumerate(needs.value):
             where = ptr(src.name, "needs", i)
+            if item.kind != "string":
+                continue  # reported with the keyword
             if item.value not in runnable:
                 chk.error(item, where, f'job "{src.name}" needs unknown job "{item.value}"',
                           "name a runnable job of this workflow (templates never run)")

@@ -5,6 +5,7 @@ Used by validation (the `loom` process) and by workers (the numbers they enforce
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
@@ -18,14 +19,14 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like \"90s\", \"10m\", \"1h 30m\" or integer seconds")
     if isinstance(value, int):
-        seconds = float(value)
+        seconds = float(value) if value < 1 << 64 else math.inf
     elif isinstance(value, str):
         seconds = _duration_text(value.strip())
     else:
         raise ValueError("expected a duration like \"90s\", \"10m\", \"1h 30m\" or integer seconds")
     if seconds <= 0:
         raise ValueError("a duration must be greater than zero")
-    return seconds
+    return seconds  # math.inf past float's range: the caller's upper bound rejects it
 
 
 def _duration_text(text: str) -> float:
@@ -52,7 +53,10 @@ def parse_memory(value: object) -> int:
         match = _MEMORY.fullmatch(value.strip())
         if not match:
             raise ValueError(f"invalid memory size {value!r}; write e.g. \"512m\" or \"2g\"")
-        size = int(float(match.group(1)) * _MEMORY_FACTOR[match.group(2).lower()])
+        number = float(match.group(1)) * _MEMORY_FACTOR[match.group(2).lower()]
+        if number == math.inf:
+            raise ValueError(f"memory size {value!r} is too large")
+        size = int(number)
     else:
         raise ValueError("expected a memory size like \"512m\" or \"2g\"")
     if size <= 0:

@@ -13,12 +13,14 @@ all come back as diagnostics, never as exceptions.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
 from yaml.constructor import SafeConstructor
 
+from loomrun.userfiles import read_regular
 from loomrun.workflow.model import Diagnostic
 
 MAX_BYTES = 8 * 1024 * 1024  # a workflow is a few KB; past this it is a mistake, not a workflow
@@ -151,8 +153,7 @@ def _diag(file: str, message: str, hint: str, line: int = 0, column: int = 0,
 def read_text(path: Path, label: str) -> tuple[str | None, list[Diagnostic]]:
     """The file as text, or a diagnostic saying why it cannot be read."""
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
+        data = read_regular(path, MAX_BYTES)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         return None, [_diag(label, f"cannot read {path}: {reason}", "check the path and its permissions",
@@ -166,6 +167,11 @@ def read_text(path: Path, label: str) -> tuple[str | None, list[Diagnostic]]:
         line = data[: exc.start].count(b"\n") + 1
         return None, [_diag(label, f"workflow is not UTF-8 text (invalid byte at offset {exc.start})",
                             "save the file as UTF-8", line=line, column=1)]
+
+
+NOT_A_WORKFLOW = 'not a loom workflow: no top-level "version" or "stages" key'
+NOT_A_WORKFLOW_HINT = "point --workflow at a loom workflow (version: v1, stages, jobs)"
+_WORKFLOW_LINE = re.compile(r"^(?:version|stages)[ \t]*:", re.MULTILINE)
 
 
 def parse_text(text: str, label: str) -> tuple[YNode | None, list[Diagnostic]]:
@@ -213,11 +219,17 @@ def parse_text(text: str, label: str) -> tuple[YNode | None, list[Diagnostic]]:
     return tree, []
 
 
-def load_file(path: Path, label: str) -> tuple[YNode | None, list[Diagnostic]]:
+def load_file(path: Path, label: str, main: bool = False) -> tuple[YNode | None, list[Diagnostic]]:
+    """`main`: the workflow itself (not an include). A YAML error in a main file that does not look
+    like a workflow (no top-level `version:` or `stages:` line) is reported without the parser's
+    words, which may quote the file: `--workflow` pointed at some other file never echoes it."""
     text, diags = read_text(path, label)
     if text is None:
         return None, diags
-    return parse_text(text, label)
+    tree, errors = parse_text(text, label)
+    if main and errors and errors[0].code == "WF_YAML" and not _WORKFLOW_LINE.search(text):
+        return None, [errors[0]._replace(message=NOT_A_WORKFLOW, hint=NOT_A_WORKFLOW_HINT)]
+    return tree, errors
 
 
 def _convert(node: yaml.Node, file: str, errors: list[Diagnostic]) -> YNode:

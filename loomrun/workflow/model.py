@@ -4,8 +4,8 @@ PURE. Everything here is immutable and picklable (it crosses into worker process
 frozen dataclasses: this module is on the start-up path of `loom` and of the fork server, and
 defining its classes as dataclasses took ~9 ms there (~0.2 ms each as NamedTuples); they also
 pickle and unpickle faster (a `WorkerSpec` crosses to the fork server for every job).
-Variables are kept as ordered (name, raw value) pairs; expansion against the predefined variables
-happens at run time with `loomrun.workflow.variables.expand`.
+Variables, paths, cache keys and images are kept as written; the supervisor expands them for each
+job at run time (`loomrun.supervisor.env.prepare_job`) and hands workers the expanded `Job`.
 """
 
 from __future__ import annotations

@@ -12,12 +12,13 @@ replaces, so `cache: null` / `cache: []` turns an inherited cache off.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from loomrun.workflow.crossref import JobSource, check_extends, check_resolved, extends_of
 from loomrun.workflow.durations import parse_duration, parse_memory
 from loomrun.workflow.errors import WorkflowInvalid
-from loomrun.workflow.load import YNode, load_file
+from loomrun.workflow.load import NOT_A_WORKFLOW, NOT_A_WORKFLOW_HINT, YNode, load_file
 from loomrun.workflow.model import (
     Artifacts,
     CacheKey,
@@ -45,6 +46,7 @@ from loomrun.workflow.validate import (
     parse_cpus,
     ptr,
 )
+from loomrun.workflow.varcheck import check_expansions
 
 _MAP_MERGE = frozenset({"variables", "image", "limits", "cache", "artifacts", "secrets"})
 Fields = dict[str, YNode]
@@ -59,31 +61,56 @@ def load_workflow(path: Path, repo_root: Path | None = None) -> Workflow:
 
 
 def check_workflow(path: Path, repo_root: Path | None = None) -> tuple[Workflow | None, list[Diagnostic]]:
-    """(workflow, []) when valid (warnings on `Workflow.warnings`), else (None, errors)."""
+    """(workflow, []) when valid (warnings on `Workflow.warnings`), else (None, every error found,
+    sorted by file and line). One mistake never hides another: a job whose inheritance cannot be
+    resolved is left out of the checks that need it, the rest are still checked."""
     path = path.absolute()
-    root, errors = load_file(path, path.name)
+    root, errors = load_file(path, path.name, main=True)
     if root is None:
         return None, errors
+    if "version" not in root.value and "stages" not in root.value:
+        return None, [Diagnostic("WF_SCHEMA_V1", "", root.line, root.column, NOT_A_WORKFLOW, NOT_A_WORKFLOW_HINT,
+                                 path.name)]
     if repo_root is None:
         from loomrun.repo import repo_root_for_workflow
 
-        repo_root = repo_root_for_workflow(path)
+        repo_root = repo_root_for_workflow(path) or path.parent
     chk = Checker()
     check_root(chk, root)
     jobs = _collect_jobs(chk, root, repo_root)
-    if not any(src.runnable for src in jobs.values()) and not chk.errors:
+    runnable = {name for name, src in jobs.items() if src.runnable}
+    if not runnable and not chk.errors:
         chk.error(root, "", "workflow has no runnable job", "add a job whose name does not start with .")
-    if chk.errors or not check_extends(chk, jobs):
-        return None, chk.errors
+    broken = check_extends(chk, jobs)
     default = root.get("default")
-    base: Fields = default.value if default is not None else {}
-    merged = _merge_all(jobs, base)
-    stages = [s.value for s in root.value["stages"].value]
-    check_resolved(chk, stages, [(jobs[name], fields) for name, fields in merged.items()])
+    base: Fields = default.value if default is not None and default.kind == "mapping" else {}
+    merged = _merge_all(jobs, base, broken)
+    stages = _stage_names(root)
+    check_resolved(chk, stages, [(jobs[name], fields) for name, fields in merged.items()], runnable)
+    check_expansions(chk, root, merged)
     if chk.errors:
-        return None, chk.errors
+        return None, _in_order(chk.errors, path.name)
     _warn_empty_stages(chk, root, stages, merged)
     return _build(path, root, stages, jobs, merged, chk.warnings), []
+
+
+def _stage_names(root: YNode) -> list[str]:
+    stages = root.get("stages")
+    if stages is None or stages.kind != "sequence":
+        return []
+    return [item.value for item in stages.value if item.kind == "string"]
+
+
+def _in_order(errors: list[Diagnostic], main: str) -> list[Diagnostic]:
+    """The workflow's own errors first, then each included file's; by line and column; each once."""
+    seen: set[tuple[str, int, int, str]] = set()
+    out = []
+    for diag in sorted(errors, key=lambda d: (d.file != main, d.file, d.line, d.column)):
+        key = (diag.file, diag.line, diag.column, diag.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(diag)
+    return out
 
 
 # ---- jobs and includes ----------------------------------------------------------------------
@@ -111,8 +138,13 @@ def _collect_jobs(chk: Checker, root: YNode, repo_root: Path) -> dict[str, JobSo
 
 def _load_include(chk: Checker, repo_root: Path, local: YNode, pointer: str, jobs: dict[str, JobSource]) -> None:
     path = repo_root / local.value
-    if not path.is_file():
+    if not os.path.lexists(path):
         chk.error(local, pointer, f'include file "{local.value}" not found', f"create {local.value} or fix the path")
+        return
+    real, top = os.path.realpath(path), os.path.realpath(repo_root)
+    if not real.startswith(top.rstrip("/") + "/"):
+        chk.error(local, pointer, f'include file "{local.value}" is a link to a file outside the repository',
+                  "copy the template into .loom/templates/; includes never leave the repository")
         return
     tree, errors = load_file(path, path.name)
     chk.errors.extend(errors)
@@ -165,7 +197,8 @@ def _merge_node(base: YNode, over: YNode, deep: bool) -> YNode:
     return YNode(values, "mapping", over.line, over.column, over.file, keys)
 
 
-def _merge_all(jobs: dict[str, JobSource], default: Fields) -> dict[str, Fields]:
+def _merge_all(jobs: dict[str, JobSource], default: Fields, broken: set[str]) -> dict[str, Fields]:
+    """Merged fields of every runnable job whose inheritance resolves (`broken` ones are left out)."""
     memo: dict[str, Fields] = {}
 
     def chain(name: str) -> Fields:
@@ -177,7 +210,8 @@ def _merge_all(jobs: dict[str, JobSource], default: Fields) -> dict[str, Fields]
             memo[name] = merge_fields(fields, node.value)
         return memo[name]
 
-    return {name: merge_fields(default, chain(name)) for name, src in jobs.items() if src.runnable}
+    return {name: merge_fields(default, chain(name)) for name, src in jobs.items()
+            if src.runnable and name not in broken}
 
 
 def _warn_empty_stages(chk: Checker, root: YNode, stages: list[str], merged: dict[str, Fields]) -> None:

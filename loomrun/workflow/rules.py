@@ -9,8 +9,9 @@ Grammar (lowest precedence first):
 A lone `$VAR` is true when the variable is set and non-empty. An unset variable equals `null`
 and never matches a regex. Flags: `i` (ignore case), `m`, `s`.
 
-Which variables an expression sees is `rule_context`: the process environment, with the root
-`variables` (expanded against it) on top, so the workflow's own values win **[decision]**.
+Which variables an expression sees is `rule_context` (spec §2.6), low to high: the predefined
+variables of the pipeline (`CI_COMMIT_BRANCH`, `CI_COMMIT_SHA`, ...), the root `variables`
+(expanded against them and the environment), the process environment.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from loomrun.workflow.model import Workflow
-from loomrun.workflow.variables import expand
+from loomrun.workflow.variables import ExpansionError, resolve
 
 Evaluator = Callable[[Mapping[str, str]], bool]
 Operand = Callable[[Mapping[str, str]], "str | None"]
@@ -195,17 +196,25 @@ def evaluate(expr: str, env: Mapping[str, str]) -> bool:
     return compile_expr(expr)(env)
 
 
-def rule_context(wf: Workflow, env: Mapping[str, str]) -> dict[str, str]:
-    """What an `if` sees: the process environment with the root variables on top."""
-    return expand(wf.variables, env)
+def rule_context(wf: Workflow, predefined: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """What an `if` sees. `ExpansionError` when a root variable cannot be expanded (with the
+    caller's environment it may grow past what `loom check` saw)."""
+    values, errors = resolve(wf.variables, {**predefined, **env})
+    if errors:
+        raise ExpansionError(next(iter(errors.values())))
+    return {**predefined, **values, **env}
 
 
-def pipeline_runs(wf: Workflow, env: Mapping[str, str]) -> bool:
-    """First matching rule decides (`when: always` runs); no rules: run; no rule matching: skip."""
+def skip_reason(wf: Workflow, context: Mapping[str, str]) -> str | None:
+    """None when the pipeline runs; else why not. The first matching rule decides (`when: never`
+    skips); no rules: run; rules but none matching: skip."""
     if not wf.rules:
-        return True
-    context = rule_context(wf, env)
-    for rule in wf.rules:
+        return None
+    for i, rule in enumerate(wf.rules, start=1):
         if rule.if_expr is None or evaluate(rule.if_expr, context):
-            return rule.when != "never"
-    return False
+            return None if rule.when != "never" else f"rule {i} matched with when: never"
+    return "no rule matched"
+
+
+def pipeline_runs(wf: Workflow, context: Mapping[str, str]) -> bool:
+    return skip_reason(wf, context) is None

@@ -15,6 +15,8 @@ from loomrun.workflow.durations import parse_duration, parse_memory
 from loomrun.workflow.load import YNode
 from loomrun.workflow.model import Diagnostic
 from loomrun.workflow.rules import RuleSyntaxError, compile_expr
+from loomrun.workflow.secretrefs import RefError, parse_ref
+from loomrun.workflow.variables import MAX_ARG_STRLEN
 
 CODE = "WF_SCHEMA_V1"
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -26,8 +28,10 @@ JOB_KEYS = ("stage", "target", "script", "extends", "needs", "image", "services"
 CACHE_KEYS = ("name", "disabled", "paths", "key", "fallback_keys", "policy", "when")
 CACHE_UNKNOWN = "remove unknown cache key; allowed keys are name, disabled, paths, key, fallback_keys, policy, when"
 TARGETS = ("linux",)
-SECRET_REF = re.compile(r"^(env://[A-Za-z_][A-Za-z0-9_]*|keepass://[^#\s]+#[^:\s][^:]*:[^:\s]+"
-                        r"|op://[^/\s]+(/[^/\s][^/]*)+/[^/\s]+)$")
+# A job's timeout becomes a wait: poll() takes milliseconds as a C int, so 2^31 - 1 ms (24.8 days)
+# is the most any wait can be given. A timeout is a bound, not a schedule: 24 days is plenty.
+MAX_TIMEOUT_S = 24 * 86400
+INT64_MAX = (1 << 63) - 1  # Docker and cgroups take memory sizes and pids counts as int64
 
 
 def ptr(*parts: str | int) -> str:
@@ -268,13 +272,24 @@ def _target(chk: Checker, node: YNode, pointer: str) -> None:
 
 
 def _script(chk: Checker, node: YNode, pointer: str) -> None:
-    def one_line(item: YNode, where: str) -> bool:
-        if "\n" in item.value:
-            return chk.error(item, where, f'script entry {int(where.rsplit("/", 1)[-1]) + 1} contains a newline',
-                             'write one step per entry (a folded ">-" scalar is fine)')
-        return True
-
-    chk.string_list(node, pointer, "script", non_empty=True, each=one_line)
+    """Entries are steps, and steps are numbered from 1 wherever a person reads them."""
+    if not chk.expect(node, pointer, "script", "sequence"):
+        return
+    if not node.value:
+        chk.error(node, pointer, '"script" must not be empty', 'list at least one entry in "script"')
+    for i, item in enumerate(node.value):
+        where, step = f"{pointer}/{i}", f"script entry {i + 1}"
+        if item.kind != "string":
+            chk.error(item, where, f"expected string for {step}, got {item.kind}", f"write {step} as a string")
+        elif not item.value:
+            chk.error(item, where, f"{step} must not be empty", f"give {step} a command")
+        elif "\n" in item.value:
+            chk.error(item, where, f"{step} contains a newline",
+                      'write one step per entry (a folded ">-" scalar is fine)')
+        elif (size := len(item.value.encode()) + 1) > MAX_ARG_STRLEN:
+            chk.error(item, where, f"{step} is {size - 1:,} bytes; a step may be at most "
+                      f"{MAX_ARG_STRLEN // 1024} KiB (the kernel's limit for one argument)",
+                      "put the commands in a script file and run that")
 
 
 def _extends(chk: Checker, node: YNode, pointer: str) -> None:
@@ -349,10 +364,12 @@ def _secrets(chk: Checker, node: YNode, pointer: str) -> None:
         if ref is None:
             chk.error(spec, where, f'missing required key "ref" in secret "{name}"',
                       "write `ref: env://NAME`, keepass://... or op://...")
-        elif chk.string(ref, f"{where}/ref", f"secrets.{name}.ref") and not SECRET_REF.match(ref.value):
-            chk.error(ref, f"{where}/ref", f'invalid secret ref for "{name}"; expected env://NAME, '
-                      "keepass://<alias>#<entry path>:<field> or op://<vault>/<item>/<field>",
-                      "fix the ref scheme and shape")
+        elif chk.string(ref, f"{where}/ref", f"secrets.{name}.ref"):
+            try:
+                parse_ref(ref.value)
+            except RefError as exc:
+                chk.error(ref, f"{where}/ref", f'invalid secret ref for "{name}": {exc}',
+                          "env://NAME, keepass://<alias>#<entry path>:<field> or op://<vault>/<item>/<field>")
         for key in ("file", "required"):
             if (flag := spec.get(key)) is not None:
                 chk.boolean(flag, f"{where}/{key}", f"secrets.{name}.{key}")
@@ -449,9 +466,13 @@ def _timeout(chk: Checker, node: YNode, pointer: str) -> None:
     if not chk.expect(node, pointer, "timeout", "string", "integer"):
         return
     try:
-        parse_duration(node.value)
+        seconds = parse_duration(node.value)
     except ValueError as exc:
         chk.error(node, pointer, f'invalid "timeout": {exc}', 'write e.g. "90s", "10m", "1h 30m" or 600')
+        return
+    if seconds > MAX_TIMEOUT_S:
+        chk.error(node, pointer, f'invalid "timeout": {node.value} is longer than the most loom can wait '
+                  f"({MAX_TIMEOUT_S // 86400}d)", 'write a timeout of at most "24d"')
 
 
 def _limits(chk: Checker, node: YNode, pointer: str) -> None:
@@ -461,9 +482,13 @@ def _limits(chk: Checker, node: YNode, pointer: str) -> None:
     if (memory := node.get("memory")) is not None and chk.expect(memory, f"{pointer}/memory", "limits.memory",
                                                                  "string", "integer"):
         try:
-            parse_memory(memory.value)
+            size = parse_memory(memory.value)
         except ValueError as exc:
             chk.error(memory, f"{pointer}/memory", f'invalid "limits.memory": {exc}', 'write e.g. "512m" or "2g"')
+        else:
+            if size > INT64_MAX:
+                chk.error(memory, f"{pointer}/memory", f'invalid "limits.memory": {memory.value} is more than '
+                          "the largest size Docker and cgroups take (8 EiB)", 'write e.g. "512m" or "2g"')
     cpus = node.get("cpus")
     if (cpus is not None and chk.expect(cpus, f"{pointer}/cpus", "limits.cpus", "string", "integer", "float")
             and parse_cpus(cpus.value) is None):
@@ -471,9 +496,10 @@ def _limits(chk: Checker, node: YNode, pointer: str) -> None:
                   'write e.g. "1.5"')
     pids = node.get("pids")
     if (pids is not None and chk.expect(pids, f"{pointer}/pids", "limits.pids", "integer")
-            and (not isinstance(pids.value, int) or pids.value < 1)):
-        chk.error(pids, f"{pointer}/pids", f'invalid "limits.pids": {pids.value}; expected an integer > 0',
-                  "write e.g. 512")
+            and (not isinstance(pids.value, int) or not 0 < pids.value <= INT64_MAX)):
+        why = "expected an integer > 0" if not isinstance(pids.value, int) or pids.value < 1 else \
+            f"more than the largest count Docker and cgroups take ({INT64_MAX})"
+        chk.error(pids, f"{pointer}/pids", f'invalid "limits.pids": {pids.value}; {why}', "write e.g. 512")
 
 
 def parse_cpus(value: object) -> float | None:

@@ -64,9 +64,9 @@ CASES: list[tuple[str, str, dict[str, str], int, str, str, str]] = [
     ("script-empty", H + "build:\n  stage: build\n  target: linux\n  script: []\n", {}, 6,
      '"script" must not be empty', "/build/script", "workflow.yml"),
     ("script-entry-type", H + "build:\n  stage: build\n  target: linux\n  script:\n    - 42\n", {}, 7,
-     'expected string for "script[0]", got integer', "/build/script/0", "workflow.yml"),
+     'expected string for script entry 1, got integer', "/build/script/0", "workflow.yml"),
     ("script-entry-empty", H + "build:\n  stage: build\n  target: linux\n  script: ['']\n", {}, 6,
-     '"script[0]" must not be empty', "/build/script/0", "workflow.yml"),
+     'script entry 1 must not be empty', "/build/script/0", "workflow.yml"),
     ("script-newline", H + "build:\n  stage: build\n  target: linux\n  script:\n    - |\n      a\n      b\n", {}, 7,
      "script entry 1 contains a newline", "/build/script/0", "workflow.yml"),
     ("extends-missing", H + job("build", extra="  extends: .nope\n"), {}, 7,
@@ -125,7 +125,27 @@ CASES: list[tuple[str, str, dict[str, str], int, str, str, str]] = [
     ("secrets-no-ref", H + job("build", extra="  secrets:\n    TOKEN: {file: true}\n"), {}, 8,
      'missing required key "ref" in secret "TOKEN"', "/build/secrets/TOKEN", "workflow.yml"),
     ("secrets-bad-ref", H + job("build", extra="  secrets:\n    TOKEN: {ref: vault://x}\n"), {}, 8,
-     'invalid secret ref for "TOKEN"; expected env://NAME, keepass://<alias>#<entry path>:<field> or '
+     'invalid secret ref for "TOKEN": unknown secret ref scheme "vault://" in "vault://x"; expected env://NAME, '
+     "keepass://<alias>#<entry path>:<field> or op://<vault>/<item>/<field>", "/build/secrets/TOKEN/ref",
+     "workflow.yml"),
+    ("secrets-ref-no-scheme", H + job("build", extra="  secrets:\n    TOKEN: {ref: TOKEN}\n"), {}, 8,
+     'invalid secret ref for "TOKEN": secret ref "TOKEN" has no scheme; expected env://NAME, '
+     "keepass://<alias>#<entry path>:<field> or op://<vault>/<item>/<field>", "/build/secrets/TOKEN/ref",
+     "workflow.yml"),
+    ("secrets-env-name", H + job("build", extra="  secrets:\n    TOKEN: {ref: 'env://1X'}\n"), {}, 8,
+     'invalid secret ref for "TOKEN": secret ref "env://1X": "1X" is not a variable name (letters, digits and _, '
+     "not starting with a digit)", "/build/secrets/TOKEN/ref", "workflow.yml"),
+    ("secrets-keepass-no-hash", H + job("build", extra="  secrets:\n    TOKEN: {ref: 'keepass://team/app'}\n"),
+     {}, 8, 'invalid secret ref for "TOKEN": secret ref "keepass://team/app" has no "#<entry path>" after the '
+     "alias; write keepass://<alias>#<entry path>:<field>", "/build/secrets/TOKEN/ref", "workflow.yml"),
+    ("secrets-keepass-no-field", H + job("build", extra="  secrets:\n    TOKEN: {ref: 'keepass://a#deploy'}\n"),
+     {}, 8, 'invalid secret ref for "TOKEN": secret ref "keepass://a#deploy" has no ":<field>" after the entry '
+     "path (e.g. :password, :username or a custom field)", "/build/secrets/TOKEN/ref", "workflow.yml"),
+    ("secrets-keepass-empty-group", H + job("build", extra="  secrets:\n    T: {ref: 'keepass://a#x//y:password'}\n"),
+     {}, 8, 'invalid secret ref for "T": secret ref "keepass://a#x//y:password" has an empty group or title in '
+     'its entry path "x//y"', "/build/secrets/T/ref", "workflow.yml"),
+    ("secrets-op-no-field", H + job("build", extra="  secrets:\n    TOKEN: {ref: 'op://vault/item'}\n"), {}, 8,
+     'invalid secret ref for "TOKEN": secret ref "op://vault/item" lacks a field; write '
      "op://<vault>/<item>/<field>", "/build/secrets/TOKEN/ref", "workflow.yml"),
     ("secrets-file-type", H + job("build", extra="  secrets:\n    TOKEN: {ref: env://T, file: 'yes'}\n"), {}, 8,
      'expected boolean for "secrets.TOKEN.file", got string', "/build/secrets/TOKEN/file", "workflow.yml"),
@@ -177,6 +197,39 @@ CASES: list[tuple[str, str, dict[str, str], int, str, str, str]] = [
      "workflow.yml"),
     ("timeout-zero", H + job("build", extra="  timeout: 0\n"), {}, 7,
      'invalid "timeout": a duration must be greater than zero', "/build/timeout", "workflow.yml"),
+    ("timeout-too-long", H + job("build", extra="  timeout: 600h\n"), {}, 7,
+     'invalid "timeout": 600h is longer than the most loom can wait (24d)', "/build/timeout", "workflow.yml"),
+    ("timeout-huge-integer", H + job("build", extra="  timeout: " + "9" * 30 + "\n"), {}, 7,
+     f'invalid "timeout": {"9" * 30} is longer than the most loom can wait (24d)', "/build/timeout", "workflow.yml"),
+    ("limits-memory-int64", H + job("build", extra="  limits: {memory: 9000000t}\n"), {}, 7,
+     'invalid "limits.memory": 9000000t is more than the largest size Docker and cgroups take (8 EiB)',
+     "/build/limits/memory", "workflow.yml"),
+    ("limits-memory-overflow", H + job("build", extra="  limits: {memory: " + "9" * 400 + "t}\n"), {}, 7,
+     f"invalid \"limits.memory\": memory size '{'9' * 400}t' is too large", "/build/limits/memory", "workflow.yml"),
+    ("limits-pids-int64", H + job("build", extra="  limits: {pids: 9223372036854775808}\n"), {}, 7,
+     'invalid "limits.pids": 9223372036854775808; more than the largest count Docker and cgroups take '
+     "(9223372036854775807)", "/build/limits/pids", "workflow.yml"),
+    ("script-entry-too-long", H + "build:\n  stage: build\n  target: linux\n  script:\n    - echo " + "x" * 131068
+     + "\n", {}, 7, "script entry 1 is 131,073 bytes; a step may be at most 128 KiB (the kernel's limit for one "
+     "argument)", "/build/script/0", "workflow.yml"),
+    ("variables-cycle", H + job("build", extra="  variables:\n    A: $B\n    B: x${A}\n"), {}, 8,
+     "variable cycle: A -> B -> A", "/build/variables/A", "workflow.yml"),
+    ("variables-bomb", H + "variables:\n  V0: '0123456789'\n"
+     + "".join(f"  V{i}: $V{i - 1}$V{i - 1}\n" for i in range(1, 41)) + J, {}, 18,
+     'variable "V14" expands to more than 128 KiB, the most one environment variable may hold (the kernel\'s '
+     "MAX_ARG_STRLEN)", "/variables/V14", "workflow.yml"),
+    ("variables-too-long", H + job("build", extra="  variables:\n    BIG: " + "x" * 131069 + "\n"), {}, 8,
+     'variable "BIG" expands to more than 128 KiB, the most one environment variable may hold (the kernel\'s '
+     "MAX_ARG_STRLEN)", "/build/variables/BIG", "workflow.yml"),
+    ("paths-expand-absolute", H + job("build", extra="  variables: {OUT: /tmp}\n  artifacts: {paths: [$OUT/x]}\n"),
+     {}, 8, 'path "$OUT/x" expands to "/tmp/x", which must be relative to the workspace and hold no ".."',
+     "/build/artifacts/paths/0", "workflow.yml"),
+    ("cache-files-expand-dotdot", H + job("build", extra="  variables: {UP: ..}\n  cache:\n    paths: [c]\n"
+                                              "    key: {files: ['${UP}/lock']}\n"), {}, 10,
+     'path "${UP}/lock" expands to "../lock", which must be relative to the workspace and hold no ".."',
+     "/build/cache/key/files/0", "workflow.yml"),
+    ("image-expands-empty", H + job("build", extra="  variables: {IMG: ''}\n  image: $IMG\n"), {}, 8,
+     'image "$IMG" expands to an empty name', "/build/image", "workflow.yml"),
     ("limits-type", H + job("build", extra="  limits: 2g\n"), {}, 7, 'expected mapping for "limits", got string',
      "/build/limits", "workflow.yml"),
     ("limits-memory", H + job("build", extra="  limits: {memory: lots}\n"), {}, 7,
@@ -208,6 +261,12 @@ CASES: list[tuple[str, str, dict[str, str], int, str, str, str]] = [
     ("include-nested", H + "include:\n  - local: .loom/templates/t.yml\n" + J,
      {".loom/templates/t.yml": "include:\n  - local: .loom/templates/u.yml\n"}, 1,
      "includes do not nest: remove include from .loom/templates/t.yml", "/include", "t.yml"),
+    ("include-fifo", H + "include:\n  - local: .loom/templates/t.yml\n" + J, {".loom/templates/t.yml": "fifo"}, 0,
+     "cannot read {repo}/.loom/templates/t.yml: not a regular file (a FIFO)", "", "t.yml"),
+    ("include-link-outside", H + "include:\n  - local: .loom/templates/t.yml\n" + J,
+     {".loom/templates/t.yml": "link:/etc/hostname"}, 4,
+     'include file ".loom/templates/t.yml" is a link to a file outside the repository', "/include/0/local",
+     "workflow.yml"),
     ("include-duplicate", H + "include:\n  - local: .loom/templates/t.yml\n" + J + ".base:\n  target: linux\n",
      {".loom/templates/t.yml": ".base:\n  target: linux\n"}, 1,
      'duplicate job name ".base" (also defined in workflow.yml)', "/.base", "t.yml"),
@@ -256,7 +315,12 @@ def make_repo(tmp_path: Path, text: str | bytes, files: dict[str, str] | None = 
         wf.write_text(text)
     for rel, content in (files or {}).items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(content)
+        if content == "fifo":
+            os.mkfifo(tmp_path / rel)
+        elif content.startswith("link:"):
+            (tmp_path / rel).symlink_to(content[len("link:"):])
+        else:
+            (tmp_path / rel).write_text(content)
     return tmp_path
 
 
@@ -269,11 +333,13 @@ def receipts(repo: Path) -> list[Path]:
 def test_check_rejects_each_rule(tmp_path: Path, text: str, files: dict[str, str], line: int, message: str,
                                  pointer: str, label: str) -> None:
     repo = make_repo(tmp_path, text, files)
+    message = message.replace("{repo}", str(repo))
     out = loom(repo, "check")
     assert out.returncode == 1, out.stderr
     assert out.stdout == ""
     lines = out.stderr.splitlines()
-    assert lines[0] == f"{label}:{line} {message}", out.stderr
+    shown = f"{label}:{line} {message}" if line else f"{label}: {message}"
+    assert lines[0] == shown, out.stderr
     assert len(lines) == 4, out.stderr
     assert lines[1] == ""
     [receipt] = receipts(repo)
@@ -283,12 +349,12 @@ def test_check_rejects_each_rule(tmp_path: Path, text: str, files: dict[str, str
     assert doc["status"] == "failure" and doc["exit_code"] == 1 and doc["kind"] == "loom-check"
     [item] = doc["workflow_schema_v1"]["errors"]
     assert item["message"] == message and item["line"] == line and item["pointer"] == pointer
-    assert item["code"] in ("WF_SCHEMA_V1", "WF_YAML")
-    assert item["column"] >= 1 and item["hint"]
+    assert item["code"] in ("WF_SCHEMA_V1", "WF_YAML", "WF_IO")
+    assert (item["column"] >= 1 or not line) and item["hint"]
     assert (repo / ".loom" / ".runtime" / ".gitignore").read_text() == "*\n"
     comp = loom(repo, "compile")
     assert comp.returncode == 1 and comp.stdout == ""
-    assert comp.stderr.splitlines() == [f"{label}:{line} {message}"]
+    assert comp.stderr.splitlines() == [shown]
 
 
 FULL = """\
@@ -395,12 +461,106 @@ def test_compile_warning_and_workflow_flag(tmp_path: Path) -> None:
     assert [n["id"] for n in json.loads(out.stdout)["nodes"]] == ["build"]
 
 
-def test_check_finds_repo_from_subfolder(tmp_path: Path) -> None:
+def test_check_finds_repo_from_subfolder_and_prints_a_receipt_path_that_works_there(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, H + J + T)
-    (repo / "src" / "deep").mkdir(parents=True)
-    out = loom(repo / "src" / "deep", "check")
+    deep = repo / "src" / "deep"
+    deep.mkdir(parents=True)
+    out = loom(deep, "check")
     assert out.returncode == 0, out.stderr
-    assert out.stderr.startswith("loom check passed\nreceipt: .loom/.runtime/receipts/")
+    passed, shown = out.stderr.splitlines()
+    assert passed == "loom check passed"
+    assert shown.startswith("receipt: ../../.loom/.runtime/receipts/")
+    [receipt] = receipts(repo)
+    assert (deep / shown[len("receipt: "):]).resolve() == receipt.resolve()
+
+
+def test_check_lists_every_error_in_one_pass_sorted_by_line(tmp_path: Path) -> None:
+    """A bad extends target, a shape error, an unknown keyword, a bad needs and a variable cycle,
+    in five jobs: each is reported, in line order (an extends error no longer hides the rest)."""
+    text = (H
+            + "zeta:\n  stage: test\n  target: linux\n  script: [echo]\n  needs: [nope]\n"  # 3-7
+            + "build:\n  extends: .missing\n  stage: build\n  script: [x]\n"  # 8-11
+            + "vars:\n  stage: build\n  target: linux\n  script: [x]\n  variables: {A: $B, B: $A}\n"  # 12-16
+            + "alpha:\n  stage: build\n  target: linux\n  script: 3\n  colour: red\n"  # 17-21
+            + "uses:\n  stage: test\n  target: linux\n  script: [x]\n  needs: [build]\n")  # 22-26
+    repo = make_repo(tmp_path, text)
+    out = loom(repo, "check")
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert lines[:-3] == [
+        'workflow.yml:7 job "zeta" needs unknown job "nope"',
+        'workflow.yml:9 extends target ".missing" of job "build" does not exist',
+        "workflow.yml:16 variable cycle: A -> B -> A",
+        'workflow.yml:20 expected sequence for "script", got integer',
+        'workflow.yml:21 unknown key "colour" in job "alpha"',
+    ]
+    [receipt] = receipts(repo)
+    errors = json.loads(receipt.read_text())["workflow_schema_v1"]["errors"]
+    assert [e["line"] for e in errors] == [7, 9, 16, 20, 21]
+    comp = loom(repo, "compile")
+    assert comp.returncode == 1 and comp.stderr.splitlines() == lines[:-3]
+
+
+def test_check_accepts_workflow_like_run_and_compile(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, H + J)
+    (repo / "ci").mkdir()
+    (repo / "ci" / "other.yml").write_text(H + J + "  colour: red\n")
+    out = loom(repo / "ci", "check", "--workflow", "other.yml")
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert lines[0] == 'other.yml:7 unknown key "colour" in job "build"'
+    [receipt] = receipts(repo)  # the repo is the folder holding .loom/, above the workflow
+    assert lines[2] == f"receipt: ../{receipt.relative_to(repo)}"
+    doc = json.loads(receipt.read_text())
+    assert doc["command"] == ["loom", "check", "--workflow", "other.yml"]
+    assert doc["workflow_schema_v1"]["workflow_path"] == str(repo / "ci" / "other.yml")
+    assert loom(repo, "check", "--workflow", ".loom/workflow.yml").returncode == 0
+
+
+def test_check_outside_any_repo_checks_but_writes_nothing(tmp_path: Path) -> None:
+    """A workflow in no git repo and under no folder holding .loom/ is checked, but loom never makes a
+    .loom/.runtime of its own choosing for it."""
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "wf.yml").write_text(H + J + T)
+    out = loom(tmp_path, "check", "--workflow", str(lone / "wf.yml"))
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"loom check: {lone / 'wf.yml'} is in no git repository and no folder above it holds .loom/; loom keeps "
+        "receipts and logs in a repository's .loom/.runtime, so there is nowhere to keep them"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["lone", "wf.yml"]
+    assert loom(tmp_path, "compile", "--workflow", str(lone / "wf.yml")).returncode == 0  # compile writes nothing
+
+
+@pytest.mark.parametrize("command", ["check", "compile"])
+def test_a_fifo_or_device_as_the_workflow_is_refused_at_once(tmp_path: Path, command: str) -> None:
+    """Opening a FIFO blocks until a writer comes; every command would hang. timeout=60 in `loom`
+    makes a hang fail the test instead of the suite."""
+    (tmp_path / ".loom").mkdir()
+    os.mkfifo(tmp_path / ".loom" / "workflow.yml")
+    out = loom(tmp_path, command)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == (f"workflow.yml: cannot read {tmp_path / '.loom' / 'workflow.yml'}: "
+                                          "not a regular file (a FIFO)")
+    dev = loom(tmp_path, command, "--workflow", "/dev/zero")
+    assert dev.returncode == 1
+    assert dev.stderr.splitlines()[0] == "zero: cannot read /dev/zero: not a regular file (a character device)"
+    assert not Path("/dev/.loom").exists()
+
+
+def test_a_file_that_is_not_a_workflow_is_never_quoted(tmp_path: Path) -> None:
+    """`--workflow` pointed at some other file (a password file, say): the error says it is not a
+    workflow, and never echoes a byte of it, whether or not it parses as YAML."""
+    repo = make_repo(tmp_path, H + J)
+    (repo / "secrets.txt").write_text("root: hunter2\ndeploy: s3cr3t-t0ken\n")
+    (repo / "broken.txt").write_text("user hunter2: [unclosed\n\t- s3cr3t-t0ken\n")
+    for name, line in (("secrets.txt", 1), ("broken.txt", 2)):
+        for command in ("check", "compile"):
+            out = loom(repo, command, "--workflow", name)
+            assert out.returncode == 1
+            assert "hunter2" not in out.stderr and "s3cr3t" not in out.stderr and "root" not in out.stderr
+            assert out.stderr.splitlines()[0] == (f'{name}:{line} not a loom workflow: no top-level "version" or '
+                                                  '"stages" key')
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "fifo-through-file"])
@@ -497,6 +657,56 @@ def test_config_init_and_show(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip() == ("loom config show: invalid workspaceMount 'nope' from environment variable "
                                   "LOOM_DOCKER_WORKSPACE_MOUNT; expected bind_mount or ephemeral_volume")
+
+
+def _config_env(home: Path) -> dict[str, str]:
+    drop = ("LOOM_DOCKER_WORKSPACE_MOUNT", "LOOM_JOBSERVER", "RAY_ADDRESS", "LOOM_DEBUG")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, "HOME": str(home)}
+
+
+def test_config_show_prints_every_field_and_its_layer(tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()
+    repo = make_repo(tmp_path / "repo", H + J)
+    user = tmp_path / "home" / ".config" / "loom" / "config.yml"
+    user.parent.mkdir(parents=True)
+    user.write_text("runtime: {retention: {runs: 7}}\nproviders:\n  keepass:\n    aliases:\n"
+                    "      team/app: {path: v/app.kdbx, passwordEnv: APP_PW}\n")
+    (repo / ".loom" / "config.yml").write_text("runtime: {cache: {maxSize: 512m}}\nproviders:\n  keepass:\n"
+                                               "    aliases:\n      team/app: {keyfileEnv: APP_KEY}\n")
+    env = {**_config_env(tmp_path / "home"), "LOOM_JOBSERVER": "off"}
+    out = subprocess.run([sys.executable, "-m", "loomrun", "config", "show"], cwd=repo, capture_output=True, text=True,
+                         timeout=60, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    project = repo / ".loom" / "config.yml"
+    assert out.stdout.splitlines() == [
+        "runtime:", "  docker:", "    workspaceMount: ephemeral_volume  # from default",
+        "  retention:", f"    runs: 7  # from {user}", '    maxAge: "14d"  # from default',
+        "  cache:", f'    maxSize: "512m"  # from {project}',
+        '  jobserver: "off"  # from env LOOM_JOBSERVER',
+        "remote:", "  ray:", "    address: null  # from default",
+        "providers:", "  keepass:", "    aliases:", '      "team/app":',
+        f'        path: "{user.parent / "v" / "app.kdbx"}"  # from {user}',
+        f'        passwordEnv: "APP_PW"  # from {user}', f'        keyfileEnv: "APP_KEY"  # from {project}',
+        "  op:", '    serviceAccountTokenEnv: "OP_SERVICE_ACCOUNT_TOKEN"  # from default',
+    ]
+
+
+def test_config_starter_shows_the_new_keys_and_loads_as_the_defaults(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, H + J)
+    env = _config_env(tmp_path / "home")
+    init = subprocess.run([sys.executable, "-m", "loomrun", "config", "init"], cwd=repo, capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+    assert init.returncode == 0, init.stderr
+    text = (repo / ".loom" / "config.yml").read_text()
+    for key in ("retention: {runs: 50, maxAge: 14d}", "cache: {maxSize: 5g}", 'jobserver: "on"', "#   ray:",
+                "#     serviceAccountTokenEnv:", "keyfileEnv"):
+        assert key in text
+    show = subprocess.run([sys.executable, "-m", "loomrun", "config", "show"], cwd=repo, capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+    assert show.returncode == 0, show.stderr
+    project = repo / ".loom" / "config.yml"
+    assert f"    runs: 50  # from {project}" in show.stdout.splitlines()
+    assert f'  jobserver: "on"  # from {project}' in show.stdout.splitlines()
 
 
 @pytest.mark.parametrize(("args", "stderr"), [(("version",), ""), (("compile",), "loom compile: Broken pipe\n")])

@@ -592,6 +592,11 @@ def test_loom_logs_for_a_skipped_job_and_from_a_subfolder(failing: Result) -> No
 
 
 def test_loom_logs_after_a_run_that_found_no_workflow(tmp_path: Path) -> None:
+    outside = run_loom(tmp_path, "run", "--local")  # no repo at all: nowhere to keep a receipt, nothing made
+    assert outside.code == 1 and outside.stderr == (
+        f"loom run: no .loom/workflow.yml found in {tmp_path} or any parent folder\n")
+    assert list(tmp_path.iterdir()) == []
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)  # a repo without a workflow: a receipt
     result = run_loom(tmp_path, "run", "--local")
     assert result.code == 1
     missing = tmp_path / ".loom" / "workflow.yml"

@@ -185,11 +185,13 @@ x:
 def test_workflow_rules_skip_the_pipeline(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     repo = make_repo(tmp_path / "repo", RULES.format(marker=marker))
-    for env in (loom_env(), loom_env(LOOM_E2E_GATE="never")):  # no rule matches; `when: never`
+    cases = ((loom_env(), "no rule matched"), (loom_env(LOOM_E2E_GATE="never"), "rule 1 matched with when: never"))
+    for env, why in cases:
         result = run_loom(repo, "run", "--local", env=env)
         assert result.code == 0, result.stderr
-        assert terminal(result) == [
-            "pipeline skipped by workflow.rules", "loom run passed", f"receipt: {result.receipt_path}"]
+        assert terminal(result) == [  # said last, so a run that did nothing never reads as one that passed
+            "loom run passed", f"receipt: {result.receipt_path}",
+            f"loom run: pipeline skipped by workflow.rules ({why})"]
         receipt = result.receipt
         assert (receipt["status"], receipt["exit_code"], receipt["skipped_reason"]) == (
             "success", 0, "workflow.rules")

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from loomrun.cache.keys import CacheKeyError, compute_key, expand, expand_fallbacks
+from loomrun.cache.keys import CacheKeyError, compute_key, fallback_keys
 from loomrun.cache.store import key_dirname
 from loomrun.workflow.model import CacheSpec, KeyFiles, KeyPrefix, KeyTemplate
 
-IDS = {"job_name": "build", "job_id": "build", "run_id": "loom-run-local-1", "pipeline_id": "loom-local-1",
-       "head_sha": "abc123"}
 
-
-def _key(spec: CacheSpec, ws: Path, variables: dict[str, str] | None = None, **over: str) -> tuple[str, list[str]]:
-    ids = {**IDS, **over}
-    return compute_key(spec, variables=variables or {}, workspace=ws, **ids)
+def _key(spec: CacheSpec, ws: Path) -> tuple[str, list[str]]:
+    return compute_key(spec, job_name="build", workspace=ws)
 
 
 def _checkout(root: Path) -> Path:
@@ -35,7 +31,7 @@ FILES = CacheSpec(name=None, paths=("node_modules",), key=KeyFiles(files=("pnpm-
 def test_files_key_is_stable_across_calls_and_checkouts(tmp_path: Path) -> None:
     a, b = _checkout(tmp_path / "a"), _checkout(tmp_path / "b")
     key_a1, warn = _key(FILES, a)
-    key_a2, _ = _key(FILES, a, run_id="loom-run-local-2")
+    key_a2, _ = _key(FILES, a)
     key_b, _ = _key(FILES, b)
     assert key_a1 == key_a2 == key_b
     assert warn == []
@@ -84,46 +80,28 @@ def test_files_glob_outside_the_workspace_is_refused(tmp_path: Path) -> None:
         _key(spec, tmp_path)
 
 
-def test_string_prefix_template_and_default_keys(tmp_path: Path) -> None:
-    variables = {"NODE": "20", "CI_COMMIT_REF_SLUG": "main"}
-    string = CacheSpec(name=None, paths=("x",), key="node-$NODE-${CI_COMMIT_REF_SLUG}-$$")
-    assert _key(string, tmp_path, variables)[0] == "node-20-main-$"
-    prefix = CacheSpec(name=None, paths=("x",), key=KeyPrefix(prefix="tools-$NODE"))
-    assert _key(prefix, tmp_path, variables)[0] == "tools-20"
-    template = CacheSpec(name=None, paths=("x",),
-                         key=KeyTemplate(template="$job_name/$job_id/$run_id/$pipeline_id/$head_sha/${NODE}"))
-    assert _key(template, tmp_path, variables)[0] == "build/build/loom-run-local-1/loom-local-1/abc123/20"
+def test_keys_arrive_expanded_and_are_used_as_they_are(tmp_path: Path) -> None:
+    """The supervisor expands keys (tests/unit/test_job_env.py); a `$` left in one is the user's."""
+    assert _key(CacheSpec(name=None, paths=("x",), key="node-20-$HOME"), tmp_path)[0] == "node-20-$HOME"
+    assert _key(CacheSpec(name=None, paths=("x",), key=KeyPrefix(prefix="tools-$")), tmp_path)[0] == "tools-$"
+    assert _key(CacheSpec(name=None, paths=("x",), key=KeyTemplate(template="b/$x")), tmp_path)[0] == "b/$x"
     assert _key(CacheSpec(name=None, paths=("x",)), tmp_path)[0] == "build-default"
     assert _key(CacheSpec(name="pnpm", paths=("x",)), tmp_path)[0] == "build-pnpm"
 
 
-def test_template_builtins_win_over_variables_and_unset_names_warn(tmp_path: Path) -> None:
-    spec = CacheSpec(name=None, paths=("x",), key=KeyTemplate(template="$job_name-$NOPE"))
-    key, warnings = _key(spec, tmp_path, {"job_name": "shadow"})
-    assert key == "build-"
-    assert any("$NOPE" in w for w in warnings)
-
-
 def test_empty_and_control_character_keys_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CacheKeyError, match="empty"):
-        _key(CacheSpec(name=None, paths=("x",), key="$UNSET"), tmp_path)
+        _key(CacheSpec(name=None, paths=("x",), key="  "), tmp_path)
     with pytest.raises(CacheKeyError, match="control"):
         _key(CacheSpec(name=None, paths=("x",), key="a\nb"), tmp_path)
 
 
-def test_fallbacks_expand_in_order_without_duplicates_or_the_primary(tmp_path: Path) -> None:
-    spec = CacheSpec(name=None, paths=("x",), key="deps-$REF",
-                     fallback_keys=("deps-$REF", "deps-${DEFAULT_REF}", "deps-$job_name", "$UNSET", "deps-main"))
-    variables = {"REF": "feature", "DEFAULT_REF": "main"}
-    primary, _ = _key(spec, tmp_path, variables)
-    fallbacks, warnings = expand_fallbacks(spec, primary=primary, variables=variables, **IDS)
-    assert primary == "deps-feature"
+def test_fallbacks_keep_their_order_without_duplicates_empties_or_the_primary() -> None:
+    spec = CacheSpec(name=None, paths=("x",), key="deps-feature",
+                     fallback_keys=("deps-feature", "deps-main", " ", "deps-build", "deps-main"))
+    fallbacks, warnings = fallback_keys(spec, primary="deps-feature")
     assert fallbacks == ["deps-main", "deps-build"]
-    assert any("dropped" in w for w in warnings)
-
-
-def test_expand_leaves_plain_text_alone() -> None:
-    assert expand("no vars here: 100%", {}) == "no vars here: 100%"
+    assert len(warnings) == 1 and "dropped" in warnings[0]
 
 
 @pytest.mark.parametrize("key", ["a/b", "..", "../../etc/passwd", ".hidden", "x" * 400, "ключ", "a%2Fb"])

@@ -12,8 +12,8 @@ from loomrun.workflow.durations import parse_duration, parse_memory
 from loomrun.workflow.graph import dependencies, graph_ir, select_jobs
 from loomrun.workflow.model import CacheSpec, Image, ImageBuild, KeyPrefix, Limits
 from loomrun.workflow.resolve import load_workflow
-from loomrun.workflow.rules import RuleSyntaxError, evaluate, pipeline_runs
-from loomrun.workflow.variables import expand
+from loomrun.workflow.rules import RuleSyntaxError, evaluate, pipeline_runs, rule_context, skip_reason
+from loomrun.workflow.variables import resolve
 
 
 def wf_from(tmp_path: Path, text: str, files: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -89,12 +89,35 @@ def test_cache_null_and_empty_list_turn_inherited_cache_off(tmp_path: Path) -> N
     assert wf.job("plain").needs is None
 
 
-def test_variables_expand_in_order(tmp_path: Path) -> None:
+def test_variables_expand(tmp_path: Path) -> None:
     job = wf_from(tmp_path, INHERIT).job("job")
-    env = expand(job.variables, {"CI": "true"})
-    assert env["OWN"] == "root-1-$-$MISSING"
-    assert env["CI"] == "true"
-    assert expand([("CI_PROJECT_DIR", "/custom")], {"CI_PROJECT_DIR": "/ws"})["CI_PROJECT_DIR"] == "/custom"
+    env, errors = resolve(job.variables, {"CI": "true"})
+    assert env["OWN"] == "root-1-$-$MISSING" and not errors
+    assert resolve([("CI_PROJECT_DIR", "/custom")], {"CI_PROJECT_DIR": "/ws"})[0]["CI_PROJECT_DIR"] == "/custom"
+
+
+def test_variables_expand_whatever_their_order() -> None:
+    pairs = [("B", "$A-b"), ("A", "${C}a"), ("C", "c $$X $UNK"), ("PATH", "$PATH:/x"), ("D", "$$$$")]
+    values, errors = resolve(pairs, {"PATH": "/bin"})
+    assert values == {"C": "c $X $UNK", "A": "c $X $UNKa", "B": "c $X $UNKa-b", "PATH": "/bin:/x", "D": "$$"}
+    assert errors == {}
+
+
+def test_variable_cycles_and_bombs_are_reported_once_each() -> None:
+    values, errors = resolve([("A", "$B"), ("B", "$C"), ("C", "$A"), ("D", "x$A"), ("E", "ok")], {})
+    assert values == {"E": "ok"} and errors == {"A": "variable cycle: A -> B -> C -> A"}
+    bomb = [("V0", "0123456789")] + [(f"V{i}", f"$V{i - 1}$V{i - 1}") for i in range(1, 41)]
+    values, errors = resolve(bomb, {})
+    # V14 is 10 * 2^14 bytes: past the 128 KiB the kernel lets one environment variable hold
+    assert errors == {"V14": 'variable "V14" expands to more than 128 KiB, the most one environment variable '
+                      "may hold (the kernel's MAX_ARG_STRLEN)"}
+    assert max(len(v) for v in values.values()) == 10 * 2**13 and "V40" not in values
+    name = "N" * 10  # the bound counts "NAME=value" and its NUL, in bytes
+    assert resolve([(name, "x" * (131072 - 12))], {})[1] == {}
+    assert list(resolve([(name, "x" * (131072 - 11))], {})[1]) == [name]
+    assert list(resolve([(name, "é" * 65531)], {})[1]) == [name]  # 131062 bytes from 65531 characters
+    chain = [(f"V{i}", f"$V{i + 1}") for i in range(5000)] + [("V5000", "end")]
+    assert resolve(chain, {})[0]["V0"] == "end"  # no recursion limit
 
 
 def test_templates_from_include_and_provider(tmp_path: Path) -> None:
@@ -165,10 +188,18 @@ def test_pipeline_runs(tmp_path: Path) -> None:
             "    - if: '$SKIP'\n      when: never\n    - if: '$MODE == \"release\" && $ECHO == \"/h\"'\n"
             "j: {stage: s, target: linux, script: [x]}\n")
     wf = wf_from(tmp_path, text)
-    assert pipeline_runs(wf, {"HOME_DIR": "/h"}) is True
-    assert pipeline_runs(wf, {"HOME_DIR": "/h", "SKIP": "1"}) is False
-    assert pipeline_runs(wf, {"HOME_DIR": "/other"}) is False  # no rule matched
-    assert pipeline_runs(wf, {"HOME_DIR": "/h", "MODE": "debug"}) is True  # root variables win over env
+
+    def runs(env: dict[str, str], predefined: dict[str, str] | None = None) -> bool:
+        return pipeline_runs(wf, rule_context(wf, predefined or {}, env))
+
+    assert runs({"HOME_DIR": "/h"}) is True
+    assert runs({"HOME_DIR": "/h", "SKIP": "1"}) is False
+    assert runs({"HOME_DIR": "/other"}) is False  # no rule matched
+    assert runs({"HOME_DIR": "/h", "MODE": "debug"}) is False  # the environment wins over root variables
+    assert runs({}, {"HOME_DIR": "/h"}) is True  # predefined variables are seen, underneath the rest
+    assert runs({"HOME_DIR": "/h"}, {"HOME_DIR": "/other"}) is True
+    assert skip_reason(wf, rule_context(wf, {}, {"SKIP": "1"})) == "rule 1 matched with when: never"
+    assert skip_reason(wf, rule_context(wf, {}, {})) == "no rule matched"
 
 
 def test_durations_and_memory() -> None:
