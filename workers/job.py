@@ -63,7 +63,8 @@ class JobRunner:
         if spec.cache_enabled and self.job.caches:
             from workers.caching import JobCaches  # zstd and tarfile only for jobs with a cache
 
-            self.caches = JobCaches(self.ctx, self.provider, rep, spec.runtime_dir, spec.head_sha)
+            self.caches = JobCaches(self.ctx, self.provider, rep, spec.runtime_dir, spec.head_sha,
+                                    spec.cache_max_size)
         self.outputs: dict[str, str] = {}
         self._leftovers: tuple[threading.Thread, list[str]] | None = None
 

@@ -223,6 +223,13 @@ class MarkAbandoned(NamedTuple):
     run_id: str
 
 
+class Retain(NamedTuple):
+    """Apply retention (spec §13) beside the run: remove what finished runs past these bounds left."""
+
+    runs: int
+    max_age_s: float
+
+
 # ---- writer -> supervisor -----------------------------------------------------------------------
 
 

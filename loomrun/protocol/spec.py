@@ -26,3 +26,4 @@ class WorkerSpec(NamedTuple):
     dependency_artifacts: tuple[tuple[str, str], ...] = ()  # (job id, staged artifacts folder)
     fingerprint_outputs: bool = False  # --cache-diff: hash the declared outputs after the job
     docker_leftovers: tuple[str, ...] | None = None  # set for one Docker job: remove dead runs' objects
+    cache_max_size: int | None = None  # runtime.cache.maxSize (spec §13); None: unbounded

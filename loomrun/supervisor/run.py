@@ -31,7 +31,6 @@ from loomrun.workflow.model import Job, Workflow
 from loomrun.workspace import GitFacts
 from loomrun.writer import process as writer_process
 
-KEEP_SNAPSHOTS = 5
 # A job's variables made in `configure` are kept for its start below this size; bigger ones are
 # made again then, so a thousand jobs with large variables never sit in memory at once.
 PREPARED_KEEP_BYTES = 64 * 1024
@@ -196,6 +195,9 @@ class Run:
         except LoomError as exc:
             raise _Failed(exc.message) from exc
         self.mount_mode = self.config.docker_workspace_mount
+        # Retention runs in the writer, beside this run's start (spec §13): logs, receipts and
+        # snapshots of old finished runs.
+        self.writer.conn.send(m.Retain(self.config.retention_runs, self.config.retention_max_age_s))
         self.pipeline_vars = pipeline_variables(
             run_id=self.run_id, pipeline_id=self.pipeline_id, project_dir=str(self.snapshot_dest),
             project_name=self.repo_root.name, git=self.git)
@@ -230,15 +232,9 @@ class Run:
             raise _Failed(exc.message) from exc
 
     def snapshot(self) -> None:
-        from loomrun.workspace import make_snapshot, remove_snapshot
+        """This run's snapshot. Old ones are the writer's retention's (sent `Retain` in `configure`)."""
+        from loomrun.workspace import make_snapshot
 
-        folder = self.runtime / "workspaces"
-        if folder.is_dir():  # keep the newest snapshots only, and never one of a run still going
-            alive = locks.alive_runs(self.runtime)
-            old = sorted(p for p in folder.iterdir() if p.name.startswith("loom-run-local-") and p.name not in alive)
-            for path in old[: max(0, len(old) - (KEEP_SNAPSHOTS - 1))]:
-                with contextlib.suppress(LoomError, OSError):  # a concurrent run may be pruning it too
-                    remove_snapshot(path)
         try:
             snap = make_snapshot(self.repo_root, self.snapshot_dest, self.git)
         except LoomError as exc:
@@ -272,6 +268,7 @@ class Run:
                 cache_enabled=self.opts.cache_enabled, head_sha=self.head_sha or "",
                 dependency_artifacts=dep_art, fingerprint_outputs=self.opts.fingerprint_outputs,
                 docker_leftovers=leftovers,
+                cache_max_size=self.config.cache_max_size_bytes if self.config is not None else None,
             )
         return make
 
