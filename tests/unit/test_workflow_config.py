@@ -129,7 +129,8 @@ def test_validation_happens_on_the_merged_result(tmp_path: Path) -> None:
     repo, env = setup(tmp_path, user, project)
     cfg = load_runtime_config(repo, env=env)
     assert (cfg.docker_workspace_mount, cfg.retention_runs) == ("bind_mount", 9)
-    (repo / ".loom" / "config.yml").write_text("providers: {keepass: {aliases: {a: {keyfileEnv: K}}}}\n")
+    (repo / ".loom" / "config.yml").write_text("providers: {keepass: {aliases: {a: {keyfileEnv: K}}}}\n"
+                                               "runtime: {retention: {runs: 9}}\n")
     env["LOOM_DOCKER_WORKSPACE_MOUNT"] = "bind_mount"  # the environment layer replaces the user file's nfs
     with pytest.raises(LoomError) as info:
         load_runtime_config(repo, env=env)
