@@ -59,6 +59,7 @@ class JobRunner:
             labels={"loom.run_id": spec.run_id, "loom.job_id": self.job.name, "loom.runtime": str(spec.runtime_dir)},
         )
         self.ctx.state["hurry"] = self._hurry
+        self.ctx.state["jobserver"] = (spec.jobserver, spec.jobserver_slots)  # workers/jobserver.py
         self.caches: JobCaches | None = None
         if spec.cache_enabled and self.job.caches:
             from workers.caching import JobCaches  # zstd and tarfile only for jobs with a cache

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loomrun.forkserver.process import ForkServer
 from loomrun.proctree import JobCgroup, describe_status, stop_processes, tagged
@@ -25,6 +25,9 @@ from loomrun.supervisor.slots import JobSlot, start_worker
 from loomrun.supervisor.terminal import Terminal
 from loomrun.workflow.model import Job
 from loomrun.writer.process import WriterHandle
+
+if TYPE_CHECKING:
+    from loomrun.supervisor.jobserver import Pool
 
 STOP_SLACK_S = 10.0  # how long past its grace a stopping worker may take before it is SIGKILLed
 
@@ -44,10 +47,16 @@ class WriterLost(Exception):
     pass
 
 
+def uses_jobserver(job: Job, env: dict[str, str]) -> bool:
+    """A host or Docker job draws from the jobserver unless its variables say LOOM_JOBSERVER: off."""
+    return job.provider in ("host", "docker") and env.get("LOOM_JOBSERVER", "on") != "off"
+
+
 class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
                  writer: WriterHandle, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
-                 run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None) -> None:
+                 run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None,
+                 pool: Pool | None = None) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.sched = Scheduler(jobs, deps, max_jobs)
         self.writer = writer
@@ -65,6 +74,7 @@ class Supervisor:
         self.ended: list[m.JobEnded] = []  # everything told to the writer, for a writer that takes over
         self.exiting: dict[int, JobSlot] = {}  # sentinel -> worker that reported and is exiting
         self.forks = forks  # started early by `loom run`; else this supervisor starts (and ends) its own
+        self.pool = pool  # the jobserver: a slot for each job, shared with the jobs' makes (None: off)
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
@@ -85,16 +95,28 @@ class Supervisor:
 
     def _execute(self, forks: ForkServer) -> None:
         while not self.sched.done() or self.slots:
-            if self.interrupted is None and self.writer_error is None:
-                for name in self.sched.take_ready():
-                    self._start(name, forks)
+            for name in self._startable():
+                self._start(name, forks)
             if self.sched.done() and not self.slots:
                 break
+            if self.pool is not None:
+                self.pool.rebalance()
             self._wait_once()
         self._reap_exiting()
 
+    def _startable(self) -> list[str]:
+        """Ready jobs that may start now: within --jobs, and each with a slot from the jobserver."""
+        going = self.interrupted is None and self.writer_error is None
+        if self.pool is None:
+            return self.sched.take_ready() if going else []
+        want = self.sched.startable() if going else 0
+        granted = self.pool.grant(want)  # grant(0) also tells the pool nothing waits any more
+        return self.sched.take_ready(granted) if granted else []
+
     def _wait_once(self) -> None:
         objs: list[Any] = [self.wakeup_fd, self.writer.conn, self.writer.sentinel, *self.exiting]
+        if self.pool is not None:  # the next turn's rebalance or grant acts on what is readable
+            objs.extend(self.pool.wait_fds())
         for slot in self.slots.values():
             objs.append(slot.sentinel)
             if slot.conn is not None:
@@ -149,16 +171,25 @@ class Supervisor:
     def _timeout(self) -> float | None:
         now = time.monotonic()
         marks = [t for s in self.slots.values() for t in (s.deadline, s.kill_at) if t is not None]
+        tick = self.pool.timeout() if self.pool is not None else None
+        if tick is not None:
+            marks.append(now + tick)
         return max(0.0, min(marks) - now) if marks else None
 
     # -- starting --------------------------------------------------------------------------------
     def _start(self, name: str, forks: ForkServer) -> None:
         job = self.jobs[name]
         spec = self.make_spec(job)
+        if self.pool is not None:
+            fifo = self.pool.job_started(name, uses_jobserver(job, spec.env))
+            if fifo:
+                spec = spec._replace(jobserver=fifo, jobserver_slots=self.pool.slots)
         self.term.job_started(name, job.provider, job.image.name if job.image else None)
         try:
             slot = start_worker(spec, self.writer, forks, job.timeout_s)
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
+            if self.pool is not None:
+                self.pool.job_ended(name, clean=True)
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())
             return
@@ -265,10 +296,22 @@ class Supervisor:
         self._sweep(slot)
         slot.transition("ended")
         del self.slots[slot.name]
+        if self.pool is not None:  # every process of the job is gone: its slot, and its makes', come back
+            self.pool.job_ended(slot.name, self._ended_cleanly(slot))
         if slot.conn is not None:
             slot.conn.close()
             slot.conn = None
         self._finish(slot, status)
+
+    @staticmethod
+    def _ended_cleanly(slot: JobSlot) -> bool:
+        """The job's processes ended on their own, so its makes gave back every token they took.
+        Not so for a job loom stopped, a crashed worker, a breached limit or a step a signal ended."""
+        res = slot.result
+        if res is None or slot.stop_kind is not None:
+            return False
+        return res.status == "success" or (res.failure_kind == m.STEP_FAILED and res.exit_code is not None
+                                           and res.exit_code < 128)
 
     def _sweep(self, slot: JobSlot) -> None:
         """Whatever the worker left (it crashed or was killed): its cgroup, then tagged processes."""

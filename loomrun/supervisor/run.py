@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loomrun.config import RuntimeConfig, load_runtime_config
 from loomrun.errors import ExitCode, LoomError
@@ -30,6 +30,9 @@ from loomrun.supervisor.terminal import Terminal
 from loomrun.workflow.model import Job, Workflow
 from loomrun.workspace import GitFacts
 from loomrun.writer import process as writer_process
+
+if TYPE_CHECKING:
+    from loomrun.supervisor.jobserver import Pool
 
 # A job's variables made in `configure` are kept for its start below this size; bigger ones are
 # made again then, so a thousand jobs with large variables never sit in memory at once.
@@ -112,6 +115,7 @@ class Run:
         self.mount_mode = "ephemeral_volume"
         self.sup: Supervisor | None = None
         self.forks: ForkServer | None = None
+        self.pool: Pool | None = None  # the jobserver (spec §13)
         self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
 
     # -- bootstrap ----------------------------------------------------------------------------
@@ -216,6 +220,9 @@ class Run:
             jobs = [j for j in jobs if j.name in keep]
         for job in jobs:
             prepared = self._prepare(job)
+            if prepared[0].get("LOOM_JOBSERVER", "on") not in ("on", "off"):
+                raise _Failed(f'job "{job.name}": variables: LOOM_JOBSERVER must be "on" or "off", '
+                              f'not "{prepared[0]["LOOM_JOBSERVER"][:60]}"')
             if sum(len(v) for v in prepared[0].values()) < PREPARED_KEEP_BYTES:
                 self.prepared[job.name] = prepared
         return jobs
@@ -284,9 +291,11 @@ class Run:
         if any(j.provider == "docker" for j in jobs):
             # The first Docker job's worker removes dead runs' leftovers: it imports the SDK anyway.
             self.docker_leftovers = tuple(sorted(locks.alive_runs(self.runtime) | {self.run_id}))
-        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or os.cpu_count() or 1,
+        max_jobs = self._jobserver(len(jobs))
+        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=max_jobs,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
-                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks)
+                         run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks,
+                         pool=self.pool)
         self.sup = sup
         sup.execute()
         status = "success" if not _failed_jobs(sup) else "failed"
@@ -294,10 +303,41 @@ class Run:
         self.writer.conn.send(m.RunPhase("run.pipeline_execute", time.time_ns(), status))
         return sup
 
+    def _jobserver(self, n_jobs: int) -> int:
+        """Set up the jobserver (spec §13; see jobsource.choose); the run's --jobs bound. Under an
+        outside jobserver without an explicit --jobs, that pool alone bounds the run."""
+        from loomrun.supervisor import jobsource
+        from loomrun.supervisor.jobserver import Pool
+
+        budget = self.opts.max_jobs or os.cpu_count() or 1
+        setting = self.config.jobserver if self.config is not None else "on"
+        try:
+            source, warning = jobsource.choose(setting, os.environ, budget)
+        except LoomError as exc:
+            raise _Failed(exc.message) from exc
+        if warning:
+            self.term.event(f"warning: {warning}")
+        if source is None:
+            return budget
+        folder = self.runtime / "tmp" / self.run_id / "jobserver"
+        try:
+            self.pool = Pool(folder, source)
+        except OSError as exc:  # a file system without fifos: the run goes on without a jobserver
+            source.close()
+            self.term.event(f"warning: no jobserver: cannot make a fifo in {folder}: {exc.strerror or exc}")
+            return budget
+        self.term.detail(f"jobserver: {source.label}" + (f", {source.slots} slots" if source.slots else ""))
+        borrowed = source.spare() is not None
+        return max(1, n_jobs) if borrowed and self.opts.max_jobs is None else budget
+
     # -- finalize -----------------------------------------------------------------------------
     def finalize(self, exit_code: int, error: str | None) -> RunResult:
         status = "success" if exit_code == 0 else "failure"
         receipt_path: str | None = None
+        if self.pool is not None:  # every job has ended: borrowed tokens go back, lost ones are counted
+            self.pool.close()
+            self.receipt["jobserver"] = self.pool.summary()
+            self.pool = None
         try:
             self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns()))
             self.writer.conn.send(m.RunPhase("run.finalize", time.time_ns(), status))

@@ -37,6 +37,7 @@ from docker.utils.socket import STDERR, STDOUT, frames_iter
 
 from loomrun.globs import check_pattern, match_paths
 from loomrun.workflow.model import Service
+from workers import jobserver
 from workers.providers.base import JobContext, ProviderError
 
 WORKDIR = "/workspace"
@@ -623,6 +624,7 @@ class DockerProvider:
             raise ProviderError(f"unknown workspace mount mode {ctx.mount_mode!r}")
         for host_file, inner in ctx.secret_mounts.items():
             binds[host_file] = {"bind": inner, "mode": "ro"}
+        binds.update(jobserver.docker_binds(ctx, _engine_is_local()))  # spec §13
         limits = ctx.job.limits
         host_config = api.create_host_config(
             binds=binds,
@@ -649,6 +651,7 @@ class DockerProvider:
         self._start(api, ctx)
         if seed_by_copy:
             self._seed_by_copy(api, ctx)
+        jobserver.docker_enable(ctx, self._sessions.get(ctx.state["container"]))
 
     def _seed_by_copy(self, api: Any, ctx: JobContext) -> None:
         """Seed the volume from inside the container: the snapshot is bind-mounted read-only at
