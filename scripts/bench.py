@@ -19,6 +19,7 @@ SUITES = {
     "cache": "bench_cache",
     "workspace": "bench_workspace",
     "globs": "bench_globs",
+    "hosts": "bench_hosts",
 }
 
 
