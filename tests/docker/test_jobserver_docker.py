@@ -7,19 +7,26 @@ busybox with a `make` that says it is GNU Make 4.4.1 and, called with a target, 
 client by hand: it takes a token from the fifo `MAKEFLAGS` names and gives it back.
 """
 
+# ruff: noqa: F811  (fixtures imported from test_run_docker are named as the tests' parameters)
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.docker.helpers import BUSYBOX
-from tests.docker.test_run_docker import HEAD, checked, job, section_text
-from tests.process.runner import loom_env, make_repo, run_loom
+from tests.docker.test_run_docker import (  # noqa: F401  (the fixtures are used by name)
+    HEAD,
+    built_image,
+    checked,
+    engine_clean,
+    env,
+    home,
+    job,
+    section_text,
+)
+from tests.process.runner import make_repo, run_loom
 
 pytestmark = pytest.mark.docker
 
@@ -34,42 +41,13 @@ printf '%s' "$token" >&3
 """
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "home").mkdir()
-    return loom_env(HOME=str(tmp_path / "home"))
-
-
-@pytest.fixture
-def engine_clean(engine: Any) -> Iterator[list[str]]:
-    from tests.docker.helpers import labelled
-    from workers.providers.docker import reap_run
-
-    run_ids: list[str] = []
-    yield run_ids
-    left = {rid: labelled(engine, rid) for rid in run_ids}
-    for rid in run_ids:
-        reap_run(rid)
-    assert not any(left.values()), f"left on the engine: {left}"
-
-
-@pytest.fixture
-def make44_image(engine: Any) -> Iterator[str]:
-    name = f"loom-test/make44-{os.getpid()}-{time.monotonic_ns()}:latest"
-    yield name
-    try:
-        engine.remove_image(name, force=True)
-    except Exception:
-        pass
-
-
 def test_an_image_with_make_4_4_draws_from_the_runs_pool_through_the_mounted_fifo(
-        tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str], make44_image: str) -> None:
+        tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str], built_image: str) -> None:
     repo = tmp_path / "repo"
     (repo / "img").mkdir(parents=True)
     (repo / "img" / "make").write_text(FAKE_MAKE)
     (repo / "img" / "Dockerfile").write_text(f"FROM {BUSYBOX}\nCOPY make /bin/make\nRUN chmod 755 /bin/make\n")
-    image = f"\n    name: {make44_image}\n    build: {{context: img, dockerfile: Dockerfile}}"
+    image = f"\n    name: {built_image}\n    build: {{context: img, dockerfile: Dockerfile}}"
     make_repo(repo, HEAD + job("built", ['echo "MAKEFLAGS=$MAKEFLAGS"', "make all"], image=image))
     result = checked(run_loom(repo, "run", "--local", "--jobs", "2", env=env, timeout=180), engine_clean, engine)
     assert result.code == 0, result.stderr
