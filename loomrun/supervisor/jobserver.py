@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # a Protocol costs ~1 ms to define, on every `loom run`'s sta
             """Take up to `n` tokens from the outside pool without waiting."""
             ...
 
-        def give_back(self, n: int) -> None:
+        def give_back(self, n: int) -> int:
+            """Return up to `n` borrowed tokens; how many went back."""
             ...
 
         def close(self) -> None:
@@ -64,6 +65,17 @@ def pending(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf, True)
     return buf[0]
+
+
+def write_tokens(fd: int, n: int) -> int:
+    """Put up to `n` tokens without waiting; how many went in (a fifo holds 64 KiB)."""
+    done = 0
+    while done < n:
+        try:
+            done += os.write(fd, TOKEN * min(n - done, 4096))
+        except BlockingIOError:
+            break
+    return done
 
 
 def read_tokens(fd: int, n: int) -> int:
@@ -90,10 +102,10 @@ class Generation:
         self.jobs: set[str] = set()
         self.outstanding = 0  # tokens put in minus taken out: in the fifo or held by the jobs' makes
 
-    def put(self, n: int) -> None:
-        if n > 0:
-            os.write(self.fd, TOKEN * n)
-            self.outstanding += n
+    def put(self, n: int) -> int:
+        done = write_tokens(self.fd, n) if n > 0 else 0
+        self.outstanding += done
+        return done
 
     def take(self, n: int) -> int:
         got = read_tokens(self.fd, n)
@@ -189,8 +201,7 @@ class Pool:
             self.hand += gen.take(pending(gen.fd))
         spare = self.source.spare()
         if spare is None:
-            self.current.put(self.hand)
-            self.hand = 0
+            self.hand -= self.current.put(self.hand)
             return
         if self.watch is not None:
             self.watch.drain()
@@ -202,19 +213,21 @@ class Pool:
         elif have < target:
             if self.hand < target - have:
                 self.hand += self.source.borrow(target - have - self.hand)
-            give = min(self.hand, target - have)
-            self.current.put(give)
-            self.hand -= give
-            self.short = give < target - have
+            given = self.current.put(min(self.hand, target - have))
+            self.hand -= given
+            self.short = given < target - have
+        self._give_back()
+
+    def _give_back(self) -> None:
         back = min(self.hand, self.source.owed)
         if back > 0:
-            self.source.give_back(back)
-            self.hand -= back
+            self.hand -= self.source.give_back(back)
 
     def wait_fds(self) -> list[int]:
         fds = [gen.fd for gen in self.old]
         if self.watch is not None:
-            fds.append(self.watch.fd)
+            if self.watch.fd >= 0:
+                fds.append(self.watch.fd)
             if self.source.fd is not None and (self.wanting or self.short):
                 fds.append(self.source.fd)
         elif self.wanting:
@@ -239,10 +252,7 @@ class Pool:
             self.lost += lost
             gen.close()
         self.old.clear()
-        back = min(self.hand, self.source.owed)
-        if back > 0:
-            self.source.give_back(back)
-            self.hand -= back
+        self._give_back()
         if self.watch is not None:
             self.watch.close()
         self.source.close()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from loomrun.errors import LoomError
 from loomrun.makeflags import jobserver_auth
-from loomrun.supervisor.jobserver import TOKEN, read_tokens
+from loomrun.supervisor.jobserver import read_tokens, write_tokens
 
 if TYPE_CHECKING:
     from loomrun.supervisor.jobserver import Source
@@ -52,7 +52,7 @@ class OwnBudget:
     def borrow(self, n: int) -> int:
         return 0
 
-    def give_back(self, n: int) -> None:
+    def give_back(self, n: int) -> int:
         raise AssertionError("an own budget is never borrowed from")
 
     def close(self) -> None:
@@ -80,10 +80,11 @@ class Borrowed:
         self.owed += got
         return got
 
-    def give_back(self, n: int) -> None:
+    def give_back(self, n: int) -> int:
         assert self.fd is not None
-        os.write(self.fd, TOKEN * n)
-        self.owed -= n
+        done = write_tokens(self.fd, n)
+        self.owed -= done
+        return done
 
     def close(self) -> None:
         for fd in self.held:  # `users` first: a run that starts now must not think the pool is in use
@@ -173,5 +174,5 @@ def _fill(path: str, slots: int) -> int:
     fd = _open_fifo(path)
     while read_tokens(fd, 4096):
         pass
-    os.write(fd, TOKEN * slots)
+    write_tokens(fd, slots)  # (a fifo holds 64 KiB: a bigger pool is cut to that)
     return fd

@@ -142,6 +142,23 @@ def test_a_make_j4_recipe_running_loom_keeps_all_recipes_within_4(repo: Repo, tm
     assert 3 <= most_at_once(spans) <= 4  # make's 4 slots, borrowed one at a time by loom
 
 
+def test_tokens_a_killed_job_borrowed_from_make_go_back_to_make(repo: Repo, tmp_path: Path) -> None:
+    """loom under `make -j3` borrows for its job's make; the job is SIGKILLed holding them (its recipes
+    ignore TERM). make 4.3 counts its tokens when it exits and complains of any missing."""
+    log = tmp_path / "victim.log"
+    setup(repo, {"victim": make_job(log, 30, timeout="3s", variables={"SLEEP": "trap '' TERM; sleep 60"})})
+    outer = tmp_path / "outer.mk"
+    outer.write_text(f"ci:\n\t+-{' '.join(LOOM)} run --local\n")  # `-`: the run fails; make goes on to exit
+    res = subprocess.run(["make", "-j3", "-f", str(outer), "ci"], cwd=repo.root,
+                         env=env(LOOM_STOP_GRACE_S="1"), capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    held = intervals(log)
+    assert len(held) == 3 and all(end == 1 << 62 for _, _, end in held)  # killed holding make's 3 slots
+    assert "INTERNAL" not in res.stderr and "jobserver tokens" not in res.stderr, res.stderr
+    receipt = json.loads(Path(res.stderr.split("receipt: ")[1].split()[0]).read_text())
+    assert receipt["jobserver"]["lost_tokens"] == 2 and receipt["jobserver"]["source"].startswith("make (")
+
+
 def test_two_concurrent_runs_on_one_host_fifo_pool_stay_within_it(tmp_path: Path, repo: Repo) -> None:
     log = tmp_path / "stamps.log"
     setup(repo, {"a": make_job(log, 15), "b": make_job(log, 15)})
