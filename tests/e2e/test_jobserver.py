@@ -173,3 +173,27 @@ def test_two_concurrent_runs_on_one_host_fifo_pool_stay_within_it(tmp_path: Path
     spans = intervals(log)
     assert len(spans) == 60
     assert most_at_once(spans) <= 3  # four jobs of two runs, three tokens on the host
+
+
+def test_jobserver_settings_outside_loom_and_a_bad_job_setting(repo: Repo, tmp_path: Path) -> None:
+    """MAKEFLAGS naming fds loom's process does not have (a make rule without `+`): make's own rule,
+    one job at a time, said in a warning. `runtime.jobserver: off`: the words go from the jobs'
+    MAKEFLAGS (their fds are not open there either). A job's LOOM_JOBSERVER other than on/off: one line."""
+    show = {"script": ['echo "[$MAKEFLAGS]"', 's=$(date +%s%N); sleep 0.5; echo "span $s $(date +%s%N)"']}
+    setup(repo, {"a": show, "b": show})
+    dead = {"MAKEFLAGS": " -j4 --jobserver-auth=98,99"}
+    serial = loom(repo, "--jobs", "2", "--stream", extra_env=dead)
+    assert serial.returncode == 0, serial.stderr
+    assert ("warning: the jobserver in MAKEFLAGS is unusable: --jobserver-auth=98,99 names no open pipe in loom's "
+            "process; running one job at a time") in serial.stderr
+    (a0, a1), (b0, b1) = ([int(x) for x in line.split()[2:]] for line in sorted(serial.stderr.splitlines())
+                          if " span " in line)
+    assert a1 <= b0 or b1 <= a0  # one after the other
+    off = loom(repo, "--jobs", "2", "--stream", extra_env={**dead, "LOOM_JOBSERVER": "off"})
+    assert off.returncode == 0, off.stderr
+    assert "[a] [-j4]" in off.stderr and "[b] [-j4]" in off.stderr
+    repo.write_workflow(workflow({"a": {"script": ["true"], "variables": {"LOOM_JOBSERVER": "sometimes"}}}))
+    bad = loom(repo)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1] == \
+        'loom run: job "a": variables: LOOM_JOBSERVER must be "on" or "off", not "sometimes"'
