@@ -56,15 +56,14 @@ def plan(runtime: Path, keep_runs: int, max_age_s: float, now_ns: int | None = N
     oldest_ns = now_ns - int(max_age_s * 1e9)
     runs, checks = _inventory(str(runtime))
     doomed: list[tuple[int, Doomed]] = []
-    if runs:
+    order = sorted(runs, key=lambda r: runs[r].ns, reverse=True)
+    for rank, run_id in enumerate(order):
+        item = _doom_run(run_id, runs[run_id], rank >= keep_runs or runs[run_id].ns < oldest_ns, rank)
+        if item is not None:
+            doomed.append((runs[run_id].ns, item))
+    if doomed:  # the lock files are asked only when something could go
         live = _alive(runtime) if alive is None else set(alive)
-        order = sorted(runs, key=lambda r: runs[r].ns, reverse=True)
-        for rank, run_id in enumerate(order):
-            if run_id in live:
-                continue
-            item = _doom_run(run_id, runs[run_id], rank >= keep_runs or runs[run_id].ns < oldest_ns, rank)
-            if item is not None:
-                doomed.append((runs[run_id].ns, item))
+        doomed = [d for d in doomed if d[1].name not in live]
     for rank, (name, ns) in enumerate(sorted(checks.items(), key=lambda c: c[1], reverse=True)):
         if rank >= keep_runs or ns < oldest_ns:
             doomed.append((ns, Doomed("check receipt", name, (os.path.join(runtime, "receipts", name),))))
