@@ -140,16 +140,22 @@ def bench_cpu(tmp: Path, reps: int) -> None:
         "make -j (unbounded)": _cpu_repo(tmp, "cpu-j", "make -j", 'runtime:\n  jobserver: "off"\n'),
     }
     walls: dict[str, list[float]] = {m: [] for m in modes}
+    cpus: dict[str, list[float]] = {m: [] for m in modes}
     peaks: dict[str, list[int]] = {m: [] for m in modes}
-    for _ in range(reps):
-        for mode, repo in modes.items():
-            stamps = tmp / f"stamps-{len(walls[mode])}-{repo.name}.log"
-            walls[mode].append(_loom_run(repo, "--jobs", "2", env={**bench_run.ENV, "STAMPS": str(stamps)}))
+    names = list(modes)
+    for i in range(reps):
+        for mode in names[i % 3:] + names[:i % 3]:  # each mode takes its turn going first
+            stamps = tmp / f"stamps-{i}-{modes[mode].name}.log"
+            walls[mode].append(_loom_run(modes[mode], "--jobs", "2", env={**bench_run.ENV, "STAMPS": str(stamps)},
+                                         cpu=cpus[mode]))
             peaks[mode].append(_peak(stamps))
+    first = names[0]
     print(f"4 jobs x make of 40 C files (gcc -O2), --jobs 2, {os.cpu_count()} CPUs, {reps} rounds:")
-    for mode in modes:
+    for mode in names:
         w = walls[mode]
-        print(f"  {mode:27s} wall {statistics.median(w):6.2f}s (range {min(w):.2f}-{max(w):.2f}), "
+        paired = statistics.median(a / b for a, b in zip(walls[first], w, strict=True))
+        print(f"  {mode:27s} wall {statistics.median(w):6.2f}s (range {min(w):.2f}-{max(w):.2f}; jobserver/this "
+              f"per round {paired:.2f}), CPU {statistics.median(cpus[mode]):6.1f}s, "
               f"peak compilers {max(peaks[mode])} (per round {peaks[mode]})")
 
 
