@@ -23,14 +23,15 @@ def _split(makeflags: str) -> tuple[list[str], str]:
     return head.split(), (f"-- {tail.strip()}" if sep else "")
 
 
+def jobserver_auths(makeflags: str) -> list[str]:
+    """The value of every `--jobserver-auth=` (`fifo:PATH` or `R,W`), in order."""
+    return [word.split("=", 1)[1] for word in _split(makeflags)[0] if word.startswith(_AUTH_PREFIXES)]
+
+
 def jobserver_auth(makeflags: str) -> str | None:
-    """The value of the last `--jobserver-auth=` (`fifo:PATH` or `R,W`), or None."""
-    auth = None
-    for word in _split(makeflags)[0]:
-        for prefix in _AUTH_PREFIXES:
-            if word.startswith(prefix):
-                auth = word[len(prefix):]
-    return auth
+    """The value of the last `--jobserver-auth=`, the one make uses, or None."""
+    auths = jobserver_auths(makeflags)
+    return auths[-1] if auths else None
 
 
 def jobs_word(makeflags: str) -> str | None:

@@ -28,35 +28,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from loomrun.errors import LoomError
-from loomrun.makeflags import jobserver_auth
-from loomrun.supervisor.jobserver import read_tokens, write_tokens
+from loomrun.makeflags import jobserver_auth, jobserver_auths
+from loomrun.supervisor.jobserver import OwnBudget, read_tokens, write_tokens
 
 if TYPE_CHECKING:
     from loomrun.supervisor.jobserver import Source
-
-
-class OwnBudget:
-    """The run's own `--jobs`: every free token sits in the run's fifo."""
-
-    fd: int | None = None
-    owed: int = 0
-
-    label = "own"
-
-    def __init__(self, slots: int) -> None:
-        self.initial = self.slots = slots
-
-    def spare(self) -> int | None:
-        return None
-
-    def borrow(self, n: int) -> int:
-        return 0
-
-    def give_back(self, n: int) -> int:
-        raise AssertionError("an own budget is never borrowed from")
-
-    def close(self) -> None:
-        pass
 
 
 class Borrowed:
@@ -110,8 +86,9 @@ def choose(setting: str, env: Mapping[str, str], max_jobs: int) -> tuple[Source 
     return OwnBudget(max_jobs), ""
 
 
+
 def _from_make(makeflags: str) -> tuple[Source, str]:
-    auths = [w.split("=", 1)[1] for w in makeflags.split() if w.startswith(("--jobserver-auth=", "--jobserver-fds="))]
+    auths = jobserver_auths(makeflags)
     fifo = next((a[len("fifo:"):] for a in reversed(auths) if a.startswith("fifo:")), None)
     if fifo is not None:
         try:

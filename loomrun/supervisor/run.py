@@ -32,7 +32,7 @@ from loomrun.workspace import GitFacts
 from loomrun.writer import process as writer_process
 
 if TYPE_CHECKING:
-    from loomrun.supervisor.jobserver import Pool
+    from loomrun.supervisor.jobserver import Pool, Source
 
 # A job's variables made in `configure` are kept for its start below this size; bigger ones are
 # made again then, so a thousand jobs with large variables never sit in memory at once.
@@ -306,15 +306,19 @@ class Run:
     def _jobserver(self, n_jobs: int) -> int:
         """Set up the jobserver (spec §13; see jobsource.choose); the run's --jobs bound. Under an
         outside jobserver without an explicit --jobs, that pool alone bounds the run."""
-        from loomrun.supervisor import jobsource
-        from loomrun.supervisor.jobserver import Pool
+        from loomrun.supervisor.jobserver import OwnBudget, Pool
 
         budget = self.opts.max_jobs or os.cpu_count() or 1
         setting = self.config.jobserver if self.config is not None else "on"
-        try:
-            source, warning = jobsource.choose(setting, os.environ, budget)
-        except LoomError as exc:
-            raise _Failed(exc.message) from exc
+        source: Source | None = OwnBudget(budget)
+        warning = ""
+        if setting != "on" or "--jobserver-" in os.environ.get("MAKEFLAGS", ""):  # see jobsource.choose
+            from loomrun.supervisor import jobsource
+
+            try:
+                source, warning = jobsource.choose(setting, os.environ, budget)
+            except LoomError as exc:
+                raise _Failed(exc.message) from exc
         if warning:
             self.term.event(f"warning: {warning}")
         if source is None:
