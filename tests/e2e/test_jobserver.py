@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import helpers
 from tests.conftest import Repo
 from tests.helpers import LOOM, workflow
 
@@ -164,6 +165,7 @@ def test_two_concurrent_runs_on_one_host_fifo_pool_stay_within_it(tmp_path: Path
     setup(repo, {"a": make_job(log, 15), "b": make_job(log, 15)})
     second = tmp_path / "second"
     shutil.copytree(repo.root, second)
+    helpers.write_workflow(second, workflow({"c": make_job(log, 15), "d": make_job(log, 15)}))  # other names
     pool = {"LOOM_JOBSERVER": f"fifo:{tmp_path / 'pool'}"}
     runs = [subprocess.Popen([*LOOM, "run", "--local", "-q", "--jobs", "3"], cwd=root, env=env(**pool),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
