@@ -108,7 +108,7 @@ class Writer:
                 self._flush()
         self._flush()
         if self.retention is not None:
-            self.retention.join()
+            self.retention.finish()
         return 0
 
     def _flush(self) -> None:

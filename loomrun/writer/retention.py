@@ -25,7 +25,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -169,13 +169,16 @@ def _blocks(st: os.stat_result, seen: set[tuple[int, int]]) -> int:
 
 # ---- removal ------------------------------------------------------------------------------------
 
-def remove(runtime: Path, doomed: Iterable[Doomed]) -> tuple[list[Doomed], list[tuple[str, str]]]:
-    """Remove every planned path of runs that are still not alive. Returns (the items passed over
-    because their run is alive now, (path, why) for each path that could not go); a path another
-    process removed first is no failure."""
+def remove(runtime: Path, doomed: Iterable[Doomed],
+           stop: Callable[[], bool] = lambda: False) -> tuple[list[Doomed], list[tuple[str, str]]]:
+    """Remove every planned path of runs that are still not alive (until `stop()`, asked between
+    items). Returns (the items passed over because their run is alive now, (path, why) for each
+    path that could not go); a path another process removed first is no failure."""
     passed: list[Doomed] = []
     failures: list[tuple[str, str]] = []
     for item in doomed:
+        if stop():
+            break
         if item.kind != "check receipt" and _held(str(runtime), item.name):
             passed.append(item)
             continue
@@ -203,21 +206,27 @@ def remove_path(path: str) -> str:
 
 class RetentionThread:
     """The writer's retention at the start of a run: planned and removed in a thread, so the
-    writer's loop keeps serving records while an old run's files go. `join` lets it finish (the
-    writer waits for it before exiting: a `loom run` never leaves a half-removed run behind it
-    that it could have finished)."""
+    writer's loop keeps serving records while an old run's files go. `finish` gives it a grace to
+    end when the run is over, then stops it after the item in hand: a store with a big backlog
+    (the first run with retention on a host of thousands) is worked off over several runs, or by
+    `loom gc`, instead of holding up a run's exit."""
+
+    FINISH_GRACE_S = 5.0
 
     def __init__(self, runtime: Path, keep_runs: int, max_age_s: float) -> None:
         self.failures: list[str] = []
         self.doomed = plan(runtime, keep_runs, max_age_s)
+        self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         if self.doomed:
             self.thread = threading.Thread(target=self._run, args=(runtime,), name="retention", daemon=True)
             self.thread.start()
 
     def _run(self, runtime: Path) -> None:
-        self.failures = [f"{path}: {why}" for path, why in remove(runtime, self.doomed)[1]]
+        self.failures = [f"{path}: {why}" for path, why in remove(runtime, self.doomed, self.stop.is_set)[1]]
 
-    def join(self, timeout_s: float | None = None) -> None:
+    def finish(self, grace_s: float = FINISH_GRACE_S) -> None:
         if self.thread is not None:
-            self.thread.join(timeout_s)
+            self.thread.join(grace_s)
+            self.stop.set()
+            self.thread.join()

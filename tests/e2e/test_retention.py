@@ -104,3 +104,19 @@ def test_gc_outside_a_repo_and_a_bad_config_are_one_line_errors(tmp_path: Path, 
     repo.write({".loom/config.yml": "runtime:\n  retention: {runs: 0}\n"})
     bad = run_loom(["gc", "--dry-run"], repo.root)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "runtime.retention.runs" in bad.stderr
+
+
+def test_a_removal_stopped_between_items_leaves_the_newest_for_later(tmp_path: Path) -> None:
+    """What the writer does when a run ends before a big backlog is worked off: it stops after the
+    item in hand; the oldest went first, and the next run (or `loom gc`) plans the rest again."""
+    from loomrun.writer import retention
+
+    runtime = tmp_path / "runtime"
+    now = time.time_ns()
+    ids = [fake_run(runtime, now - i * HOUR_NS, snapshot=False) for i in range(6)]
+    doomed = retention.plan(runtime, 2, 86400.0)
+    assert [d.name for d in doomed] == ids[:1:-1]  # four past the newest two, oldest first
+    asked = []
+    retention.remove(runtime, doomed, stop=lambda: len(asked) > 1 or bool(asked.append(1)))
+    assert sorted(p.name for p in (runtime / "logs").iterdir()) == sorted([*ids[:2], *ids[2:4]])
+    assert [d.name for d in retention.plan(runtime, 2, 86400.0)] == ids[3:1:-1]
