@@ -179,6 +179,15 @@ def report(run_id: str | None, output: str | None) -> None:
     _invoke("loom report", lambda: report_cmd.main(run_id, output))
 
 
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+def gc(dry_run: bool) -> None:
+    """Remove old runs' logs, receipts and snapshots, and evict cache entries past the size bound."""
+    from loomrun.commands import gc as gc_cmd
+
+    _invoke("loom gc", lambda: gc_cmd.main(dry_run))
+
+
 @cli.group()
 def cache() -> None:
     """Inspect the cache store and the quarantine list."""

@@ -21,6 +21,7 @@ SUITES = {
     "globs": "bench_globs",
     "secrets": "bench_secrets",
     "remote": "bench_remote",
+    "hosts": "bench_hosts",
 }
 
 

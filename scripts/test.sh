@@ -39,6 +39,11 @@ ensure_tools() {
         echo "installing iproute2 and util-linux with apt-get"
         apt_install iproute2 util-linux || warn "ip/nsenter missing: the remote tests will skip (fail with CI=true)"
     fi
+    # The jobserver tests run real GNU make (Debian 12: make 4.3); `scripts/bench.py hosts` compiles with gcc.
+    if ! command -v make >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then
+        echo "installing make and gcc with apt-get"
+        apt_install make gcc || warn "make or gcc is missing: the jobserver tests skip (and fail with CI=true)"
+    fi
     # Terminal output is tested in a real terminal: a detached tmux pane read with capture-pane.
     if ! command -v tmux >/dev/null 2>&1; then
         echo "installing tmux with apt-get"

@@ -63,7 +63,9 @@ def write_workflow(repo: Path, text: str, name: str = "workflow.yml") -> Path:
 def run_loom(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None,
              timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`python -m loomrun *args` in `cwd` with the test environment plus `env`; text output captured."""
-    full_env = {**os.environ, **(env or {})}
+    # A jobserver in MAKEFLAGS (the suite run by make, or as a loom job) would lend its slots to the run.
+    outside = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    full_env = {**outside, **(env or {})}
     return subprocess.run([*LOOM, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 

@@ -61,8 +61,9 @@ class ResolvedCache:
 
 class JobCaches:
     def __init__(self, ctx: JobContext, provider: Provider, rep: Reporter, runtime_dir: Path,
-                 head_sha: str) -> None:
+                 head_sha: str, max_size: int | None = None) -> None:
         self.ctx = ctx
+        self.max_size = max_size  # runtime.cache.maxSize: the store is bounded after this job's saves
         self.provider = provider
         self.rep = rep
         self.store = CacheStore(runtime_dir / "cache")
@@ -173,6 +174,25 @@ class JobCaches:
                 doc.pop("duration_s", None)
                 results.append(doc)
             sec.details["caches"] = results
+            if results and self.max_size is not None:
+                self._bound(sec)
+
+    def _bound(self, sec: OpenSection) -> None:
+        """Spec §13: a save that pushed the store past maxSize evicts the least recently used."""
+        assert self.max_size is not None
+        try:
+            gone, size = self.store.bound(self.max_size)
+        except (LoomError, OSError) as exc:  # an unreadable quarantine list: nothing is evicted blind
+            why = exc.message if isinstance(exc, LoomError) else describe(exc, self.store.root)
+            self._warn(sec, f"cache store not bounded: {why}")
+            return
+        for entry in gone:
+            sec.line(f"cache store over {self.max_size} bytes: evicted {entry.key} ({entry.size} bytes, "
+                     f"least recently used)")
+        if size > self.max_size:
+            self._warn(sec, f"cache store holds {size} bytes, over runtime.cache.maxSize ({self.max_size}): "
+                            "what is left is quarantined or in use")
+        sec.details["store_size"] = size
 
     def _save_one(self, cache: ResolvedCache, sec: OpenSection) -> SaveResult | None:
         """Save one cache; a save that cannot be made is skipped with a warning (the job passes)."""

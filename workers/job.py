@@ -63,11 +63,13 @@ class JobRunner:
         if spec.remote:  # the remote provider waits for a node: a Cancel must end that wait
             self.ctx.state.update(remote={"socket": spec.remote}, placed=self._placed,
                                   canceled=lambda: self.cancel is not None or self.lost_supervisor)
+        self.ctx.state["jobserver"] = (spec.jobserver, spec.jobserver_slots)  # workers/jobserver.py
         self.caches: JobCaches | None = None
         if spec.cache_enabled and self.job.caches:
             from workers.caching import JobCaches  # zstd and tarfile only for jobs with a cache
 
-            self.caches = JobCaches(self.ctx, self.provider, rep, spec.runtime_dir, spec.head_sha)
+            self.caches = JobCaches(self.ctx, self.provider, rep, spec.runtime_dir, spec.head_sha,
+                                    spec.cache_max_size)
         self.outputs: dict[str, str] = {}
         self._leftovers: tuple[threading.Thread, list[str]] | None = None
 

@@ -40,7 +40,7 @@ from typing import IO, Any
 
 from filelock import FileLock
 
-from loomrun.cache import pack, unpack
+from loomrun.cache import evict, pack, unpack
 from loomrun.cache.atomic import read_json, write_json
 from loomrun.cache.keys import SECRET_MARK
 from loomrun.cache.quarantine import Quarantine
@@ -266,12 +266,14 @@ class CacheStore:
                 quarantined.append(key)
                 continue
             try:
-                opened = self._open_archive(key)
-                if opened is None:
-                    continue
-                meta, fh = opened
-                with fh:
-                    stats = unpack.unpack(fh, workspace)
+                with evict.reading(self.root, key_dirname(key)):  # never evicted while it is restored
+                    opened = self._open_archive(key)
+                    if opened is None:
+                        continue
+                    meta, fh = opened
+                    with fh:
+                        stats = unpack.unpack(fh, workspace)
+                    evict.touch_used(self._entry_dir(key))
             except unpack.CacheEntryError as exc:
                 refused.append(f"{key}: {exc}")
                 continue
@@ -295,6 +297,16 @@ class CacheStore:
             refused=tuple(refused), files=0, total_size=0, archive_size=0,
             duration_s=time.monotonic() - started,
         )
+
+    # ---- size bound (spec §13) -----------------------------------------------------------------
+
+    def bound(self, max_size: int) -> tuple[Sequence[evict.Entry], int]:
+        """Evict the least recently used entries until the store fits `max_size` (see evict.py):
+        (what went, the store's size after)."""
+        return evict.evict(self.root, max_size, self.quarantined_dirs())
+
+    def quarantined_dirs(self) -> set[str]:
+        return {key_dirname(str(record.get("key"))) for record in self.quarantine.list()}
 
     # ---- clear -------------------------------------------------------------------------------
 

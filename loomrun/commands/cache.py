@@ -21,7 +21,7 @@ def _store() -> CacheStore:
     return CacheStore(cache_root(root))
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
@@ -37,25 +37,41 @@ def _table(header: Sequence[str], rows: list[list[str]]) -> str:
 
 
 def list_entries() -> int:
+    """Every entry with its size on disk (what `runtime.cache.maxSize` bounds), the size of what it
+    holds, and its last use (the last restore; `never` when it was only saved)."""
+    from loomrun.cache import evict
+    from loomrun.cache.store import key_dirname
+
     store = _store()
     entries = store.list()
     if not entries:
         print("no cache entries", file=sys.stderr)
         return 0
-    rows = [
-        [
+    usage = {e.dirname: e for e in evict.entries(store.root)}
+    quarantined = store.quarantined_dirs()
+    rows = []
+    for m in entries:
+        use = usage.get(key_dirname(str(m["key"])))
+        rows.append([
             str(m["key"]),
-            _size(int(m.get("total_size", 0))),
-            _size(int(m.get("archive_size", 0))),
+            human_size(use.size) if use else "?",
+            human_size(int(m.get("total_size", 0))),
             str(m.get("file_count", "")),
             str(m.get("created_at", "")),
+            _when(use.last_restore) if use and use.last_restore else "never",
             str(m.get("source_run", "")),
-            "quarantined" if store.quarantine.is_quarantined(str(m["key"])) else "",
-        ]
-        for m in entries
-    ]
-    print(_table(["KEY", "SIZE", "STORED", "FILES", "CREATED", "SOURCE RUN", "STATE"], rows))
+            "quarantined" if key_dirname(str(m["key"])) in quarantined else "",
+        ])
+    print(_table(["KEY", "SIZE", "CONTENT", "FILES", "CREATED", "LAST USED", "SOURCE RUN", "STATE"], rows))
+    total = sum(e.size for e in usage.values())
+    print(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}, {human_size(total)} on disk", file=sys.stderr)
     return 0
+
+
+def _when(seconds: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def clear(key: str | None) -> int:

@@ -234,6 +234,13 @@ class MarkAbandoned(NamedTuple):
     facts: dict[str, Any] = {}  # never mutated: a shared default is safe  # its lock's sidecar
 
 
+class Retain(NamedTuple):
+    """Apply retention (spec §13) beside the run: remove what finished runs past these bounds left."""
+
+    runs: int
+    max_age_s: float
+
+
 # ---- writer -> supervisor -----------------------------------------------------------------------
 
 

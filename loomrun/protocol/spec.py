@@ -27,3 +27,6 @@ class WorkerSpec(NamedTuple):
     fingerprint_outputs: bool = False  # --cache-diff: hash the declared outputs after the job
     docker_leftovers: tuple[str, ...] | None = None  # set for one Docker job: remove dead runs' objects
     remote: str = ""  # a remote run (spec §12): the gateway's socket name; the job's steps run on a node
+    cache_max_size: int | None = None  # runtime.cache.maxSize (spec §13); None: unbounded
+    jobserver: str = ""  # the run's token fifo for this job's makes (spec §13); "" for none
+    jobserver_slots: int = 0  # the pool's size, for -jN in MAKEFLAGS; 0 when unknown

@@ -43,6 +43,9 @@ from loomrun.workflow.model import Job
 if TYPE_CHECKING:
     from loomrun.supervisor.secrets_broker import SecretsBroker
 
+if TYPE_CHECKING:
+    from loomrun.supervisor.jobserver import Pool
+
 STOP_SLACK_S = 10.0  # how long past its grace a stopping worker may take before it is SIGKILLed
 TREE_MARGIN_S = 0.5  # past a stop's grace: what the worker has not KILLed by then, the supervisor does
 STOP_TICK_S = 0.1  # while a job stops: how often the supervisor looks whether its worker is stopped
@@ -72,12 +75,17 @@ class EndLine:
         self.tail: Sequence[str] = ()
 
 
+def uses_jobserver(job: Job, env: dict[str, str]) -> bool:
+    """A host or Docker job draws from the jobserver unless its variables say LOOM_JOBSERVER: off."""
+    return job.provider in ("host", "docker") and env.get("LOOM_JOBSERVER", "on") != "off"
+
+
 class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
                  writer: WriterLink, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
                  run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None,
                  note: Callable[[str], None] | None = None, secrets: SecretsBroker | None = None,
-                 stream: bool = False, quiet: bool = False) -> None:
+                 stream: bool = False, quiet: bool = False, pool: Pool | None = None) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.sched = Scheduler(jobs, deps, max_jobs)
         self.writer = writer
@@ -111,6 +119,7 @@ class Supervisor:
         # else a failed one (its last lines come with the answer); with -q none is printed. A wait
         # costs the supervisor ~0.2 ms per job (one more turn of its loop).
         self.stream, self.quiet = stream, quiet
+        self.pool = pool  # the jobserver: a slot for each job, shared with the jobs' makes (None: off)
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
@@ -140,14 +149,13 @@ class Supervisor:
         self.term.plan(len(self.jobs))
         while not self.sched.done() or self.slots:
             self._writer_check()
-            for name in self.sched.take_ready():
-                if self._stopping() is not None:  # the run is being stopped: it never starts
-                    self._record(name, "canceled", None, m.CANCELED, self._stopping() or "", None, started_ns=None)
-                else:
-                    self._start(name, forks)
-                    self._writer_check()
+            for name in self._startable():
+                self._start(name, forks)
+                self._writer_check()
             if self.sched.done() and not self.slots:
                 break
+            if self.pool is not None:
+                self.pool.rebalance()
             self._wait_once()
         self._await_written()
         self._reap_exiting()
@@ -170,8 +178,25 @@ class Supervisor:
             self._release_all()  # what the dead writer did not answer, it never will
             self._cancel_all(m.CANCELED, self.writer.deaths[-1])
 
+    def _startable(self) -> list[str]:
+        """Ready jobs that may start now: within --jobs, and each with a slot from the jobserver.
+        While the run is being stopped, a job that became ready is canceled instead: it never starts."""
+        why = self._stopping()
+        if why is not None:
+            if self.pool is not None:
+                self.pool.grant(0)  # tells the pool nothing waits any more
+            for name in self.sched.take_ready():
+                self._record(name, "canceled", None, m.CANCELED, why, None, started_ns=None)
+            return []
+        if self.pool is None:
+            return self.sched.take_ready()
+        granted = self.pool.grant(self.sched.startable())
+        return self.sched.take_ready(granted) if granted else []
+
     def _wait_once(self) -> None:
         objs: list[Any] = [self.wakeup_fd, *self.writer.waitables(), *self.exiting]
+        if self.pool is not None:  # the next turn's rebalance or grant acts on what is readable
+            objs.extend(self.pool.wait_fds())
         for slot in self.slots.values():
             objs.append(slot.sentinel)
             if slot.conn is not None:
@@ -233,6 +258,9 @@ class Supervisor:
         marks = [t for s in self.slots.values() for t in (s.deadline, s.kill_at, s.tree_kill_at) if t is not None]
         if any(s.state == "stopping" for s in self.slots.values()):
             marks.append(now + STOP_TICK_S)
+        tick = self.pool.timeout() if self.pool is not None else None
+        if tick is not None:
+            marks.append(now + tick)
         wait = max(0.0, min(marks) - now) if marks else None
         redraw = self.term.wake_in()  # the live region's next frame, if it has one
         return redraw if redraw is not None and (wait is None or redraw < wait) else wait
@@ -243,11 +271,17 @@ class Supervisor:
         spec = self.make_spec(job)
         if self.tracked_pid != forks.pid:
             self._track(forks)
+        if self.pool is not None:
+            fifo = self.pool.job_started(name, uses_jobserver(job, spec.env))
+            if fifo:
+                spec = spec._replace(jobserver=fifo, jobserver_slots=self.pool.slots)
         self._say(self.term.job_started, name, job.provider, job.image.name if job.image else None,
                   steps=len(job.script))
         try:
             slot = start_worker(spec, self.writer, forks, job.timeout_s, self.secrets)
         except OSError as exc:  # no worker process (fork refused twice): the job fails, the run goes on
+            if self.pool is not None:
+                self.pool.job_ended(name, clean=True)
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())
             return
@@ -383,10 +417,22 @@ class Supervisor:
             self._untrack(slot)
         slot.transition("ended")
         del self.slots[slot.name]
+        if self.pool is not None:  # every process of the job is gone: its slot, and its makes', come back
+            self.pool.job_ended(slot.name, self._ended_cleanly(slot))
         if slot.conn is not None:
             slot.conn.close()
             slot.conn = None
         self._finish(slot, status)
+
+    @staticmethod
+    def _ended_cleanly(slot: JobSlot) -> bool:
+        """The job's processes ended on their own, so its makes gave back every token they took.
+        Not so for a job loom stopped, a crashed worker, a breached limit or a step a signal ended."""
+        res = slot.result
+        if res is None or slot.stop_kind is not None:
+            return False
+        return res.status == "success" or (res.failure_kind == m.STEP_FAILED and res.exit_code is not None
+                                           and res.exit_code < 128)
 
     def _sweep(self, slot: JobSlot) -> None:
         """Whatever a worker that died mid-job left: its cgroup's members (tracking or limits: a

@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     from loomrun.remote.handle import Gateway
 
-KEEP_SNAPSHOTS = 5
+if TYPE_CHECKING:
+    from loomrun.supervisor.jobserver import Pool, Source
+
 # A job's variables made in `configure` are kept for its start below this size; bigger ones are
 # made again then, so a thousand jobs with large variables never sit in memory at once.
 PREPARED_KEEP_BYTES = 64 * 1024
@@ -126,6 +128,7 @@ class Run:
         self.mount_mode = "ephemeral_volume"
         self.sup: Supervisor | None = None
         self.forks: ForkServer | None = None
+        self.pool: Pool | None = None  # the jobserver (spec §13)
         self.docker_leftovers: tuple[str, ...] | None = None  # alive run ids, for the first Docker job
         self.secrets: SecretsBroker | None = None  # when a job has keepass:// or op:// refs
         self.upstream: dict[str, str] = {}  # --no-deps: upstream job -> artifacts folder of an earlier run
@@ -201,6 +204,9 @@ class Run:
         except LoomError as exc:
             raise _Failed(exc.message) from exc
         self.mount_mode = self.config.docker_workspace_mount
+        if not listing:  # retention runs in the writer, beside this run's start (spec §13): logs,
+            # receipts and snapshots of old finished runs (`--list` has no writer and removes nothing)
+            self.writer.send(m.Retain(self.config.retention_runs, self.config.retention_max_age_s))
         self.pipeline_vars = pipeline_variables(
             run_id=self.run_id, pipeline_id=self.pipeline_id, project_dir=str(self.snapshot_dest),
             project_name=self.repo_root.name, git=self.git)
@@ -223,6 +229,9 @@ class Run:
             jobs = [j for j in jobs if j.name in keep]
         for job in jobs:
             prepared = self._prepare(job)
+            if prepared[0].get("LOOM_JOBSERVER", "on") not in ("on", "off"):
+                raise _Failed(f'job "{job.name}": variables: LOOM_JOBSERVER must be "on" or "off", '
+                              f'not "{prepared[0]["LOOM_JOBSERVER"][:60]}"')
             if sum(len(v) for v in prepared[0].values()) < PREPARED_KEEP_BYTES:
                 self.prepared[job.name] = prepared
         return jobs
@@ -249,16 +258,9 @@ class Run:
         return {up: str(folder) for up, (_, folder) in plan.items()}
 
     def snapshot(self) -> None:
-        from loomrun.workspace import make_snapshot, remove_snapshot
+        """This run's snapshot. Old ones are the writer's retention's (sent `Retain` in `configure`)."""
+        from loomrun.workspace import make_snapshot
 
-        folder = self.runtime / "workspaces"
-        if folder.is_dir():  # keep the newest snapshots only, and never one of a run still going
-            alive = locks.alive_runs(self.runtime)
-            old = sorted((p for p in folder.iterdir() if p.name.startswith("loom-run-") and p.name not in alive),
-                         key=lambda p: p.name.rsplit("-", 1)[-1])
-            for path in old[: max(0, len(old) - (KEEP_SNAPSHOTS - 1))]:
-                with contextlib.suppress(LoomError, OSError):  # a concurrent run may be pruning it too
-                    remove_snapshot(path)
         try:
             snap = make_snapshot(self.repo_root, self.snapshot_dest, self.git)
         except LoomError as exc:
@@ -321,6 +323,7 @@ class Run:
                 cache_enabled=self.opts.cache_enabled, head_sha=self.head_sha or "",
                 dependency_artifacts=dep_art, fingerprint_outputs=self.opts.fingerprint_outputs,
                 docker_leftovers=leftovers, remote=self.gateway.socket_name if self.gateway is not None else "",
+                cache_max_size=self.config.cache_max_size_bytes if self.config is not None else None,
             )
         return make
 
@@ -345,12 +348,12 @@ class Run:
         self.lock.note(snapshot_path=self.receipt.get("snapshot_path"),
                        snapshot_head_sha=self.receipt.get("snapshot_head_sha"),
                        graph_ir=self.receipt.get("graph_ir"), roster=[[j.name, j.stage] for j in jobs])
-        default_jobs = int(self.cluster_cpus) if self.gateway is not None else os.cpu_count()
-        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=self.opts.max_jobs or default_jobs or 1,
+        max_jobs = self._jobserver(len(jobs))
+        sup = Supervisor(jobs=jobs, deps=deps, max_jobs=max_jobs,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
                          run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks,
                          note=lambda path: self.lock.note(cgroup=path), secrets=self.secrets,
-                         stream=self.opts.stream, quiet=self.opts.quiet)
+                         stream=self.opts.stream, quiet=self.opts.quiet, pool=self.pool)
         self.sup = sup
         sup.execute()
         status = "success" if not _failed_jobs(sup) else "failed"
@@ -368,10 +371,47 @@ class Run:
                 folder.mkdir(mode=0o700)
             os.chmod(folder, 0o700)  # whatever the umask or whoever made it first
 
+    def _jobserver(self, n_jobs: int) -> int:
+        """Set up the jobserver (spec §13; see jobsource.choose); the run's --jobs bound. Under an
+        outside jobserver without an explicit --jobs, that pool alone bounds the run."""
+        from loomrun.supervisor.jobserver import OwnBudget, Pool
+
+        if self.gateway is not None:  # jobs run on cluster nodes, which cannot reach a fifo here
+            return self.opts.max_jobs or int(self.cluster_cpus) or 1
+        budget = self.opts.max_jobs or os.cpu_count() or 1
+        setting = self.config.jobserver if self.config is not None else "on"
+        source: Source | None = OwnBudget(budget)
+        warning = ""
+        if setting != "on" or "--jobserver-" in os.environ.get("MAKEFLAGS", ""):  # see jobsource.choose
+            from loomrun.supervisor import jobsource
+
+            try:
+                source, warning = jobsource.choose(setting, os.environ, budget)
+            except LoomError as exc:
+                raise _Failed(exc.message) from exc
+        if warning:
+            self.term.event(f"warning: {warning}")
+        if source is None:
+            return budget
+        folder = self.runtime / "tmp" / self.run_id / "jobserver"
+        try:
+            self.pool = Pool(folder, source)
+        except OSError as exc:  # a file system without fifos: the run goes on without a jobserver
+            source.close()
+            self.term.event(f"warning: no jobserver: cannot make a fifo in {folder}: {exc.strerror or exc}")
+            return budget
+        self.term.detail(f"jobserver: {source.label}" + (f", {source.slots} slots" if source.slots else ""))
+        borrowed = source.spare() is not None
+        return max(1, n_jobs) if borrowed and self.opts.max_jobs is None else budget
+
     # -- finalize -----------------------------------------------------------------------------
     def finalize(self, exit_code: int, error: str | None) -> RunResult:
         receipt_path: str | None = None
         self.close_remote()
+        if self.pool is not None:  # every job has ended: borrowed tokens go back, lost ones are counted
+            self.pool.close()
+            self.receipt["jobserver"] = self.pool.summary()
+            self.pool = None
         exit_code, error = self.with_writer_deaths(exit_code, error)
         self.writer.send(m.RunPhase("run.finalize", time.time_ns()))
         while True:

@@ -34,9 +34,14 @@ class Scheduler:
         st = self.state[name]
         return st == "success" or (st == "failed" and self.jobs[name].allow_failure)
 
-    def take_ready(self) -> list[str]:
-        """Jobs to start now, in declaration order, up to the --jobs bound."""
-        free = self.max_jobs - self.running
+    def startable(self) -> int:
+        """How many jobs could start now: ready ones, up to the --jobs bound."""
+        return max(0, min(len(self._ready), self.max_jobs - self.running))
+
+    def take_ready(self, limit: int | None = None) -> list[str]:
+        """Jobs to start now, in declaration order, up to the --jobs bound (and `limit`: the slots
+        the jobserver granted)."""
+        free = self.max_jobs - self.running if limit is None else min(limit, self.max_jobs - self.running)
         if free <= 0 or not self._ready:
             return []
         self._ready.sort(key=self.position.__getitem__)

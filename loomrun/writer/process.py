@@ -19,12 +19,15 @@ import time
 from collections.abc import Callable
 from multiprocessing import Pipe, reduction
 from multiprocessing.connection import Connection
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loomrun.protocol import messages as m
 from loomrun.writer.events import emit
 from loomrun.writer.redact import Redactor
 from loomrun.writer.runlog import RunLog, StepLog, mark_abandoned
+
+if TYPE_CHECKING:
+    from loomrun.writer.retention import RetentionThread
 
 READ_CHUNK = 1 << 20
 # The longest piece of a line the writer holds: a longer line (output without newlines) is written
@@ -90,6 +93,7 @@ class Writer:
         self.streams: dict[int, OutputStream] = {}
         self.redactor = Redactor()
         self.sup_open = True
+        self.retention: RetentionThread | None = None
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -119,6 +123,8 @@ class Writer:
             if self.log is not None and self.log.docs.due_in() == 0.0:
                 self._flush()
         self._flush()
+        if self.retention is not None:
+            self.retention.finish()
         return 0
 
     def _flush(self) -> None:
@@ -191,6 +197,11 @@ class Writer:
         elif isinstance(msg, m.MarkAbandoned):
             if self.log is not None:
                 mark_abandoned(self.log.runtime, msg.run_id, msg.facts)
+        elif isinstance(msg, m.Retain):
+            if self.log is not None and self.retention is None:
+                from loomrun.writer.retention import RetentionThread  # here: not on the supervisor's start-up
+
+                self.retention = RetentionThread(self.log.runtime, msg.runs, msg.max_age_s)
         else:
             self._run_record(msg)
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 from loomrun.globs import EMPTY_DIRS, match_paths
 from loomrun.proctree import JobCgroup, descendants, exit_code_of, handles, stop_processes
+from workers import jobserver
 from workers.providers.base import JobContext, ProviderError
 from workers.trees import copy_into, copy_paths
 
@@ -70,7 +71,8 @@ class HostProvider:
             if limits.cpus is not None:
                 n = max(1, min(os.cpu_count() or 1, int(-(-limits.cpus // 1))))
                 ctx.state["affinity"] = set(sorted(os.sched_getaffinity(0))[:n])
-        ctx.state["base_env"] = {**_caller_env(), **ctx.env}
+        ctx.state["base_env"] = env = {**_caller_env(), **ctx.env}
+        jobserver.host_env(env, ctx.state, *ctx.state.get("jobserver", ("", 0)))
 
     def start_step(self, ctx: JobContext, index: int, command: str, stdout_fd: int, stderr_fd: int) -> HostStep:
         for fd in (stdout_fd, stderr_fd):
@@ -90,6 +92,7 @@ class HostProvider:
             proc = subprocess.Popen(
                 argv, cwd=ctx.workspace, env=ctx.state["base_env"], stdin=subprocess.DEVNULL,
                 stdout=stdout_fd, stderr=stderr_fd, process_group=0, close_fds=True,
+                pass_fds=ctx.state.get("pass_fds", ()),
                 preexec_fn=enter if (cgroup is not None or affinity) else None,
             )
         finally:
@@ -150,6 +153,7 @@ class HostProvider:
 
     def cleanup(self, ctx: JobContext) -> None:
         self.stop(ctx, ctx.grace_s)
+        jobserver.close(ctx.state)
         cgroup: JobCgroup | None = ctx.state.pop("cgroup", None)
         if cgroup is not None:
             ctx.state["final_peak"] = cgroup.peak_memory()

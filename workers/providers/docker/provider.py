@@ -26,6 +26,7 @@ from docker.errors import APIError, DockerException
 from docker.types import Mount
 
 from loomrun.workflow.model import Service
+from workers import jobserver
 from workers.providers.base import JobContext, ProviderError, SectionLog
 from workers.providers.docker import workspace
 from workers.providers.docker.engine import WORKDIR, connect, engine_is_local, labels, object_name, reason
@@ -113,6 +114,7 @@ class DockerProvider:
             raise ProviderError(f"unknown workspace mount mode {ctx.mount_mode!r}")
         for host_file, inner in ctx.secret_mounts.items():
             binds[host_file] = {"bind": inner, "mode": "ro"}
+        binds.update(jobserver.docker_binds(ctx, engine_is_local()))  # spec §13
         limits = ctx.job.limits
         host_config = api.create_host_config(
             binds=binds,
@@ -139,6 +141,7 @@ class DockerProvider:
         self._start(api, ctx)
         if by_copy:
             workspace.seed_by_copy(api, ctx, self._sessions[ctx.state["container"]])
+        jobserver.docker_enable(ctx, self._sessions.get(ctx.state["container"]))
 
     def _start(self, api: Any, ctx: JobContext) -> None:
         """Attach to the job container (its shell reads commands from the attach socket), start it and

@@ -1,0 +1,122 @@
+"""Retention (spec §13): `loom gc [--dry-run]` on a store of 200 generated runs, and every `loom run`
+applying it at its start. Real `loom` processes; the runs' files are generated (tests/runfiles.py);
+a live run is one whose lock a process holds, as a running `loom run` does."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import Repo, RunLoom
+from tests.runfiles import DAY_NS, disk_usage, fake_check_receipt, fake_run, held_lock, tree
+
+HOUR_NS = DAY_NS // 24
+
+
+def _exists(runtime: Path, folder: str, name: str) -> bool:
+    return (runtime / folder / name).exists()
+
+
+def test_gc_dry_run_lists_exactly_what_gc_removes_and_a_live_run_survives(repo: Repo, run_loom: RunLoom) -> None:
+    runtime = repo.runtime
+    now = time.time_ns()
+    # 200 runs, one every 3.4 hours back to 28 days; default retention: 50 runs, 14 days.
+    ids = [fake_run(runtime, now - i * DAY_NS * 28 // 200, staging=i % 10 == 3) for i in range(200)]
+    checks = [fake_check_receipt(runtime, time.time() - i * 43_200, 1000 + i) for i in range(60)]
+    live = ids[150]  # past the newest 50 and 21 days old: due twice over, but its lock is held
+    with held_lock(runtime, live):
+        before, usage = tree(runtime), disk_usage(runtime)
+        dry = run_loom(["gc", "--dry-run"], repo.root)
+        assert dry.returncode == 0, dry.stderr
+        assert tree(runtime) == before  # a dry run changes nothing
+        real = run_loom(["gc"], repo.root)
+        assert real.returncode == 0, real.stderr
+    planned = [line.replace("would remove ", "removed ", 1) for line in dry.stdout.splitlines()]
+    assert planned == real.stdout.splitlines()
+    for i, rid in enumerate(ids):
+        kept = i < 50 or rid == live
+        assert _exists(runtime, "logs", rid) == kept, (i, rid)
+        assert _exists(runtime, "receipts", f"{rid}.json") == kept, (i, rid)
+        assert _exists(runtime, "workspaces", rid) == (i < 5 or rid == live), (i, rid)
+        assert not _exists(runtime, "tmp", rid) or rid == live  # a finished run's staging always goes
+    for i, name in enumerate(checks):  # one every 12 h: the newest 28 are within 14 days
+        assert _exists(runtime, "receipts", name) == (i < 28), (i, name)
+    lines = real.stdout.splitlines()
+    assert sum(line.startswith("removed run ") for line in lines) == 149
+    assert sum(line.startswith("removed snapshot of ") for line in lines) == 45
+    assert sum(line.startswith("removed staging of ") for line in lines) == 1
+    assert sum(line.startswith("removed check receipt ") for line in lines) == 32
+    assert not any(live in line for line in lines)
+    assert lines[0].startswith(f"removed check receipt {checks[59]}: ")  # oldest first (29.5 days)
+    assert next(x for x in lines if " run " in x).startswith(f"removed run {ids[199]} (receipt, logs, snapshot): ")
+    assert f"removed run {ids[193]} (receipt, logs, snapshot, staging): " in real.stdout
+    freed = re.search(r"freed .* \((\d+) bytes\): 149 runs, 45 snapshots, 1 staging folder, 32 check receipts",
+                      real.stderr)
+    assert freed is not None, real.stderr
+    assert int(freed.group(1)) == usage - disk_usage(runtime)  # the bytes it says it freed, exactly
+    finished = run_loom(["gc"], repo.root)  # its lock is free now: it is an old finished run like any other
+    assert finished.stdout.startswith(f"removed run {live} (receipt, logs, snapshot): "), finished.stdout
+    again = run_loom(["gc"], repo.root)
+    assert (again.returncode, again.stdout, again.stderr.strip()) == (0, "", "nothing to remove")
+
+
+def test_every_run_applies_retention_at_its_start_but_never_to_a_live_run(
+        repo: Repo, run_loom: RunLoom, workflow: Callable[..., str]) -> None:
+    repo.write_workflow(workflow({"a": {"script": ["true"]}}))
+    repo.write({".loom/config.yml": "runtime:\n  retention: {runs: 10, maxAge: 1d}\n"})
+    repo.commit()
+    runtime = repo.runtime
+    now = time.time_ns()
+    ids = [fake_run(runtime, now - i * 2 * HOUR_NS) for i in range(1, 21)]  # every 2 h, back to 40 h
+    live = ids[-1]
+    with held_lock(runtime, live):
+        res = run_loom(["run", "--local", "-q"], repo.root)
+    assert res.returncode == 0, res.stderr
+    new = re.search(r"receipts/(loom-run-local-\d+)\.json", res.stderr)
+    assert new is not None, res.stderr
+    kept_logs = {p.name for p in (runtime / "logs").iterdir()}
+    assert kept_logs == {new.group(1), *ids[:9], live}  # the run itself is one of the 10
+    kept_snapshots = {p.name for p in (runtime / "workspaces").iterdir()}
+    assert kept_snapshots == {new.group(1), *ids[:4], live}  # the newest five, and the live one
+    assert {p.name for p in (runtime / "receipts").iterdir()} == {f"{r}.json" for r in kept_logs}
+
+
+def test_max_age_alone_removes_old_runs_and_nothing_is_due_when_within_bounds(
+        repo: Repo, run_loom: RunLoom) -> None:
+    runtime = repo.runtime
+    now = time.time_ns()
+    young = [fake_run(runtime, now - i * HOUR_NS, snapshot=False) for i in range(3)]
+    old = fake_run(runtime, now - 3 * DAY_NS, snapshot=False)
+    repo.write({".loom/config.yml": "runtime:\n  retention: {maxAge: 2d}\n"})
+    res = run_loom(["gc"], repo.root)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"removed run {old} (receipt, logs): " + res.stdout.split(": ")[-1].strip()]
+    assert {p.name for p in (runtime / "logs").iterdir()} == set(young)
+    assert run_loom(["gc", "--dry-run"], repo.root).stderr.strip() == "nothing to remove"
+
+
+def test_gc_outside_a_repo_and_a_bad_config_are_one_line_errors(tmp_path: Path, repo: Repo, run_loom: RunLoom) -> None:
+    outside = run_loom(["gc"], tmp_path)
+    assert outside.returncode == 1 and len(outside.stderr.strip().splitlines()) == 1, outside.stderr
+    assert outside.stderr.startswith("loom gc: ")
+    repo.write({".loom/config.yml": "runtime:\n  retention: {runs: 0}\n"})
+    bad = run_loom(["gc", "--dry-run"], repo.root)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "runtime.retention.runs" in bad.stderr
+
+
+def test_a_removal_stopped_between_items_leaves_the_newest_for_later(tmp_path: Path) -> None:
+    """What the writer does when a run ends before a big backlog is worked off: it stops after the
+    item in hand; the oldest went first, and the next run (or `loom gc`) plans the rest again."""
+    from loomrun.writer import retention
+
+    runtime = tmp_path / "runtime"
+    now = time.time_ns()
+    ids = [fake_run(runtime, now - i * HOUR_NS, snapshot=False) for i in range(6)]
+    doomed = retention.plan(runtime, 2, 86400.0)
+    assert [d.name for d in doomed] == ids[:1:-1]  # four past the newest two, oldest first
+    asked = []
+    retention.remove(runtime, doomed, stop=lambda: len(asked) > 1 or bool(asked.append(1)))
+    assert sorted(p.name for p in (runtime / "logs").iterdir()) == sorted([*ids[:2], *ids[2:4]])
+    assert [d.name for d in retention.plan(runtime, 2, 86400.0)] == ids[3:1:-1]
