@@ -77,10 +77,11 @@ def _check(result: Result) -> dict[str, object]:
 ])
 def test_writer_killed_before_each_kind_of_record(tmp_path: Path, where: str) -> None:
     repo = make_repo(tmp_path / "repo", WORKFLOW)
+    dead_id = f"loom-run-local-{time.time_ns()}"  # a recent run: retention (14 days) leaves it be
     if where.startswith("MarkAbandoned"):  # a dead run to mark: a lock file nobody holds
         runs = repo / ".loom/.runtime/runs"
         runs.mkdir(parents=True)
-        (runs / "loom-run-local-1.lock").write_text("")
+        (runs / f"{dead_id}.lock").write_text("")
     result = run_loom(repo, "run", "--local", "-j", "2", env=loom_env(LOOM_FAULT_KILL_WRITER=where))
     assert result.code == 1, result.stderr
     receipt = _check(result)
@@ -91,7 +92,7 @@ def test_writer_killed_before_each_kind_of_record(tmp_path: Path, where: str) ->
         assert set(statuses.values()) == {"success"}
         assert result.step_lines("a", 1) == ["a 1", "a 2", "a 3"]
     if where == "MarkAbandoned:1":
-        dead = load(repo / ".loom/.runtime/receipts/loom-run-local-1.json")
+        dead = load(repo / f".loom/.runtime/receipts/{dead_id}.json")
         assert dead["status"] == "failure" and dead["error"] == "abandoned"
 
 
