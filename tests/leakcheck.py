@@ -11,6 +11,8 @@ Loaded by tests/conftest.py (and by inner pytest runs in tests/test_infra.py wit
   timeout first; the SDK is imported only then). Limit: a leftover whose run id neither embeds the
   pytest pid nor has a logs folder under our basetemp is not attributed to us, so not seen; this
   keeps a test session from removing the objects of another session sharing the engine.
+* cgroups: loom's own (a fork server's `loom-forks-<pid>`, a job's `loom/<run_id>.<job>`) that appeared
+  during the test and are still there after the grace.
 * Temp files: the session gets a private TMPDIR (created in the system temp dir, removed at the end),
   so `tempfile.gettempdir()` in this process and every child points there; new entries after a test
   are leftovers. pytest's own basetemp is fixed before the switch, so it stays in the system temp dir.
@@ -230,11 +232,12 @@ class Before:
     procs: set[ProcKey]
     docker: set[DockerObject]
     temp: set[str]
+    cgroups: set[str]
 
 
 def _capture(session: Session) -> Before:
     return Before(procs=set(_live_processes(session.marker)), docker=_docker_listing(session),
-                  temp=_listing(session.tmpdir))
+                  temp=_listing(session.tmpdir), cgroups=_cgroups())
 
 
 def _docker_listing(session: Session) -> set[DockerObject]:
@@ -242,6 +245,49 @@ def _docker_listing(session: Session) -> set[DockerObject]:
         return session.docker.labelled()
     except Exception:  # an engine that dies mid-session is the Docker tests' failure, not ours
         return set()
+
+
+# ---- cgroups ---------------------------------------------------------------------------------------
+
+def _cgroups() -> set[str]:
+    """loom's cgroups on this machine: fork servers' tracking cgroups (`loom-forks-<pid>`, in the pids
+    hierarchy on v1) and jobs' limit cgroups (`loom/<run_id>.<job>`), a few levels deep at most."""
+    found: set[str] = set()
+    for top in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"):
+        if not os.path.isdir(top):
+            continue
+        for folder, dirs, _files in os.walk(top):
+            depth = folder[len(top):].count("/")
+            for name in dirs:
+                if name.startswith("loom-forks-") or (os.path.basename(folder) == "loom" and "." in name):
+                    found.add(os.path.join(folder, name))
+            if depth >= 3:
+                dirs[:] = []
+            else:
+                dirs[:] = [d for d in dirs if not d.startswith(("loom-forks-", "system.slice"))]
+    return found
+
+
+def cgroup_leftovers(before: set[str]) -> list[str]:
+    """New loom cgroups still there after a grace (a process that was just reaped may hold one for a
+    moment): removed (after killing what is in one), and named."""
+    deadline = time.monotonic() + GRACE_S
+    while (new := _cgroups() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for path in sorted(new, key=len, reverse=True):  # children first
+        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as fh:
+            for pid in fh.read().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01)
+    return [f"cgroup {path}" for path in sorted(new)]
 
 
 def leftovers(session: Session, before: Before) -> list[str]:
@@ -254,6 +300,7 @@ def leftovers(session: Session, before: Before) -> list[str]:
     for name in sorted(_listing(session.tmpdir) - before.temp):
         _remove(session.tmpdir / name)
         found.append(f"temp entry {session.tmpdir / name}")
+    found += cgroup_leftovers(before.cgroups)
     return found
 
 

@@ -49,6 +49,7 @@ class ForkServer:
     def __init__(self, preload_docker: bool = False, preload_remote: bool = False) -> None:
         self.preload_docker = preload_docker
         self.preload_remote = preload_remote  # a --remote run: its workers use the remote provider
+        self.retired: list[int] = []  # fork servers that died and were replaced: their cgroups go at close()
         self.pid, self.sock = self._fork()
 
     def _fork(self) -> tuple[int, socket.socket]:
@@ -67,7 +68,8 @@ class ForkServer:
         try:
             return self._spawn(spec, fds)
         except ForkServerDied:
-            self.close()
+            self._end()
+            self.retired.append(self.pid)  # its tracking cgroup still holds its workers
             self.pid, self.sock = self._fork()
             return self._spawn(spec, fds)
 
@@ -89,7 +91,15 @@ class ForkServer:
         return pid
 
     def close(self) -> None:
-        """Called when no spawn is in flight. It holds nothing, so it need not finish an import first."""
+        """Called when no spawn is in flight and the workers it forked are reaped. It holds nothing,
+        so it need not finish an import first. Its tracking cgroups go with it."""
+        self._end()
+        from loomrun.proctree import TrackingCgroup
+
+        for pid in (*self.retired, self.pid):
+            TrackingCgroup.left_by(pid)
+
+    def _end(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
         with contextlib.suppress(ProcessLookupError):
@@ -122,6 +132,14 @@ def _serve(sock: socket.socket, preload_docker: bool, preload_remote: bool = Fal
         keep = sock.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 65536)
+        # Into a tracking cgroup of its own first, so every worker it forks is born there and nothing
+        # a worker leaves behind can hide (ARCHITECTURE.md, "Stopping a job"). The first cgroup
+        # migration of a while waits for an RCU grace period (~16 ms here): paid here, while the
+        # supervisor is still importing, not on its way to the first job. Best effort: a host that
+        # does not let us (not root, no pids hierarchy) has none.
+        from loomrun.proctree import TrackingCgroup, tracking_name
+
+        TrackingCgroup.adopt(os.getpid(), tracking_name(os.getpid()))
         # Imported here once, not in every worker (and not in the supervisor at all).
         from workers.main import warm_up, worker_main
         from workers.providers import host as _host  # noqa: F401

@@ -12,7 +12,9 @@ and whatever jobs the next run has.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     import psutil
 
 JANITOR_WAIT_S = 60.0
+TRACKING_NAME = re.compile(r"loom-forks-\d+")  # proctree.tracking_name
 Mark = Callable[[str, dict[str, Any]], None]
 
 
@@ -34,10 +37,12 @@ def reap(runtime: Path, mark: Mark) -> list[str]:
         facts = locks.facts_of(runtime, run_id)
         mark(run_id, facts)
         stop_processes(_tagged(run_id), 0.0)
-        tracking = _tracking_cgroup(run_id, facts)
-        if tracking is not None:
-            stop_processes(tracking.processes, 0.0)
-            tracking.remove()
+        for tracking in _tracking_cgroups(facts):
+            for _ in range(100):  # a process just killed may be counted in it for a moment more
+                stop_processes(tracking.processes, 0.0)
+                if tracking.remove():
+                    break
+                time.sleep(0.01)
         names = {p.name for p in CGROUP_ROOT.glob(f"*/loom/{run_id}.*")}  # its jobs' cgroups (limits)
         names |= {p.name for p in CGROUP_ROOT.glob(f"loom/{run_id}.*")}
         for name in names:
@@ -50,16 +55,17 @@ def reap(runtime: Path, mark: Mark) -> list[str]:
     return dead
 
 
-def _tracking_cgroup(run_id: str, facts: dict[str, Any]) -> TrackingCgroup | None:
-    """The run's tracking cgroup as its sidecar names it, if the name is one loom would have made
+def _tracking_cgroups(facts: dict[str, Any]) -> list[TrackingCgroup]:
+    """The run's tracking cgroups as its sidecar names them, if each name is one loom would have made
     (the sidecar is a file in the repo: a path elsewhere is never trusted to kill what is in it)."""
-    where = facts.get("cgroup")
-    if not isinstance(where, str):
-        return None
-    path = Path(where)
-    if path.name != run_id or ".." in path.parts or not path.is_relative_to(CGROUP_ROOT) or not path.is_dir():
-        return None
-    return TrackingCgroup(path)
+    where = facts.get("cgroups")
+    found = []
+    for item in where if isinstance(where, list) else []:
+        path = Path(str(item))
+        if (TRACKING_NAME.fullmatch(path.name) and ".." not in path.parts and path.is_relative_to(CGROUP_ROOT)
+                and path.is_dir()):
+            found.append(TrackingCgroup(path))
+    return found
 
 
 def reap_with_oneshot_writer(runtime: Path) -> list[str]:

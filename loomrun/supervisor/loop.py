@@ -9,7 +9,6 @@ job left behind, and carries on with the other jobs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -84,7 +83,7 @@ class Supervisor:
     def __init__(self, *, jobs: list[Job], deps: dict[str, tuple[str, ...]], max_jobs: int,
                  writer: WriterLink, terminal: Terminal, make_spec: Callable[[Job], WorkerSpec],
                  run_id: str, grace_s: float, wakeup_fd: int, forks: ForkServer | None = None,
-                 note: Callable[[str], None] | None = None, secrets: SecretsBroker | None = None,
+                 note: Callable[[list[str]], None] | None = None, secrets: SecretsBroker | None = None,
                  stream: bool = False, quiet: bool = False, pool: Pool | None = None) -> None:
         self.jobs = {j.name: j for j in jobs}
         self.sched = Scheduler(jobs, deps, max_jobs)
@@ -108,8 +107,8 @@ class Supervisor:
         # Every worker is born in the run's tracking cgroup (the fork server is moved into it), so a
         # crashed worker's leftovers are found there, even a step that left its session and cleared
         # its environment: one migration per run (~0.2 ms), where one per job cost ~0.3 ms each.
-        self.run_cgroup: TrackingCgroup | None = None
-        self.tracked_pid: int | None = None  # the fork server last moved (or tried) into it
+        self.run_cgroups: list[TrackingCgroup] = []  # one per fork server (a replaced one makes another)
+        self.tracked_pid: int | None = None  # the fork server whose cgroup was last looked up
         self.note = note  # told the cgroup's path, for the recovery of a run whose supervisor died
         # Terminal lines in the order they were decided, held behind an end line whose job the writer
         # has not written yet (so the plain lines read as before: started, passed, started, ...).
@@ -269,8 +268,6 @@ class Supervisor:
     def _start(self, name: str, forks: ForkServer) -> None:
         job = self.jobs[name]
         spec = self.make_spec(job)
-        if self.tracked_pid != forks.pid:
-            self._track(forks)
         if self.pool is not None:
             fifo = self.pool.job_started(name, uses_jobserver(job, spec.env))
             if fifo:
@@ -285,8 +282,8 @@ class Supervisor:
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())
             return
-        if self.tracked_pid != forks.pid:  # the fork server died and was replaced during the spawn
-            self._track(forks, slot.pid)
+        if self.tracked_pid != forks.pid:  # the first spawn, or the fork server was replaced during it
+            self._track(forks)
         self.slots[name] = slot
 
     # -- messages ---------------------------------------------------------------------------
@@ -466,42 +463,36 @@ class Supervisor:
             cgroup.remove()
 
     # -- the run's tracking cgroup ------------------------------------------------------------------
-    def _track(self, forks: ForkServer, *also: int) -> None:
-        """Move the fork server (a new one, if it was replaced: with the worker it just forked)
-        into the run's tracking cgroup."""
+    def _track(self, forks: ForkServer) -> None:
+        """After a spawn (which the fork server answers only once it is in its tracking cgroup):
+        that cgroup, which holds every worker it forks, is the run's."""
         self.tracked_pid = forks.pid
-        if self.run_cgroup is not None:  # a replaced fork server (the old one died) joins it too
-            for pid in (forks.pid, *also):
-                with contextlib.suppress(OSError):
-                    (self.run_cgroup.path / "cgroup.procs").write_text(str(pid))
+        cgroup = TrackingCgroup.of(forks.pid)
+        if cgroup is None:  # this host does not let us make one
             return
-        self.run_cgroup = TrackingCgroup.adopt(forks.pid, self.run_id)
-        if self.run_cgroup is not None and self.note is not None:
-            self.note(str(self.run_cgroup.path))
+        self.run_cgroups.append(cgroup)
+        if self.note is not None:
+            self.note([str(c.path) for c in self.run_cgroups])
 
     def _orphans(self, dead: JobSlot) -> list[Any]:
         """Processes of the run's cgroup that no live worker leads to: what dead workers left.
         (The fork server and live workers are in it too; so are their descendants.)"""
-        if self.run_cgroup is None:
+        if not self.run_cgroups:
             return []
         live = {s.pid for s in self.slots.values() if s is not dead} | {s.pid for s in self.exiting.values()}
         if self.tracked_pid is not None:
             live.add(self.tracked_pid)
-        members = self.run_cgroup.pids() - live
+        members = set().union(*(c.pids() for c in self.run_cgroups)) - live
         return handles(p for p in members if descends_from(p, live) is False)
 
     def _untrack_run(self) -> None:
-        """The run is over: the fork server goes back where it came from (it outlives the run),
-        anything still in the run's cgroup is stopped, and the cgroup is removed."""
-        cgroup, self.run_cgroup = self.run_cgroup, None
-        if cgroup is None:
-            return
-        if self.tracked_pid is not None:
-            cgroup.release(self.tracked_pid)
-        for _ in range(50):
-            if cgroup.remove():
-                return
-            stop_processes(cgroup.processes, 0.0)
+        """The run is over: anything but the fork server still in the run's cgroups is stopped. The
+        fork server stays where it is (moving it out would be another migration, on the way to the
+        receipt); its cgroups go with it (`ForkServer.close`)."""
+        cgroups, self.run_cgroups = self.run_cgroups, []
+        keep = {self.tracked_pid}
+        for cgroup in cgroups:
+            stop_processes(lambda c=cgroup: handles(c.pids() - keep), 0.0)  # type: ignore[misc]
 
     def _finish(self, slot: JobSlot, status: int) -> None:
         res = slot.result

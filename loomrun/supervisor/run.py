@@ -352,7 +352,7 @@ class Run:
         sup = Supervisor(jobs=jobs, deps=deps, max_jobs=max_jobs,
                          writer=self.writer, terminal=self.term, make_spec=self.make_spec(deps),
                          run_id=self.run_id, grace_s=GRACE_S, wakeup_fd=wakeup_fd, forks=self.forks,
-                         note=lambda path: self.lock.note(cgroup=path), secrets=self.secrets,
+                         note=lambda paths: self.lock.note(cgroups=paths), secrets=self.secrets,
                          stream=self.opts.stream, quiet=self.opts.quiet, pool=self.pool)
         self.sup = sup
         sup.execute()

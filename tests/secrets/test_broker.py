@@ -17,7 +17,7 @@ import pytest
 
 from loomrun.supervisor.secrets_broker import SecretsBroker
 from loomrun.workflow.model import Job, SecretSpec
-from tests.process.runner import Background, loom_env, make_repo
+from tests.process.runner import Background, loom_env, make_repo, run_loom
 from tests.secrets.conftest import PASSWORD, VALUES, keepass_config
 
 REF = "keepass://local/main#services/loom/deploy:password"
@@ -116,3 +116,4 @@ def test_broker_dies_with_a_sigkilled_loom(tmp_path: Path, vault: Path) -> None:
     run.finish()
     broker.wait(10)  # PR_SET_PDEATHSIG, and EOF on its control socket
     assert not broker.is_running()
+    assert run_loom(repo, "cache", "list", env=loom_env(HOME=str(tmp_path))).code == 0  # reaps the dead run
