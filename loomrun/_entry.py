@@ -16,6 +16,10 @@ from typing import NoReturn
 
 def _quiet_exit(signum: int, _frame: object) -> None:
     os.write(2, b"loom: interrupted\n")
+    run = sys.modules.get("loomrun.commands.run")
+    if run is not None:  # the fork server started early: it goes, with its tracking cgroup
+        with contextlib.suppress(Exception):
+            run.close_early()
     os._exit(128 + signum)
 
 

@@ -251,11 +251,20 @@ class TrackingCgroup:
         home = _cgroup_of(os.getpid(), _unified())
         if home is None:
             return
-        cgroup = cls(cls.base() / home.lstrip("/") / tracking_name(pid))
+        folder = cls.base() / home.lstrip("/")
+        cgroup = cls(folder / tracking_name(pid))
         for _ in range(50):  # a member that was just reaped may be counted for a moment more
             if not cgroup.path.is_dir() or cgroup.remove():
-                return
+                break
             time.sleep(0.002)
+        # Those of fork servers that died with a `loom` killed before it could remove them: empty
+        # (rmdir refuses any other) and their fork server gone.
+        with contextlib.suppress(OSError), os.scandir(folder) as it:
+            stale = [e.name for e in it if e.name.startswith("loom-forks-") and e.name[11:].isdigit()
+                     and not os.path.exists(f"/proc/{e.name[11:]}")]
+        for name in stale:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder / name)
 
     def release(self, pid: int) -> None:
         """Move `pid` back where `adopt` took it from (it outlives this cgroup)."""

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 _early: ForkServer | None = None
 _early_gateway: Gateway | None = None
+_taken: ForkServer | None = None  # the early fork server once `main` has it: ^C before the run's own
+# signal handlers are in place still ends it (with its tracking cgroup): see `_entry._quiet_exit`
 
 
 def start_early(argv: list[str]) -> None:
@@ -58,10 +60,11 @@ def _early_address(argv: list[str]) -> str | None:
 
 
 def close_early() -> None:
-    global _early, _early_gateway
-    if _early is not None:
-        _early.close()
-        _early = None
+    global _early, _early_gateway, _taken
+    for forks in (_early, _taken):
+        if forks is not None:
+            forks.close()
+    _early = _taken = None
     if _early_gateway is not None:  # a usage error, --help: no run, nothing to wait for
         _early_gateway.close(wait_s=0.5)
         _early_gateway = None
@@ -70,8 +73,9 @@ def close_early() -> None:
 def main(*, local: bool, remote: str | None, workflow: str | None, stream: bool, verbose: bool, quiet: bool,
          cache_diff: bool, docker_workspace_mount: str | None, max_jobs: int | None,
          only_jobs: tuple[str, ...], list_jobs: bool = False, no_deps: bool = False) -> int:
-    global _early, _early_gateway
-    forks, _early = _early, None
+    global _early, _early_gateway, _taken
+    forks = _taken = _early
+    _early = None
     gateway, _early_gateway = _early_gateway, None
     try:
         if list_jobs:  # nothing runs: --local is not needed
@@ -88,8 +92,8 @@ def main(*, local: bool, remote: str | None, workflow: str | None, stream: bool,
             return run_cache_diff(opts)
         if forks is None:
             try:
-                forks = ForkServer(preload_docker=address is None and _mentions_image(workflow),
-                                   preload_remote=address is not None)
+                forks = _taken = ForkServer(preload_docker=address is None and _mentions_image(workflow),
+                                            preload_remote=address is not None)
             except OSError as exc:
                 raise LoomError(f"cannot start the fork server: {exc.strerror or exc}") from exc
         from loomrun.supervisor.run import run_local
@@ -98,6 +102,7 @@ def main(*, local: bool, remote: str | None, workflow: str | None, stream: bool,
         gateway = None  # the run closed it
         return result.exit_code
     finally:
+        _taken = None
         if forks is not None:
             forks.close()
         if gateway is not None:  # no run took it (a bad address, a config error)

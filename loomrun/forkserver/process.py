@@ -29,6 +29,10 @@ import socket
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, NoReturn
 
+# At import, not when closing: a ^C handler that closes the fork server must not import (the
+# interrupted code may be importing this very module).
+from loomrun.proctree import TrackingCgroup, tracking_name
+
 if TYPE_CHECKING:
     from loomrun.protocol.spec import WorkerSpec
 
@@ -94,8 +98,6 @@ class ForkServer:
         """Called when no spawn is in flight and the workers it forked are reaped. It holds nothing,
         so it need not finish an import first. Its tracking cgroups go with it."""
         self._end()
-        from loomrun.proctree import TrackingCgroup
-
         for pid in (*self.retired, self.pid):
             TrackingCgroup.left_by(pid)
 
@@ -137,8 +139,6 @@ def _serve(sock: socket.socket, preload_docker: bool, preload_remote: bool = Fal
         # migration of a while waits for an RCU grace period (~16 ms here): paid here, while the
         # supervisor is still importing, not on its way to the first job. Best effort: a host that
         # does not let us (not root, no pids hierarchy) has none.
-        from loomrun.proctree import TrackingCgroup, tracking_name
-
         TrackingCgroup.adopt(os.getpid(), tracking_name(os.getpid()))
         # Imported here once, not in every worker (and not in the supervisor at all).
         from workers.main import warm_up, worker_main

@@ -32,7 +32,7 @@ from workers.providers.docker import workspace
 from workers.providers.docker.engine import WORKDIR, connect, engine_is_local, labels, object_name, reason
 from workers.providers.docker.images import build_image, ensure_image
 from workers.providers.docker.limits import memory_exceeded, pids_exceeded
-from workers.providers.docker.session import PREAMBLE, RAW_UNSAFE, SESSION_ENTRYPOINT, Session
+from workers.providers.docker.session import RAW_UNSAFE, SESSION_ENTRYPOINT, Session
 from workers.providers.docker.steps import DockerStep, ExecStep
 from workers.providers.docker.workspace import SEED_DIR
 
@@ -156,7 +156,7 @@ class DockerProvider:
             self._died_at_start(api, ctx, str(reason(exc)))
             return
         with contextlib.suppress(OSError):  # a shell that died at once: the stream tells why
-            session.send(PREAMBLE)
+            session.send(session.preamble())
         if not session.wait_up(self.timeout_s):
             self._died_at_start(api, ctx, session.early.decode(errors="replace").strip())
 

@@ -22,8 +22,13 @@ SESSION_ENTRYPOINT = ["/bin/sh"]
 # exit once they are gone, so the steps get the grace period and the engine's SIGKILL ends the rest.
 # Its own messages (a shell reports a child killed by a signal: "Terminated") go nowhere; fd 3 is the
 # container's stderr, which the steps get.
+# The shell acts on a TERM only between commands: after a step's command and before the marker that
+# follows it. So the trap prints the marker of a step in flight itself (`$?` is the step's status
+# there), or a step that handled its TERM would be reported killed (137) instead of its own code.
 PREAMBLE = (
-    "trap 'kill -TERM -1 2>/dev/null; while kill -0 -1 2>/dev/null; do sleep 0.1; done; exit 0' TERM\n"
+    "trap 'loom_st=$?; if [ -n \"$loom_busy\" ]; then printf \"%s %d\\n\" {nonce} \"${{loom_rc:-$loom_st}}\"; "
+    "printf \"%s\\n\" {nonce} >&3; fi; "
+    "kill -TERM -1 2>/dev/null; while kill -0 -1 2>/dev/null; do sleep 0.1; done; exit 0' TERM\n"
     "exec 3>&2 2>/dev/null\n"
     "echo loom-idle\n"
 )
@@ -59,6 +64,10 @@ class Session:
     def send(self, text: str) -> None:
         self.raw.sendall(text.encode())
 
+    def preamble(self) -> str:
+        """What the shell is told first (`PREAMBLE`, with this container's nonce)."""
+        return PREAMBLE.format(nonce=self.nonce.decode())
+
     def wait_up(self, timeout_s: float) -> bool:
         with self.cond:
             self.cond.wait_for(lambda: self.up or self.ended, timeout_s)
@@ -68,8 +77,8 @@ class Session:
         step = SessionStep(self, stdout_fd, stderr_fd)
         quoted = "'" + command.replace("'", "'\\''") + "'"
         nonce = self.nonce.decode()
-        line = (f"/bin/sh {'-x ' if trace else ''}-c {quoted} </dev/null 2>&3 3>&-; loom_rc=$?; "
-                f"printf '%s %d\\n' {nonce} \"$loom_rc\"; printf '%s\\n' {nonce} >&3\n")
+        line = (f"loom_rc=; loom_busy=1; /bin/sh {'-x ' if trace else ''}-c {quoted} </dev/null 2>&3 3>&-; "
+                f"loom_rc=$?; printf '%s %d\\n' {nonce} \"$loom_rc\"; printf '%s\\n' {nonce} >&3; loom_busy=\n")
         with self.cond:
             if self.ended:
                 step.lost()
