@@ -133,3 +133,79 @@ def test_skip_is_a_reported_skip_without_ci(inner: pytest.Pytester) -> None:
     assert result.ret == 0
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED*no engine here*"])
+
+
+def _pids_cgroup_home() -> Path:
+    """This process's cgroup in the hierarchy loom's tracking cgroups live in (v1 pids, or v2)."""
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(","):
+            return Path("/sys/fs/cgroup/pids") / path.lstrip("/")
+    path = next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
+    return Path("/sys/fs/cgroup") / path.lstrip("/")
+
+
+CGROUP_CASE = """
+    import os, subprocess, time
+    from pathlib import Path
+    def test_makes_a_cgroup():
+        # {who}: a sleep that is {how}, in a loom tracking cgroup named after it
+        out = subprocess.run({cmd!r}, shell=True, check=True, capture_output=True, text=True).stdout
+        pid = int(out.split()[0])
+        cgroup = Path({home!r}) / f"loom-forks-{{pid}}"
+        cgroup.mkdir()
+        (cgroup / "cgroup.procs").write_text(str(pid))
+        open({record!r}, "w").write(f"{{pid}} {{cgroup}}")
+"""
+
+
+def _cgroup_case(inner: pytest.Pytester, who: str, how: str, cmd: str) -> tuple[pytest.RunResult, int, Path]:
+    home = _pids_cgroup_home()
+    if not os.access(home, os.W_OK):
+        pytest.skip(f"cannot make cgroups under {home} (not root?)")
+    record = inner.path / "cgroup.txt"
+    result = _run_inner(inner, CGROUP_CASE.format(who=who, how=how, cmd=cmd, home=str(home), record=str(record)))
+    pid, path = record.read_text().split()
+    return result, int(pid), Path(path)
+
+
+def _drop_cgroup(pid: int, path: Path) -> None:
+    _kill_if_alive(pid)
+    _gone(pid)
+    if path.exists():
+        path.rmdir()
+
+
+def test_leftover_loom_cgroup_of_this_session_fails_the_test_and_is_removed(inner: pytest.Pytester) -> None:
+    result, pid, path = _cgroup_case(inner, "ours", "a child of the test", "sleep 63 & echo $!")
+    try:
+        assert result.ret != 0
+        result.stdout.fnmatch_lines([f"*test left behind*cgroup {path}*"])
+        assert _gone(pid)
+        assert not path.exists()
+    finally:
+        _drop_cgroup(pid, path)
+
+
+def test_loom_cgroup_of_another_loom_on_the_machine_is_left_alone(inner: pytest.Pytester) -> None:
+    """Another `loom` running beside the tests (a developer's build, another test session) keeps its
+    jobs: its cgroup's members are neither descendants of pytest nor carry the session's marker."""
+    result, pid, path = _cgroup_case(inner, "not ours", "in its own session, without our environment",
+                                     "env -i setsid sh -c 'sleep 64 </dev/null >/dev/null 2>&1 & echo $!'")
+    try:
+        assert pid not in {p.pid for p in psutil.Process().children(recursive=True)}
+        result.assert_outcomes(passed=1)
+        assert not _gone_within(pid, 0.5)
+        assert path.exists()
+    finally:
+        _drop_cgroup(pid, path)
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid):
+            return True
+        time.sleep(0.05)
+    return False
