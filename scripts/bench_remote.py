@@ -9,8 +9,9 @@ and Ray (`pip install '.[ray]'`).
 * peak RSS of supervisor + gateway + writer during the 100-job run (target <= 300 MB)
 
 The cluster: a head on 127.0.0.1 without CPUs (the machine `loom` runs on) and two nodes with two
-CPUs each, in pools `a` and `b`. The first remote run of a session uploads loomrun's code to the
-cluster (`py_modules`); one warm-up run pays for it before anything is timed.
+CPUs each, in pools `a` and `b`. One warm-up run (Ray's first actors on each node) comes before
+anything is timed. Dispatch overhead is per job past the run's start at -j 2: two jobs run at once,
+so one job's own delay is about twice the figure.
 """
 
 from __future__ import annotations
