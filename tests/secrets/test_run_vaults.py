@@ -287,3 +287,64 @@ def test_a_value_that_is_not_utf8_reaches_the_file_byte_for_byte(tmp_path: Path)
     result = Result(out.returncode, out.stdout, out.stderr, repo)
     assert result.code == 0, result.stderr
     assert result.step_lines("use", 1) == ["same-bytes"]
+
+
+@pytest.mark.parametrize(("ref", "code", "says"), [
+    ("env://NOT_SET_FOR_THIS_RUN", "SECRETS_REQUIRED_MISSING", "$NOT_SET_FOR_THIS_RUN is not set"),
+    ("keepass://local/main#services/loom/nothing:password", "SECRETS_REF_NOT_FOUND",
+     'keepass alias "local/main": no entry "services/loom/nothing" in '),
+    ("keepass://local/main#services/loom/deploy:no-such-field", "SECRETS_REF_NOT_FOUND", "no-such-field"),
+    ("op://Engineering/services/loom/deploy/no-such-field", "SECRETS_REF_NOT_FOUND", "no-such-field"),
+], ids=["env-unset", "keepass-entry", "keepass-field", "op-field"])
+def test_a_required_secret_that_cannot_be_resolved_fails_its_job_with_the_code(
+        tmp_path: Path, vault: Path, fake_op: Path, ref: str, code: str, says: str) -> None:
+    """REQUIRED_MISSING and REF_NOT_FOUND fail the job before its first step, the code printed once
+    on the terminal line and kept in the section's events, the summary and the manifest (spec §7.2)."""
+    repo = keepass_repo(tmp_path, vault, {"S": f'{{ref: "{ref}"}}'}, "touch ran")
+    env = env_for(tmp_path, KP_PASSWORD=PASSWORD, OP_SERVICE_ACCOUNT_TOKEN="ops_fake_token_1234",
+                  LOOM_OP_FAKE=str(fake_op))
+    result = run_loom(repo, "run", "--local", env=env)
+    message = _failed_once(result, "use", code)
+    assert says in message, message
+    assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+    assert not (result.logs_dir / "jobs" / "use" / "user" / "script" / "01").exists()
+    for value in (*VALUES.values(), "op-tok-91b7e", "op-pw-5d2c8"):  # a listing of fields never shows values
+        assert_nowhere(value, repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())
+
+
+@pytest.mark.parametrize("damage", ["directory", "truncated"])
+def test_an_unreadable_database_fails_the_job_saying_what_to_fix(tmp_path: Path, vault: Path, damage: str) -> None:
+    """A database that cannot be read (a folder where the file should be; a file cut short, as by a
+    copy that stopped halfway) is SECRETS_PROVIDER_UNAVAILABLE naming the file and the fix."""
+    data = vault.read_bytes()
+    vault.unlink()
+    if damage == "directory":
+        vault.mkdir()
+    else:
+        vault.write_bytes(data[:len(data) // 2])
+    repo = keepass_repo(tmp_path, vault, {"PW": '{ref: "keepass://local/main#deploy:password"}'}, "touch ran")
+    result = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
+    message = _failed_once(result, "use", "SECRETS_PROVIDER_UNAVAILABLE")
+    assert message == "secret PW (keepass://local/main#deploy:password): keepass alias \"local/main\": " + (
+        f"database {vault} is not a file: point the alias's path at the .kdbx file itself (path from "
+        f"{repo / '.loom' / 'config.yml'})" if damage == "directory" else
+        f"{vault} is not a KeePass database, or it is damaged (cut short?): point the alias's path at the .kdbx "
+        "file, or restore it from a backup")
+    assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+    assert_nowhere(PASSWORD, repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())
+
+
+def test_the_notes_field_is_read_in_a_run(tmp_path: Path, vault: Path) -> None:
+    from pykeepass import PyKeePass
+
+    notes = "first line of notes\nNotes-Secret-4e1d7 second line\n"
+    kp = PyKeePass(str(vault), password=PASSWORD)
+    [entry] = [e for e in kp.entries if e.title == "deploy"]
+    entry.notes = notes
+    kp.save()
+    repo = keepass_repo(tmp_path, vault, {"NOTES": '{ref: "keepass://local/main#services/loom/deploy:notes"}'},
+                        checks("NOTES", notes, True) + '; cat "$NOTES"')
+    result = run_loom(repo, "run", "--local", "--stream", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1)[0] == "notes-ok"
+    assert_nowhere("Notes-Secret-4e1d7", repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())

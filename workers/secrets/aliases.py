@@ -76,7 +76,8 @@ def source(alias: str, configured: Mapping[str, Any], layers: Mapping[str, str],
 def unlock(src: VaultSource, environ: Mapping[str, str], cwd: str) -> tuple[str | None, str | None]:
     """(master password, keyfile path) from the variables the alias names; the database must exist."""
     if not os.path.isfile(src.path):
-        what = "is not a file" if os.path.exists(src.path) else "does not exist"
+        what = ("is not a file: point the alias's path at the .kdbx file itself" if os.path.exists(src.path)
+                else "does not exist")
         raise SecretError(PROVIDER_UNAVAILABLE, f'keepass alias "{src.alias}": database {src.path} {what} '
                                                 f"(path from {src.origin})")
     password = keyfile = None
