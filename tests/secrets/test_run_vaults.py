@@ -252,7 +252,7 @@ def test_missing_extra_names_the_pip_line(tmp_path: Path, vault: Path, fake_op: 
 
 
 @pytest.mark.parametrize(("where", "name"), [("env", "LOOM_DEBUG_TRACE"), ("env", "CI_DEBUG_TRACE"),
-                                             ("variables", "CI_DEBUG_TRACE")])
+                                             ("variables", "CI_DEBUG_TRACE"), ("variables", "LOOM_DEBUG_TRACE")])
 def test_debug_trace_is_refused_before_any_vault_is_opened(tmp_path: Path, vault: Path, where: str,
                                                           name: str) -> None:
     variables = f"  variables: {{{name}: 'true'}}\n" if where == "variables" else ""
@@ -266,6 +266,21 @@ def test_debug_trace_is_refused_before_any_vault_is_opened(tmp_path: Path, vault
     assert message.startswith(f"{name} is on and this job has secrets")
     assert not any("keepass" in line for line in section_lines(result, "use"))
     assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+
+
+@pytest.mark.parametrize("off", ["false", "0"])
+def test_debug_trace_switched_off_lets_a_job_with_secrets_run(tmp_path: Path, off: str) -> None:
+    """`CI_DEBUG_TRACE=false`/`0` (and `LOOM_DEBUG_TRACE` the same), in loom's environment or the job's
+    variables, is off: the job gets its secret and its steps are not traced."""
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [ci]\nuse:\n  stage: ci\n  target: linux\n"
+                     f"  variables: {{CI_DEBUG_TRACE: '{off}', LOOM_DEBUG_TRACE: '{off}'}}\n"
+                     "  secrets:\n    TOKEN: {ref: 'env://TRACE_TEST_TOKEN', file: false}\n"
+                     f"  script: [{json.dumps(checks('TOKEN', 'tok-Trace-3c9', False))}]\n", git=False)
+    env = env_for(tmp_path, TRACE_TEST_TOKEN="tok-Trace-3c9", CI_DEBUG_TRACE=off, LOOM_DEBUG_TRACE=off)
+    result = run_loom(repo, "run", "--local", env=env)
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1) == ["token-ok"]  # no `+ ...` line of a traced shell
+    assert not [e for e in section_events(result, "use") if e["type"] == "error"]
 
 
 def test_a_value_that_is_not_utf8_reaches_the_file_byte_for_byte(tmp_path: Path) -> None:
