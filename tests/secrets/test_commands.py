@@ -233,3 +233,61 @@ def test_no_command_has_a_flag_that_takes_a_value_itself() -> None:
 
     walk(group, "secrets")
     assert len(seen) == 9, seen
+
+
+def test_keepass_password_and_keyfile_force_a_configured_alias_and_json(loom: Loom, tmp_path: Path) -> None:
+    """An alias already in .loom/config.yml keeps its path and gets no second entry; a database with
+    both a password and a keyfile; `--force` replaces it; rotation of both; `--json` everywhere."""
+    keys = []
+    for name in ("one.key", "two.key"):
+        keys.append(tmp_path / name)
+        keys[-1].write_bytes(os.urandom(64))
+    loom.env.update(KF=str(keys[0]))
+    config = loom.repo / ".loom" / "config.yml"
+    config.write_text(f'providers:\n  keepass:\n    aliases:\n      "{ALIAS}": {{path: vaults/team.kdbx, '
+                      "passwordEnv: KP1, keyfileEnv: KF}\n")
+    declared = config.read_text()
+    create = ("secrets", "keepass", "vault", "create", "--vault-path", ALIAS, "--password-from-env", "KP1",
+              "--keyfile-from-env", "KF", "--json")
+    doc = json.loads(loom(*create).stdout)
+    assert doc == {"alias": ALIAS, "path": ".loom/vaults/team.kdbx", "config_updated": False}
+    assert config.read_text() == declared  # no second entry
+    assert loom("secrets", "keepass", "vault", "list").stdout == (
+        f"alias={ALIAS} path=.loom/vaults/team.kdbx credentials=password,keyfile\n")
+
+    item = (ALIAS, "--item-path", "ci/deploy", "--field", "token")
+    loom("secrets", "keepass", "item", "create", *item, "--value-from-env", "V1")
+    assert json.loads(loom("secrets", "keepass", "item", "update", *item, "--value-from-env", "V2",
+                           "--json").stdout) == {"alias": ALIAS, "item": "ci/deploy", "field": "token", "updated": True}
+    without_key = loom("secrets", "keepass", "item", "list", ALIAS, code=1, KF="")
+    assert "its keyfile path is read from $KF, which is not set" in without_key.stderr
+
+    loom(*create, code=1)  # an existing database needs --force
+    assert json.loads(loom(*create, "--force").stdout)["config_updated"] is False
+    assert json.loads(loom("secrets", "keepass", "item", "list", ALIAS, "--json").stdout) == []  # a new, empty one
+    assert config.read_text() == declared
+    loom("secrets", "keepass", "item", "create", *item, "--value-from-env", "V3")
+
+    rotated = loom("secrets", "keepass", "vault", "update", ALIAS, "--password-from-env", "KP2",
+                   "--keyfile-from-env", "KF2", "--json", KF2=str(keys[1]))
+    assert json.loads(rotated.stdout) == {"alias": ALIAS, "path": ".loom/vaults/team.kdbx",
+                                          "credentials": ["password", "keyfile"]}
+    old = loom("secrets", "keepass", "item", "list", ALIAS, code=1)
+    assert "wrong credentials" in old.stderr and "the master password and keyfile given" in old.stderr
+    new_key_only = loom("secrets", "keepass", "item", "list", ALIAS, code=1, KF=str(keys[1]))
+    assert "wrong credentials" in new_key_only.stderr  # the old password with the new keyfile
+    assert loom("secrets", "keepass", "item", "list", ALIAS, KP1=SECRET_VALUES["KP2"],
+                KF=str(keys[1])).stdout == "ci/deploy  token\n"
+    for value in SECRET_VALUES.values():
+        assert_nowhere(value, loom.repo / ".loom", *loom.printed, skip=())
+
+
+def test_op_item_create_and_list_speak_json(loom: Loom, fake_op: Path) -> None:
+    loom.env.update(OP_SERVICE_ACCOUNT_TOKEN="ops_fake_token_1234", LOOM_OP_FAKE=str(fake_op))
+    created = loom("secrets", "op", "item", "create", "--vault", "Platform", "--item-path", "infra/db/main",
+                   "--field", "password", "--value-from-env", "V1", "--json")
+    assert json.loads(created.stdout) == {"vault": "Platform", "item": "infra/db/main", "field": "password",
+                                          "created": True}
+    listed = loom("secrets", "op", "item", "list", "--vault", "Platform", "--json")
+    assert json.loads(listed.stdout) == [{"item": "infra/db/main", "fields": ["password"]}]
+    assert SECRET_VALUES["V1"] not in "".join(loom.printed)
