@@ -349,6 +349,33 @@ def test_an_unreadable_database_fails_the_job_saying_what_to_fix(tmp_path: Path,
     assert_nowhere(PASSWORD, repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())
 
 
+# Tests run as root, which reads any file: loom runs without the capabilities that bypass file modes.
+WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+
+
+@pytest.mark.parametrize("locked", ["file", "folder"])
+def test_a_database_loom_may_not_read_fails_the_job_saying_what_to_fix(tmp_path: Path, vault: Path,
+                                                                       locked: str) -> None:
+    """A database of mode 0000, or one in a folder of mode 0000, for a loom that may not bypass file
+    modes: SECRETS_PROVIDER_UNAVAILABLE saying that it cannot be read (never "does not exist")."""
+    repo = keepass_repo(tmp_path, vault, {"PW": '{ref: "keepass://local/main#deploy:password"}'}, "touch ran")
+    target = vault if locked == "file" else vault.parent
+    target.chmod(0)
+    try:
+        out = subprocess.run([*WITHOUT_DAC_OVERRIDE, *LOOM, "run", "--local"], cwd=repo, capture_output=True,
+                             text=True, env=env_for(tmp_path, KP_PASSWORD=PASSWORD), timeout=120, check=False)
+    finally:
+        target.chmod(0o700)
+    result = Result(out.returncode, out.stdout, out.stderr, repo)
+    message = _failed_once(result, "use", "SECRETS_PROVIDER_UNAVAILABLE")
+    assert message == 'secret PW (keepass://local/main#deploy:password): keepass alias "local/main": ' + (
+        f"cannot read {vault}: Permission denied (the user running loom must be able to read it)"
+        if locked == "file" else
+        f"database {vault} cannot be reached: Permission denied (the user running loom must be able to open "
+        f"every folder on the way) (path from {repo / '.loom' / 'config.yml'})")
+    assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+
+
 def test_the_notes_field_is_read_in_a_run(tmp_path: Path, vault: Path) -> None:
     from pykeepass import PyKeePass
 
