@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,13 +34,26 @@ def _out(as_json: bool, doc: Any, lines: list[str]) -> int:
     return 0
 
 
+# The argument of a `--*-from-env` flag is echoed only when it looks like a variable name by the
+# usual convention (upper case): a value typed there by mistake (`--value-from-env hunter2`) must not
+# end up in a terminal's scrollback or a CI log.
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SHOWN_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_NAME_ONLY = "give the NAME of a variable that holds the value, never the value itself"
+
+
 def _from_env(var: str, flag: str) -> str:
+    if not _VAR_NAME.fullmatch(var):
+        raise LoomError(f"{flag}: the argument is not a variable name (not shown, in case it is a value); "
+                        f"{_NAME_ONLY}")
     value = os.environ.get(var)
-    if value is None:
-        raise LoomError(f"{flag} {var}: ${var} is not set")
-    if value == "":
-        raise LoomError(f"{flag} {var}: ${var} is empty")
-    return value
+    state = "not set" if value is None else "empty" if value == "" else None
+    if state is None:
+        return value or ""
+    if _SHOWN_NAME.fullmatch(var):
+        raise LoomError(f"{flag} {var}: ${var} is {state}")
+    raise LoomError(f"{flag}: the variable it names is {state} (the name is not shown, in case it is a value; "
+                    f"{_NAME_ONLY})")
 
 
 def _credentials(password_env: str | None, keyfile_env: str | None) -> tuple[str | None, str | None]:

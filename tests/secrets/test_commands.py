@@ -160,3 +160,134 @@ def test_op_commands_against_the_fake_account(loom: Loom, fake_op: Path) -> None
     assert "the service-account token is read from $OP_SERVICE_ACCOUNT_TOKEN, which is not set" in no_token.stderr
     printed = "".join(loom.printed)
     assert SECRET_VALUES["V2"] not in printed and "ops_fake_token_1234" not in printed
+
+
+# Values typed where a variable's NAME belongs: a lower-case word (a valid name by POSIX), a value with
+# punctuation (not a name at all), and one that starts with a digit.
+MISTAKEN_VALUES = ("hunter2", "Tr0ub4dor&3 x/y", "9lives-Secret")
+
+
+def _from_env_commands(alias: str) -> list[tuple[str, ...]]:
+    """Every `loom secrets` command line that takes a value or a credential, with `{}` where the
+    variable's name goes."""
+    item = ("--item-path", "a/b", "--field", "f", "--value-from-env", "{}")
+    return [("keepass", "vault", "create", "--vault-path", "mistake/one", "--password-from-env", "{}"),
+            ("keepass", "vault", "create", "--vault-path", "mistake/one", "--keyfile-from-env", "{}"),
+            ("keepass", "vault", "create", "--vault-path", "mistake/one", "--password-from-env", "KP1",
+             "--keyfile-from-env", "{}"),
+            ("keepass", "vault", "update", alias, "--password-from-env", "{}"),
+            ("keepass", "vault", "update", alias, "--keyfile-from-env", "{}"),
+            ("keepass", "item", "create", alias, *item),
+            ("keepass", "item", "update", alias, *item),
+            ("op", "item", "create", "--vault", "Engineering", *item)]
+
+
+def test_a_value_given_as_a_flags_argument_is_never_taken_or_echoed(loom: Loom, fake_op: Path) -> None:
+    loom.env.update(OP_SERVICE_ACCOUNT_TOKEN="ops_fake_token_1234", LOOM_OP_FAKE=str(fake_op))
+    loom("secrets", "keepass", "vault", "create", "--vault-path", ALIAS, "--password-from-env", "KP1")
+    database = loom.repo / ".loom/keepass/GROUP_PROJECT_REPO.kdbx"
+    before = (database.read_bytes(), (loom.repo / ".loom/config.yml").read_text(), fake_op.read_text())
+    for line in _from_env_commands(ALIAS):
+        for value in MISTAKEN_VALUES:
+            args = [value if a == "{}" else a for a in line]
+            out = loom("secrets", *args, code=1)
+            flag = args[args.index(value) - 1]
+            assert value not in out.stdout + out.stderr, args
+            assert out.stderr.startswith(f"loom secrets {' '.join(line[:3])}: {flag}: the "), out.stderr
+            assert "give the NAME of a variable that holds the value, never the value itself" in out.stderr
+            if not value[0].isalpha():
+                assert "the argument is not a variable name" in out.stderr
+    # Nothing was made or changed from those values: no database, no alias, no item.
+    assert (database.read_bytes(), (loom.repo / ".loom/config.yml").read_text(), fake_op.read_text()) == before
+    assert not (loom.repo / ".loom/keepass/MISTAKE_ONE.kdbx").exists()
+    assert loom("secrets", "keepass", "item", "list", ALIAS).stdout == ""
+    # A conventional name is still named, so the person knows which variable to set.
+    out = loom("secrets", "keepass", "item", "create", ALIAS, *("--item-path", "a/b", "--field", "f"),
+               "--value-from-env", "UNSET_VAR_9", code=1)
+    assert out.stderr.strip().endswith("--value-from-env UNSET_VAR_9: $UNSET_VAR_9 is not set")
+    assert_nowhere("hunter2", loom.repo / ".loom", *loom.printed, skip=())
+
+
+def test_no_command_has_a_flag_that_takes_a_value_itself() -> None:
+    """Every option of every `loom secrets` command is a switch, a name/path that is not secret, or
+    a `--*-from-env VAR`: a new `--value`/`--password`/`--token` flag fails here."""
+    import click
+
+    from loomrun.commands.secrets_cli import group
+
+    not_secret = {"--vault-path", "--database-path", "--item-path", "--field", "--vault"}
+    seen: list[str] = []
+
+    def walk(cmd: click.Command, path: str) -> None:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, f"{path} {name}")
+            return
+        seen.append(path)
+        for param in cmd.params:
+            if isinstance(param, click.Option) and not param.is_flag:
+                [opt] = param.opts
+                assert opt in not_secret or opt.endswith("-from-env"), (path, opt)
+            elif isinstance(param, click.Argument):
+                assert param.name == "alias", (path, param.name)
+
+    walk(group, "secrets")
+    assert len(seen) == 9, seen
+
+
+def test_keepass_password_and_keyfile_force_a_configured_alias_and_json(loom: Loom, tmp_path: Path) -> None:
+    """An alias already in .loom/config.yml keeps its path and gets no second entry; a database with
+    both a password and a keyfile; `--force` replaces it; rotation of both; `--json` everywhere."""
+    keys = []
+    for name in ("one.key", "two.key"):
+        keys.append(tmp_path / name)
+        keys[-1].write_bytes(os.urandom(64))
+    loom.env.update(KF=str(keys[0]))
+    config = loom.repo / ".loom" / "config.yml"
+    config.write_text(f'providers:\n  keepass:\n    aliases:\n      "{ALIAS}": {{path: vaults/team.kdbx, '
+                      "passwordEnv: KP1, keyfileEnv: KF}\n")
+    declared = config.read_text()
+    create = ("secrets", "keepass", "vault", "create", "--vault-path", ALIAS, "--password-from-env", "KP1",
+              "--keyfile-from-env", "KF", "--json")
+    doc = json.loads(loom(*create).stdout)
+    assert doc == {"alias": ALIAS, "path": ".loom/vaults/team.kdbx", "config_updated": False}
+    assert config.read_text() == declared  # no second entry
+    assert loom("secrets", "keepass", "vault", "list").stdout == (
+        f"alias={ALIAS} path=.loom/vaults/team.kdbx credentials=password,keyfile\n")
+
+    item = (ALIAS, "--item-path", "ci/deploy", "--field", "token")
+    loom("secrets", "keepass", "item", "create", *item, "--value-from-env", "V1")
+    assert json.loads(loom("secrets", "keepass", "item", "update", *item, "--value-from-env", "V2",
+                           "--json").stdout) == {"alias": ALIAS, "item": "ci/deploy", "field": "token", "updated": True}
+    without_key = loom("secrets", "keepass", "item", "list", ALIAS, code=1, KF="")
+    assert "its keyfile path is read from $KF, which is not set" in without_key.stderr
+
+    loom(*create, code=1)  # an existing database needs --force
+    assert json.loads(loom(*create, "--force").stdout)["config_updated"] is False
+    assert json.loads(loom("secrets", "keepass", "item", "list", ALIAS, "--json").stdout) == []  # a new, empty one
+    assert config.read_text() == declared
+    loom("secrets", "keepass", "item", "create", *item, "--value-from-env", "V3")
+
+    rotated = loom("secrets", "keepass", "vault", "update", ALIAS, "--password-from-env", "KP2",
+                   "--keyfile-from-env", "KF2", "--json", KF2=str(keys[1]))
+    assert json.loads(rotated.stdout) == {"alias": ALIAS, "path": ".loom/vaults/team.kdbx",
+                                          "credentials": ["password", "keyfile"]}
+    old = loom("secrets", "keepass", "item", "list", ALIAS, code=1)
+    assert "wrong credentials" in old.stderr and "the master password and keyfile given" in old.stderr
+    new_key_only = loom("secrets", "keepass", "item", "list", ALIAS, code=1, KF=str(keys[1]))
+    assert "wrong credentials" in new_key_only.stderr  # the old password with the new keyfile
+    assert loom("secrets", "keepass", "item", "list", ALIAS, KP1=SECRET_VALUES["KP2"],
+                KF=str(keys[1])).stdout == "ci/deploy  token\n"
+    for value in SECRET_VALUES.values():
+        assert_nowhere(value, loom.repo / ".loom", *loom.printed, skip=())
+
+
+def test_op_item_create_and_list_speak_json(loom: Loom, fake_op: Path) -> None:
+    loom.env.update(OP_SERVICE_ACCOUNT_TOKEN="ops_fake_token_1234", LOOM_OP_FAKE=str(fake_op))
+    created = loom("secrets", "op", "item", "create", "--vault", "Platform", "--item-path", "infra/db/main",
+                   "--field", "password", "--value-from-env", "V1", "--json")
+    assert json.loads(created.stdout) == {"vault": "Platform", "item": "infra/db/main", "field": "password",
+                                          "created": True}
+    listed = loom("secrets", "op", "item", "list", "--vault", "Platform", "--json")
+    assert json.loads(listed.stdout) == [{"item": "infra/db/main", "fields": ["password"]}]
+    assert SECRET_VALUES["V1"] not in "".join(loom.printed)

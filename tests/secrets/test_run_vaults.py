@@ -252,7 +252,7 @@ def test_missing_extra_names_the_pip_line(tmp_path: Path, vault: Path, fake_op: 
 
 
 @pytest.mark.parametrize(("where", "name"), [("env", "LOOM_DEBUG_TRACE"), ("env", "CI_DEBUG_TRACE"),
-                                             ("variables", "CI_DEBUG_TRACE")])
+                                             ("variables", "CI_DEBUG_TRACE"), ("variables", "LOOM_DEBUG_TRACE")])
 def test_debug_trace_is_refused_before_any_vault_is_opened(tmp_path: Path, vault: Path, where: str,
                                                           name: str) -> None:
     variables = f"  variables: {{{name}: 'true'}}\n" if where == "variables" else ""
@@ -266,6 +266,21 @@ def test_debug_trace_is_refused_before_any_vault_is_opened(tmp_path: Path, vault
     assert message.startswith(f"{name} is on and this job has secrets")
     assert not any("keepass" in line for line in section_lines(result, "use"))
     assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+
+
+@pytest.mark.parametrize("off", ["false", "0"])
+def test_debug_trace_switched_off_lets_a_job_with_secrets_run(tmp_path: Path, off: str) -> None:
+    """`CI_DEBUG_TRACE=false`/`0` (and `LOOM_DEBUG_TRACE` the same), in loom's environment or the job's
+    variables, is off: the job gets its secret and its steps are not traced."""
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [ci]\nuse:\n  stage: ci\n  target: linux\n"
+                     f"  variables: {{CI_DEBUG_TRACE: '{off}', LOOM_DEBUG_TRACE: '{off}'}}\n"
+                     "  secrets:\n    TOKEN: {ref: 'env://TRACE_TEST_TOKEN', file: false}\n"
+                     f"  script: [{json.dumps(checks('TOKEN', 'tok-Trace-3c9', False))}]\n", git=False)
+    env = env_for(tmp_path, TRACE_TEST_TOKEN="tok-Trace-3c9", CI_DEBUG_TRACE=off, LOOM_DEBUG_TRACE=off)
+    result = run_loom(repo, "run", "--local", env=env)
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1) == ["token-ok"]  # no `+ ...` line of a traced shell
+    assert not [e for e in section_events(result, "use") if e["type"] == "error"]
 
 
 def test_a_value_that_is_not_utf8_reaches_the_file_byte_for_byte(tmp_path: Path) -> None:
@@ -287,3 +302,91 @@ def test_a_value_that_is_not_utf8_reaches_the_file_byte_for_byte(tmp_path: Path)
     result = Result(out.returncode, out.stdout, out.stderr, repo)
     assert result.code == 0, result.stderr
     assert result.step_lines("use", 1) == ["same-bytes"]
+
+
+@pytest.mark.parametrize(("ref", "code", "says"), [
+    ("env://NOT_SET_FOR_THIS_RUN", "SECRETS_REQUIRED_MISSING", "$NOT_SET_FOR_THIS_RUN is not set"),
+    ("keepass://local/main#services/loom/nothing:password", "SECRETS_REF_NOT_FOUND",
+     'keepass alias "local/main": no entry "services/loom/nothing" in '),
+    ("keepass://local/main#services/loom/deploy:no-such-field", "SECRETS_REF_NOT_FOUND", "no-such-field"),
+    ("op://Engineering/services/loom/deploy/no-such-field", "SECRETS_REF_NOT_FOUND", "no-such-field"),
+], ids=["env-unset", "keepass-entry", "keepass-field", "op-field"])
+def test_a_required_secret_that_cannot_be_resolved_fails_its_job_with_the_code(
+        tmp_path: Path, vault: Path, fake_op: Path, ref: str, code: str, says: str) -> None:
+    """REQUIRED_MISSING and REF_NOT_FOUND fail the job before its first step, the code printed once
+    on the terminal line and kept in the section's events, the summary and the manifest (spec §7.2)."""
+    repo = keepass_repo(tmp_path, vault, {"S": f'{{ref: "{ref}"}}'}, "touch ran")
+    env = env_for(tmp_path, KP_PASSWORD=PASSWORD, OP_SERVICE_ACCOUNT_TOKEN="ops_fake_token_1234",
+                  LOOM_OP_FAKE=str(fake_op))
+    result = run_loom(repo, "run", "--local", env=env)
+    message = _failed_once(result, "use", code)
+    assert says in message, message
+    assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+    assert not (result.logs_dir / "jobs" / "use" / "user" / "script" / "01").exists()
+    for value in (*VALUES.values(), "op-tok-91b7e", "op-pw-5d2c8"):  # a listing of fields never shows values
+        assert_nowhere(value, repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())
+
+
+@pytest.mark.parametrize("damage", ["directory", "truncated"])
+def test_an_unreadable_database_fails_the_job_saying_what_to_fix(tmp_path: Path, vault: Path, damage: str) -> None:
+    """A database that cannot be read (a folder where the file should be; a file cut short, as by a
+    copy that stopped halfway) is SECRETS_PROVIDER_UNAVAILABLE naming the file and the fix."""
+    data = vault.read_bytes()
+    vault.unlink()
+    if damage == "directory":
+        vault.mkdir()
+    else:
+        vault.write_bytes(data[:len(data) // 2])
+    repo = keepass_repo(tmp_path, vault, {"PW": '{ref: "keepass://local/main#deploy:password"}'}, "touch ran")
+    result = run_loom(repo, "run", "--local", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
+    message = _failed_once(result, "use", "SECRETS_PROVIDER_UNAVAILABLE")
+    assert message == "secret PW (keepass://local/main#deploy:password): keepass alias \"local/main\": " + (
+        f"database {vault} is not a file: point the alias's path at the .kdbx file itself (path from "
+        f"{repo / '.loom' / 'config.yml'})" if damage == "directory" else
+        f"{vault} is not a KeePass database, or it is damaged (cut short?): point the alias's path at the .kdbx "
+        "file, or restore it from a backup")
+    assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+    assert_nowhere(PASSWORD, repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())
+
+
+# Tests run as root, which reads any file: loom runs without the capabilities that bypass file modes.
+WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+
+
+@pytest.mark.parametrize("locked", ["file", "folder"])
+def test_a_database_loom_may_not_read_fails_the_job_saying_what_to_fix(tmp_path: Path, vault: Path,
+                                                                       locked: str) -> None:
+    """A database of mode 0000, or one in a folder of mode 0000, for a loom that may not bypass file
+    modes: SECRETS_PROVIDER_UNAVAILABLE saying that it cannot be read (never "does not exist")."""
+    repo = keepass_repo(tmp_path, vault, {"PW": '{ref: "keepass://local/main#deploy:password"}'}, "touch ran")
+    target = vault if locked == "file" else vault.parent
+    target.chmod(0)
+    try:
+        out = subprocess.run([*WITHOUT_DAC_OVERRIDE, *LOOM, "run", "--local"], cwd=repo, capture_output=True,
+                             text=True, env=env_for(tmp_path, KP_PASSWORD=PASSWORD), timeout=120, check=False)
+    finally:
+        target.chmod(0o700)
+    result = Result(out.returncode, out.stdout, out.stderr, repo)
+    message = _failed_once(result, "use", "SECRETS_PROVIDER_UNAVAILABLE")
+    assert message == 'secret PW (keepass://local/main#deploy:password): keepass alias "local/main": ' + (
+        f"cannot read {vault}: Permission denied (the user running loom must be able to read it)"
+        if locked == "file" else
+        f"database {vault} cannot be reached: Permission denied (the user running loom must be able to open "
+        f"every folder on the way) (path from {repo / '.loom' / 'config.yml'})")
+    assert not (Path(result.receipt["snapshot_path"]) / "ran").exists()
+
+
+def test_the_notes_field_is_read_in_a_run(tmp_path: Path, vault: Path) -> None:
+    from pykeepass import PyKeePass
+
+    notes = "first line of notes\nNotes-Secret-4e1d7 second line\n"
+    kp = PyKeePass(str(vault), password=PASSWORD)
+    [entry] = [e for e in kp.entries if e.title == "deploy"]
+    entry.notes = notes
+    kp.save()
+    repo = keepass_repo(tmp_path, vault, {"NOTES": '{ref: "keepass://local/main#services/loom/deploy:notes"}'},
+                        checks("NOTES", notes, True) + '; cat "$NOTES"')
+    result = run_loom(repo, "run", "--local", "--stream", env=env_for(tmp_path, KP_PASSWORD=PASSWORD))
+    assert result.code == 0, result.stderr
+    assert result.step_lines("use", 1)[0] == "notes-ok"
+    assert_nowhere("Notes-Secret-4e1d7", repo / ".loom" / ".runtime", result.stdout, result.stderr, skip=())

@@ -11,6 +11,7 @@ by field, at run time; a relative path from those variables is relative to the c
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -75,8 +76,8 @@ def source(alias: str, configured: Mapping[str, Any], layers: Mapping[str, str],
 
 def unlock(src: VaultSource, environ: Mapping[str, str], cwd: str) -> tuple[str | None, str | None]:
     """(master password, keyfile path) from the variables the alias names; the database must exist."""
-    if not os.path.isfile(src.path):
-        what = "is not a file" if os.path.exists(src.path) else "does not exist"
+    what = _not_a_database(src.path)
+    if what:
         raise SecretError(PROVIDER_UNAVAILABLE, f'keepass alias "{src.alias}": database {src.path} {what} '
                                                 f"(path from {src.origin})")
     password = keyfile = None
@@ -102,3 +103,18 @@ def environment_aliases(environ: Mapping[str, str]) -> list[str]:
     return sorted(name[len(PREFIX):-len("_PATH")] for name, value in environ.items()
                   if name.startswith(PREFIX) and name.endswith("_PATH") and value
                   and len(name) > len(PREFIX) + len("_PATH"))
+
+
+def _not_a_database(path: str) -> str | None:
+    """Why `path` cannot be a database file, said so that the fix is plain; None when it may be one.
+    A folder on the way that loom may not search is not "does not exist" (os.path.exists says so)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return (f"cannot be reached: {exc.strerror} (the user running loom must be able to open every folder "
+                "on the way)")
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a file: point the alias's path at the .kdbx file itself"
+    return None

@@ -47,10 +47,12 @@ def open_vault(path: str, password: str | None, keyfile: str | None, label: str)
                                                 "given do not open it)") from None
     except OSError as exc:
         raise SecretError(PROVIDER_UNAVAILABLE, f"{label}: cannot read {exc.filename or path}: "
-                                                f"{exc.strerror or exc}") from None
+                                                f"{exc.strerror or exc} (the user running loom must be able "
+                                                "to read it)") from None
     except Exception:  # construct's parse errors, a checksum error: not (or no longer) a database
         raise SecretError(PROVIDER_UNAVAILABLE, f"{label}: {path} is not a KeePass database, or it is "
-                                                "damaged") from None
+                                                "damaged (cut short?): point the alias's path at the .kdbx "
+                                                "file, or restore it from a backup") from None
     return Vault(kp, path, label)
 
 
