@@ -22,17 +22,23 @@ PHASE_CODES = {
 }
 
 
-def terminal(result: Result) -> list[str]:
+def terminal(result: Result, summary: bool = True) -> list[str]:
     """stderr lines with job durations normalised to ` in N.NNs`, without the summary table (from
-    the blank line before it to its `wall time` line and warnings; tests/e2e/test_terminal.py)."""
+    the blank line before it to its `wall time` line and warnings; tests/e2e/test_terminal.py).
+    Every run but `-q` ends with the table (spec §11): it must be there unless `summary` is False
+    (a run that ran no job), and then it must not."""
     lines = result.stderr.splitlines()
-    if "" in lines:
-        start = lines.index("")
-        end = start + 1
-        while end < len(lines) and not lines[end].startswith("loom run "):
-            end += 1
-        assert any(line.startswith("wall time ") for line in lines[start:end]), lines
-        lines = lines[:start] + lines[end:]
+    if not summary:
+        assert "" not in lines and not any(line.startswith("wall time ") for line in lines), lines
+        return [DURATION.sub(" in N.NNs", line) for line in lines]
+    assert "" in lines, f"no summary table:\n{result.stderr}"
+    start = lines.index("")
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("loom run "):
+        end += 1
+    assert lines[start + 1].startswith("job ") and " status " in lines[start + 1], lines[start:end]
+    assert any(line.startswith("wall time ") for line in lines[start:end]), lines
+    lines = lines[:start] + lines[end:]
     return [DURATION.sub(" in N.NNs", line) for line in lines]
 
 

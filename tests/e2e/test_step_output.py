@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from tests.e2e.run_helpers import check_logs_dir, events, step_doc
+from tests.e2e.test_terminal import normal, summary_block
 from tests.process.runner import LOOM, Result, load, loom_env, make_repo, run_loom
 
 MiB = 1 << 20
@@ -230,13 +231,24 @@ def test_a_failed_job_shows_its_last_lines_on_a_terminal(tmp_path: Path) -> None
     repo = make_repo(tmp_path / "repo", FAILING)
     code, screen, styled = run_in_tmux(repo, tmp_path, "-j", "1")
     assert code == 1
-    receipt = load(Path(next(line for line in screen if line.startswith("receipt: "))[len("receipt: "):]))
+    receipt_path = next(line for line in screen if line.startswith("receipt: "))[len("receipt: "):]
+    receipt = load(Path(receipt_path))
     at = next(n for n, line in enumerate(screen) if line.startswith('job "noisy" failed'))
     tail = [f"out {i}" for i in range(13, 31)] + ["red" + " " * 5 + "x", "err 31"]
     assert screen[at + 1:at + 22] == [f"    {line}" for line in tail] + [
         f"  logs: loom logs {receipt['run_id']} --job noisy"]
     assert "\x1b[31mfailed" in styled  # a terminal: loom's colour is on,
     assert "\x1b[31mred" not in styled  # but the step's own escapes were not passed on
+    table = summary_block(screen)  # the summary ends the run in a terminal as well
+    assert normal(table[1:5]) == [
+        "job        stage  provider  status  duration  failure",
+        "noisy      s      host      failed     N.NNs  step_failed",
+        "quiet      s      host      passed     N.NNs",
+        "sectional  s      host      failed     N.NNs  secrets_error",
+    ]
+    assert table[5].startswith("wall time ") and table[6] == "1 warning:"
+    after = screen.index(table[-1]) + 1
+    assert screen[after:after + 2] == ["loom run failed", f"receipt: {receipt_path}"]
 
 
 def test_job_output_events_and_lines_of_a_killed_long_line_are_kept(tmp_path: Path) -> None:

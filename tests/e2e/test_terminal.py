@@ -121,6 +121,14 @@ def test_no_live_region_with_stream_or_quiet(steps_repo: Path) -> None:
     text = streamed.raw.decode()
     assert "[after] after" in text and 'job "after" started (host)' in text
     assert not COUNTS.search(text) and "\x1b[" not in text
+    lines = text.replace("\r\n", "\n").splitlines()
+    assert normal(summary_block(lines)[1:-1]) == [  # the summary ends a --stream run too
+        "job    stage  provider  status  duration  failure",
+        "slow   a      host      passed     N.NNs",
+        "quick  a      host      passed     N.NNs",
+        "after  b      host      passed     N.NNs",
+    ]
+    assert lines[-2] == "loom run passed"
     quiet = run_in_pty(["run", "--local", "-q"], steps_repo)
     assert quiet.code == 0
     assert quiet.raw.decode().replace("\r\n", "\n").splitlines()[0] == "loom run passed"
@@ -224,3 +232,41 @@ def test_warnings_reach_the_terminal_and_the_summary(tmp_path: Path) -> None:
     screen = screen_of(live.raw)
     assert screen[0] == 'warning: stage "empty" has no jobs'
     assert summary_block(screen)[-2:] == ["1 warning:", '  stage "empty" has no jobs']
+
+
+def test_an_interrupted_run_ends_with_the_summary(tmp_path: Path) -> None:
+    """^C typed in the terminal while a job runs: the region goes, the canceled jobs are said, and
+    the summary table still ends the run, before the closing lines."""
+    mark = tmp_path / "started"
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        default:
+          target: linux
+        done:
+          stage: s
+          script: ["true"]
+        long:
+          stage: s
+          needs: [done]
+          script: ["touch {mark}; sleep 3102"]
+        later:
+          stage: s
+          needs: [long]
+          script: ["true"]
+    """)
+    run = run_in_pty(["run", "--local"], repo, type_when=(mark, b"\x03"))
+    assert run.code == 130, run.raw.decode()
+    screen = screen_of(run.raw)
+    assert "loom run: SIGINT received; canceling (again to skip the 1s grace period)" in screen  # the ^C
+    assert not any(COUNTS.search(line) for line in screen), screen
+    table = summary_block(screen)
+    assert normal(table[1:-1]) == [
+        "job    stage  provider  status    duration  failure",
+        "done   s      host      passed       N.NNs",
+        "long   s      host      canceled     N.NNs  canceled",
+        "later  s      host      canceled         -  canceled",
+    ]
+    assert table[-1].startswith("wall time ")
+    assert screen[-3:] == ["loom run failed", screen[-2], "loom run: interrupted by SIGINT"]
+    assert screen[-2].startswith("receipt: ")
