@@ -12,7 +12,8 @@ Loaded by tests/conftest.py (and by inner pytest runs in tests/test_infra.py wit
   pytest pid nor has a logs folder under our basetemp is not attributed to us, so not seen; this
   keeps a test session from removing the objects of another session sharing the engine.
 * cgroups: loom's own (a fork server's `loom-forks-<pid>`, a job's `loom/<run_id>.<job>`) that appeared
-  during the test and are still there after the grace.
+  during the test, are still there after the grace and belong to this session (see
+  `_cgroup_is_ours`: the cgroups of another `loom` on the machine are never touched).
 * Temp files: the session gets a private TMPDIR (created in the system temp dir, removed at the end),
   so `tempfile.gettempdir()` in this process and every child points there; new entries after a test
   are leftovers. pytest's own basetemp is fixed before the switch, so it stays in the system temp dir.
@@ -268,17 +269,41 @@ def _cgroups() -> set[str]:
     return found
 
 
-def cgroup_leftovers(before: set[str]) -> list[str]:
-    """New loom cgroups still there after a grace (a process that was just reaped may hold one for a
-    moment): removed (after killing what is in one), and named."""
+def _members(path: str) -> list[int]:
+    with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as fh:
+        return [int(pid) for pid in fh.read().split()]
+    return []
+
+
+def _cgroup_is_ours(path: str, session: Session, ours_pids: set[int]) -> bool:
+    """Whether a loom cgroup belongs to this session, so that a test never kills the jobs of another
+    `loom` on the machine (a developer's build, another test session): one with members is ours when
+    one of them is (a descendant of pytest or carrying our marker); an empty one when its fork server
+    is dead (`loom-forks-<pid>`: a leftover whoever made it, and removing an empty cgroup harms no
+    one) or its run's logs are in our basetemp (`loom/<run_id>.<job>`)."""
+    members = _members(path)
+    if members:
+        return any(pid in ours_pids for pid in members)
+    name = os.path.basename(path)
+    if name.startswith("loom-forks-"):
+        return not psutil.pid_exists(int(name.removeprefix("loom-forks-") or 0))
+    run_id = name.rsplit(".", 1)[0]
+    return ours(DockerObject("cgroup", name, run_id), session.basetemp)
+
+
+def cgroup_leftovers(before: set[str], session: Session) -> list[str]:
+    """New loom cgroups of this session still there after a grace (a process that was just reaped may
+    hold one for a moment): removed (after killing what is in one), and named."""
     deadline = time.monotonic() + GRACE_S
     while (new := _cgroups() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
+    if new:
+        ours_pids = {key[0] for key in _live_processes(session.marker)} | {os.getpid()}
+        new = {path for path in new if _cgroup_is_ours(path, session, ours_pids)}
     for path in sorted(new, key=len, reverse=True):  # children first
-        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as fh:
-            for pid in fh.read().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+        for pid in _members(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for _ in range(100):
             try:
                 os.rmdir(path)
@@ -300,7 +325,7 @@ def leftovers(session: Session, before: Before) -> list[str]:
     for name in sorted(_listing(session.tmpdir) - before.temp):
         _remove(session.tmpdir / name)
         found.append(f"temp entry {session.tmpdir / name}")
-    found += cgroup_leftovers(before.cgroups)
+    found += cgroup_leftovers(before.cgroups, session)
     return found
 
 

@@ -14,6 +14,7 @@ from tests.process.runner import Result, load
 SCHEMA = "loom.runtime.logs.v2"
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 DURATION = re.compile(r" in \d+\.\d\ds")
+SECONDS = re.compile(r"\d+\.\d\ds")
 EVENT_TYPES = {"phase_started", "phase_finished", "output", "step_finished", "error"}
 SCOPES = {"run", "pipeline", "job", "step", "section"}
 PHASE_CODES = {
@@ -40,6 +41,19 @@ def terminal(result: Result, summary: bool = True) -> list[str]:
     assert any(line.startswith("wall time ") for line in lines[start:end]), lines
     lines = lines[:start] + lines[end:]
     return [DURATION.sub(" in N.NNs", line) for line in lines]
+
+
+def normal(lines: list[str]) -> list[str]:
+    return [SECONDS.sub("N.NNs", line) for line in lines]
+
+
+def summary_block(lines: list[str]) -> list[str]:
+    """From the blank line before the table to the wall-time line (and any warnings under it)."""
+    start = lines.index("")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("wall time "))
+    while end + 1 < len(lines) and not lines[end + 1].startswith("loom run "):
+        end += 1
+    return lines[start:end + 1]
 
 
 def git(repo: Path, *args: str) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.ptyrun import run_in_pty, screen_of
-from tests.e2e.test_terminal import COUNTS, normal, summary_block
+from tests.e2e.run_helpers import normal, summary_block
+from tests.e2e.test_terminal import COUNTS
 from tests.process.runner import loom_env, run_loom
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.run_helpers import check_logs_dir, events, step_doc
-from tests.e2e.test_terminal import normal, summary_block
+from tests.e2e.run_helpers import check_logs_dir, events, normal, step_doc, summary_block
 from tests.process.runner import LOOM, Result, load, loom_env, make_repo, run_loom
 
 MiB = 1 << 20

@@ -5,15 +5,16 @@ path, and warnings repeated under it. Real `loom` processes; the pty is a real o
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.ptyrun import run_in_pty, screen_of
-from tests.e2e.run_helpers import terminal
-from tests.process.runner import make_repo, run_loom
+from tests.e2e.run_helpers import normal, summary_block, terminal
+from tests.e2e.test_step_output import FAILING
+from tests.process.runner import LOOM, loom_env, make_repo, run_loom
 
-DURATION = re.compile(r"\d+\.\d\ds")
 COUNTS = re.compile(r"(\d+) running \u00b7 (\d+) passed \u00b7 (\d+) failed(?: \u00b7 \d+ \w+)* \u00b7 (\d+) pending")
 
 STEPS = """
@@ -36,19 +37,6 @@ STEPS = """
 def frame_lines(text: str) -> list[str]:
     """Every line the terminal was sent, control sequences taken as line breaks."""
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", text).replace("\r", "").split("\n")
-
-
-def normal(lines: list[str]) -> list[str]:
-    return [DURATION.sub("N.NNs", line) for line in lines]
-
-
-def summary_block(lines: list[str]) -> list[str]:
-    """From the blank line before the table to the wall-time line (and any warnings under it)."""
-    start = lines.index("")
-    end = next(i for i in range(start, len(lines)) if lines[i].startswith("wall time "))
-    while end + 1 < len(lines) and not lines[end + 1].startswith("loom run "):
-        end += 1
-    return lines[start:end + 1]
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +258,33 @@ def test_an_interrupted_run_ends_with_the_summary(tmp_path: Path) -> None:
     assert table[-1].startswith("wall time ")
     assert screen[-3:] == ["loom run failed", screen[-2], "loom run: interrupted by SIGINT"]
     assert screen[-2].startswith("receipt: ")
+
+
+RUN_ID = re.compile(r"loom-run-local-\d+")
+
+
+def test_not_one_escape_byte_in_a_pipe_or_a_file_even_with_colour_allowed(tmp_path: Path) -> None:
+    """Colour allowed (no NO_COLOR, TERM of a colour terminal), stderr a pipe, then a file: exactly
+    the plain lines of a NO_COLOR run, byte for byte but for times and run ids, and no control
+    character at all, though a step printed escapes, a tab and a carriage return."""
+    repo = make_repo(tmp_path / "repo", FAILING)
+    args = [*LOOM, "run", "--local", "-j", "1", "-v"]
+    colour = {k: v for k, v in loom_env(TERM="xterm-256color").items() if k != "NO_COLOR"}
+    piped = subprocess.run(args, cwd=repo, env=colour, stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=90).stderr
+    with open(tmp_path / "stderr.txt", "wb") as err:
+        subprocess.run(args, cwd=repo, env=colour, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=err, timeout=90)
+    filed = (tmp_path / "stderr.txt").read_bytes()
+    reference = subprocess.run(args, cwd=repo, env=loom_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=90).stderr
+
+    def plain(raw: bytes) -> list[str]:
+        text = raw.decode()
+        assert not [ch for ch in text if ch < " " and ch != "\n"], text  # not one ESC, CR, tab, ...
+        return [RUN_ID.sub("RUN", line) for line in normal(text.splitlines())]
+
+    assert b"\x1b" not in piped and b"\x1b" not in filed
+    assert 'job "noisy" failed in N.NNs (exit code 3)' in plain(reference)
+    assert plain(piped) == plain(reference)
+    assert plain(filed) == plain(reference)
