@@ -81,11 +81,14 @@ def run_loom_receipt(screen: list[str]) -> str:
     return next(line[len("receipt: "):] for line in screen if line.startswith("receipt: "))
 
 
-def test_plain_lines_are_the_same_in_a_pipe_and_with_term_dumb(steps_repo: Path) -> None:
+@pytest.mark.parametrize("env", [{"TERM": "dumb"}, {"CI": "true"}], ids=["term-dumb", "ci"])
+def test_plain_lines_are_the_same_in_a_pipe_and_with_term_dumb_or_in_ci(steps_repo: Path,
+                                                                       env: dict[str, str]) -> None:
+    """A real terminal, but TERM=dumb or CI=true (spec §11: "pipe, file, CI"): the plain lines."""
     piped = run_loom(steps_repo, "run", "--local", "-j", "2")
     assert piped.code == 0, piped.stderr
     assert "\x1b" not in piped.stderr
-    dumb = run_in_pty(["run", "--local", "-j", "2"], steps_repo, env={"TERM": "dumb"}, color=True)
+    dumb = run_in_pty(["run", "--local", "-j", "2"], steps_repo, env=env, color=True)
     assert dumb.code == 0
     assert b"\x1b" not in dumb.raw  # not one escape byte, colours included
     lines = dumb.raw.decode().replace("\r\n", "\n").splitlines()
@@ -288,3 +291,10 @@ def test_not_one_escape_byte_in_a_pipe_or_a_file_even_with_colour_allowed(tmp_pa
     assert 'job "noisy" failed in N.NNs (exit code 3)' in plain(reference)
     assert plain(piped) == plain(reference)
     assert plain(filed) == plain(reference)
+
+
+def test_ci_false_on_a_terminal_keeps_the_live_region(steps_repo: Path) -> None:
+    """CI=false (as this repo's own workflow sets for its integration job) is not CI."""
+    run = run_in_pty(["run", "--local", "-j", "2"], steps_repo, env={"CI": "false"})
+    assert run.code == 0, run.raw.decode()
+    assert COUNTS.search(run.raw.decode())
