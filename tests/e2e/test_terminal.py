@@ -298,3 +298,44 @@ def test_ci_false_on_a_terminal_keeps_the_live_region(steps_repo: Path) -> None:
     run = run_in_pty(["run", "--local", "-j", "2"], steps_repo, env={"CI": "false"})
     assert run.code == 0, run.raw.decode()
     assert COUNTS.search(run.raw.decode())
+
+
+def test_a_jobs_warnings_go_above_the_live_region_whole(tmp_path: Path) -> None:
+    """Spec §11 warnings (an artifacts path that matched nothing, everything a path matched
+    excluded) from a worker while the region is on the screen: `waiter` runs until `after` (which
+    needs `build`) has started, so the region is up when `build`'s warnings come. Each is printed
+    whole in one write that first erases the region, and stays on the screen above the summary."""
+    go = tmp_path / "go"
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        default:
+          target: linux
+        waiter:
+          stage: s
+          script: ["while [ ! -e {go} ]; do sleep 0.05; done"]
+        build:
+          stage: s
+          artifacts:
+            paths: [out, "missing/**", only-logs]
+            exclude: ["**/*.log"]
+          script: ["mkdir -p out only-logs && echo a > out/a.txt && echo l > only-logs/x.log"]
+        after:
+          stage: s
+          needs: [build]
+          script: ["touch {go}"]
+    """)
+    run = run_in_pty(["run", "--local", "-j", "2"], repo, color=True)
+    assert run.code == 0, run.raw.decode()
+    text = run.raw.decode()
+    warned = ['warning: job "build": artifacts path "missing/**" matched nothing',
+              'warning: job "build": artifacts path "only-logs": everything it matched is excluded']
+    # the region was up: erased, then the warnings whole, one after the other (a redraw waits for
+    # the next tenth of a second, so it cannot come between them)
+    assert re.search(r"\r\x1b\[\d+A\x1b\[J" + "".join(re.escape(line) + "\r\n" for line in warned), text), text
+    screen = screen_of(run.raw)
+    assert not any(COUNTS.search(line) for line in screen), screen
+    at = screen.index(warned[0])
+    assert screen[at:at + 2] == warned
+    assert normal(screen[at + 2:at + 3]) == ['job "build" passed in N.NNs']  # then its end line, whole too
+    assert summary_block(screen)[-3:] == ["2 warnings:", *(f"  {line[len('warning: '):]}" for line in warned)]
