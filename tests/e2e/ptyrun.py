@@ -35,7 +35,10 @@ class PtyRun(NamedTuple):
 
 
 def run_in_pty(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, cols: int = 120,
-               rows: int = 40, timeout: float = 120.0, color: bool = False) -> PtyRun:
+               rows: int = 40, timeout: float = 120.0, color: bool = False,
+               type_when: tuple[Path, bytes] | None = None) -> PtyRun:
+    """`type_when` (file, keys): the pty is loom's controlling terminal, and the keys are typed
+    once the file exists (b"\\x03": a real ^C, sent by the terminal to loom's process group)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     full_env = loom_env(**{"TERM": "xterm-256color", **(env or {})})
@@ -43,13 +46,17 @@ def run_in_pty(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = N
         del full_env["NO_COLOR"]
     start = time.monotonic()
     proc = subprocess.Popen([*LOOM, *args], cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
-                            stdout=slave, stderr=slave, start_new_session=True)
+                            stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=_take_the_terminal if type_when else None)
     os.close(slave)
     chunks: list[tuple[float, bytes]] = []
     deadline = start + timeout
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
+            if type_when is not None and type_when[0].exists():
+                os.write(master, type_when[1])
+                type_when = None
+            ready, _, _ = select.select([master], [], [], 0.1 if type_when else 0.5)
             if not ready:
                 continue
             try:
@@ -66,6 +73,12 @@ def run_in_pty(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = N
             proc.wait()
         os.close(master)
     return PtyRun(code, b"".join(c for _, c in chunks), chunks, time.monotonic() - start)
+
+
+def _take_the_terminal() -> None:
+    # In the child, after setsid(): stdout (the slave) becomes the controlling terminal, and loom's
+    # process group its foreground group, which the line discipline sends ^C's SIGINT to.
+    fcntl.ioctl(1, termios.TIOCSCTTY, 0)
 
 
 class Screen:

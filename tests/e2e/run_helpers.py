@@ -14,6 +14,7 @@ from tests.process.runner import Result, load
 SCHEMA = "loom.runtime.logs.v2"
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 DURATION = re.compile(r" in \d+\.\d\ds")
+SECONDS = re.compile(r"\d+\.\d\ds")
 EVENT_TYPES = {"phase_started", "phase_finished", "output", "step_finished", "error"}
 SCOPES = {"run", "pipeline", "job", "step", "section"}
 PHASE_CODES = {
@@ -22,18 +23,37 @@ PHASE_CODES = {
 }
 
 
-def terminal(result: Result) -> list[str]:
+def terminal(result: Result, summary: bool = True) -> list[str]:
     """stderr lines with job durations normalised to ` in N.NNs`, without the summary table (from
-    the blank line before it to its `wall time` line and warnings; tests/e2e/test_terminal.py)."""
+    the blank line before it to its `wall time` line and warnings; tests/e2e/test_terminal.py).
+    Every run but `-q` ends with the table (spec §11): it must be there unless `summary` is False
+    (a run that ran no job), and then it must not."""
     lines = result.stderr.splitlines()
-    if "" in lines:
-        start = lines.index("")
-        end = start + 1
-        while end < len(lines) and not lines[end].startswith("loom run "):
-            end += 1
-        assert any(line.startswith("wall time ") for line in lines[start:end]), lines
-        lines = lines[:start] + lines[end:]
+    if not summary:
+        assert "" not in lines and not any(line.startswith("wall time ") for line in lines), lines
+        return [DURATION.sub(" in N.NNs", line) for line in lines]
+    assert "" in lines, f"no summary table:\n{result.stderr}"
+    start = lines.index("")
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("loom run "):
+        end += 1
+    assert lines[start + 1].startswith("job ") and " status " in lines[start + 1], lines[start:end]
+    assert any(line.startswith("wall time ") for line in lines[start:end]), lines
+    lines = lines[:start] + lines[end:]
     return [DURATION.sub(" in N.NNs", line) for line in lines]
+
+
+def normal(lines: list[str]) -> list[str]:
+    return [SECONDS.sub("N.NNs", line) for line in lines]
+
+
+def summary_block(lines: list[str]) -> list[str]:
+    """From the blank line before the table to the wall-time line (and any warnings under it)."""
+    start = lines.index("")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("wall time "))
+    while end + 1 < len(lines) and not lines[end + 1].startswith("loom run "):
+        end += 1
+    return lines[start:end + 1]
 
 
 def git(repo: Path, *args: str) -> str:

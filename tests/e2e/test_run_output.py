@@ -82,7 +82,7 @@ def test_an_invalid_workflow_still_writes_a_receipt_and_logs(tmp_path: Path) -> 
     result = run_loom(repo, "run", "--local")
     assert result.code == 1
     message = 'expected sequence for "script", got string'
-    assert terminal(result) == [
+    assert terminal(result, summary=False) == [
         f"workflow.yml:6 {message}",
         "loom run failed",
         f"receipt: {result.receipt_path}",

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.run_helpers import check_logs_dir, events, step_doc
+from tests.e2e.run_helpers import check_logs_dir, events, normal, step_doc, summary_block
 from tests.process.runner import LOOM, Result, load, loom_env, make_repo, run_loom
 
 MiB = 1 << 20
@@ -108,36 +108,65 @@ def test_a_line_without_newlines_is_written_in_bounded_pieces(tmp_path: Path) ->
                         f"[long] h\u00e9{'y' * (MiB - 4)}", "[long]+ \u00e9tail"]
 
 
-ORDER_JOBS = 300
+ORDER_PAIRS = 150
 
 
 def test_a_jobs_output_comes_before_its_end_line_and_its_step_finished(tmp_path: Path) -> None:
-    """The two-job case of issue 13 (two short jobs streaming at once), 150 times over in one run
-    of 300 jobs at -j 2: each job's lines print before its `passed` line, in order, and no output
-    event is stamped after its step's `step_finished` (before: 5 runs in 15 printed a line late,
-    and 66 of 201 step logs had a late output event)."""
-    jobs = "".join(f"j{i:03d}:\n  stage: s\n  target: linux\n  script: [\"printf 'a{i}\\\\nb{i}\\\\nc{i}\\\\n'\"]\n"
-                   for i in range(ORDER_JOBS))
-    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [s]\n" + jobs, git=False)
-    result = run_loom(repo, "run", "--local", "--stream", "-j", "2", timeout=300)
-    assert result.code == 0, result.stderr[-2000:]
-    lines = result.stderr.splitlines()
+    """The two-job case of issue 13 (two short jobs printing 3 lines each, at once), 150 times over
+    in one run: a stage per pair, so each pair starts together at -j 2 and the next waits for it.
+    Each job's lines print before its `passed` line, in order; when that line is read, the job's
+    events file already holds its 3 lines and its `step_finished` (read at that moment, while the
+    run goes on); and no output event is stamped after its step's `step_finished` (before: 5 runs
+    in 15 printed a line late, and 66 of 201 step logs had a late output event)."""
+    names = [f"p{n:03d}{side}" for n in range(ORDER_PAIRS) for side in "ab"]
+    jobs = "".join(f"{name}:\n  stage: s{name[1:4]}\n  target: linux\n"
+                   f"  script: [\"printf '1{name}\\\\n2{name}\\\\n3{name}\\\\n'\"]\n" for name in names)
+    stages = ", ".join(f"s{n:03d}" for n in range(ORDER_PAIRS))
+    repo = make_repo(tmp_path / "repo", f"version: v1\nstages: [{stages}]\n" + jobs, git=False)
+    proc = subprocess.Popen([*LOOM, "run", "--local", "--stream", "-v", "-j", "2"], cwd=repo, env=loom_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    logs: Path | None = None
+    seen_when_passed: dict[str, list[tuple[str, str]]] = {}
+    try:
+        for raw in proc.stderr:
+            line = raw.rstrip("\n")
+            lines.append(line)
+            if line.startswith("logs ") and logs is None:
+                logs = Path(line[len("logs "):])
+            elif line.startswith('job "') and " passed in " in line:
+                assert logs is not None, lines
+                name = line.split('"')[1]
+                # the writer wrote them before it answered, and only then was the line printed
+                evs = [json.loads(x) for x in (logs / "jobs" / name / "user/script/01/events.jsonl")
+                       .read_text().splitlines()]
+                seen_when_passed[name] = [(e["type"], text) for e in evs if e["type"] in ("output", "step_finished")
+                                          for text in e.get("lines") or [e.get("line", "")]]
+        assert proc.wait(timeout=300) == 0, [line for line in lines if " failed" in line or "error" in line]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     late = []
-    for i in range(ORDER_JOBS):
-        name = f"j{i:03d}"
+    for name in names:
         mine = [n for n, line in enumerate(lines) if line.startswith(f"[{name}] ")]
-        assert [lines[n] for n in mine] == [f"[{name}] a{i}", f"[{name}] b{i}", f"[{name}] c{i}"]
-        ended = lines.index(next(line for line in lines if line.startswith(f'job "{name}" passed')))
+        assert [lines[n] for n in mine] == [f"[{name}] {i}{name}" for i in (1, 2, 3)]
+        ended = next(n for n, line in enumerate(lines) if line.startswith(f'job "{name}" passed in '))
         if mine[-1] > ended:
             late.append(name)
-        path = result.logs_dir / "jobs" / name / "user/script/01/events.jsonl"
-        evs = events(path)
+        got = seen_when_passed[name]
+        assert [kind for kind, _ in got][-1:] == ["step_finished"] and \
+            [text for kind, text in got if kind == "output"] == [f"{i}{name}" for i in (1, 2, 3)], (name, got)
+        assert logs is not None
+        evs = events(logs / "jobs" / name / "user/script/01/events.jsonl")
         finished = next(e["ts"] for e in evs if e["type"] == "step_finished")
         times = [e["ts"] for e in evs if e["type"] == "output"]
-        assert times == sorted(times) and all(ts <= finished for ts in times), (path, evs)
+        assert times == sorted(times) and all(ts <= finished for ts in times), (name, evs)
     assert late == []
-    top = events(Path(result.receipt["events_jsonl_path"]))
-    assert len([e for e in top if e["type"] == "step_finished"]) == ORDER_JOBS
+    receipt = load(Path(next(line for line in lines if line.startswith("receipt: "))[len("receipt: "):]))
+    top = events(Path(receipt["events_jsonl_path"]))
+    assert len([e for e in top if e["type"] == "step_finished"]) == len(names)
 
 
 FAILING = """
@@ -230,13 +259,24 @@ def test_a_failed_job_shows_its_last_lines_on_a_terminal(tmp_path: Path) -> None
     repo = make_repo(tmp_path / "repo", FAILING)
     code, screen, styled = run_in_tmux(repo, tmp_path, "-j", "1")
     assert code == 1
-    receipt = load(Path(next(line for line in screen if line.startswith("receipt: "))[len("receipt: "):]))
+    receipt_path = next(line for line in screen if line.startswith("receipt: "))[len("receipt: "):]
+    receipt = load(Path(receipt_path))
     at = next(n for n, line in enumerate(screen) if line.startswith('job "noisy" failed'))
     tail = [f"out {i}" for i in range(13, 31)] + ["red" + " " * 5 + "x", "err 31"]
     assert screen[at + 1:at + 22] == [f"    {line}" for line in tail] + [
         f"  logs: loom logs {receipt['run_id']} --job noisy"]
     assert "\x1b[31mfailed" in styled  # a terminal: loom's colour is on,
     assert "\x1b[31mred" not in styled  # but the step's own escapes were not passed on
+    table = summary_block(screen)  # the summary ends the run in a terminal as well
+    assert normal(table[1:5]) == [
+        "job        stage  provider  status  duration  failure",
+        "noisy      s      host      failed     N.NNs  step_failed",
+        "quiet      s      host      passed     N.NNs",
+        "sectional  s      host      failed     N.NNs  secrets_error",
+    ]
+    assert table[5].startswith("wall time ") and table[6] == "1 warning:"
+    after = screen.index(table[-1]) + 1
+    assert screen[after:after + 2] == ["loom run failed", f"receipt: {receipt_path}"]
 
 
 def test_job_output_events_and_lines_of_a_killed_long_line_are_kept(tmp_path: Path) -> None:

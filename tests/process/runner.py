@@ -89,13 +89,14 @@ def make_repo(root: Path, workflow: str, git: bool = True) -> Path:
     return root
 
 
-_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+_NOT_PASSED = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "CI")
 
 
 def loom_env(**extra: str) -> dict[str, str]:
     # Nothing of an enclosing loom run (the suite may itself run as a loom job): no LOOM_*, no CI_*,
     # and no jobserver in MAKEFLAGS (a loom run would borrow its slots from the enclosing one's).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOM_", "CI_")) and k not in _MAKE_VARS}
+    # No CI either: it is the suite's setting (skips fail), and would turn loom's live region off.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOM_", "CI_")) and k not in _NOT_PASSED}
     env.update({"LOOM_STOP_GRACE_S": "1", "NO_COLOR": "1"})
     env.update(extra)
     return env

@@ -38,8 +38,10 @@ class Terminal:
         self.quiet = quiet
         self.prefix = prefix  # "[cache off] " for a --cache-diff pass
         self.final = final  # print the summary, the closing status and receipt lines
-        # TERM=dumb: a terminal that shows escape codes as text gets none (spec §11)
-        self.color = self.out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+        # TERM=dumb: a terminal that shows escape codes as text gets none; CI: a log, not a person
+        # at a terminal, so plain lines with no control character (spec §11)
+        self.color = (self.out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+                      and not in_ci())
         self.warnings: list[str] = []
 
     def paint(self, text: str, color: str) -> str:
@@ -123,11 +125,17 @@ class Terminal:
             self.line(f"loom run: {error}")
 
 
+def in_ci() -> bool:
+    """`CI` set, as CI services do (`CI=true`; loom's own jobs too, spec §2), and not "false"/"0"."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def choose(*, verbose: bool, quiet: bool, stream_output: bool) -> Terminal:
     """The live region when stderr is a terminal that understands it and nothing else writes to it
-    (with --stream the writer prints job output straight to stderr); the plain lines otherwise."""
+    (with --stream the writer prints job output straight to stderr), outside CI (spec §11: pipe,
+    file, CI get the plain lines); the plain lines otherwise."""
     term = os.environ.get("TERM", "")
-    if quiet or stream_output or term in ("", "dumb") or not sys.stderr.isatty():
+    if quiet or stream_output or term in ("", "dumb") or in_ci() or not sys.stderr.isatty():
         return Terminal(verbose=verbose, quiet=quiet)
     from loomrun.supervisor.terminal.live import LiveTerminal
 

@@ -2,7 +2,7 @@
 per running job (name, provider, current step n/N, elapsed seconds) and a counts line; every other
 line (a job's end, a warning, -v details) is printed above it and scrolls away as in the plain
 renderer. Runs in the supervisor, imported only when stderr is a terminal (never with a pipe, a
-file, TERM=dumb, -q, --stream or --cache-diff).
+file, TERM=dumb, CI, -q, --stream or --cache-diff).
 
 No thread and no timer: the supervisor's event loop already waits with a timeout (its next
 deadline); it also waits at most `wake_in()` and calls `tick()` after every wake-up. A redraw is
