@@ -31,6 +31,13 @@ def _refuse(path: Path | str, mode: int) -> None:
     raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind})", str(path))
 
 
+def refuse_special(path: Path | str) -> None:
+    """NotRegularFile when `path` is a FIFO, a device or a socket (from a `stat`; nothing is opened)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISDIR(mode):
+        _refuse(path, mode)
+
+
 def read_regular(path: Path | str, limit: int) -> bytes:
     """Up to `limit + 1` bytes of a regular file; OSError (with a readable `strerror`) otherwise."""
     _refuse(path, os.stat(path).st_mode)

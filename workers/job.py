@@ -162,10 +162,10 @@ class JobRunner:
             for dep, folder in deps:
                 try:
                     self.provider.import_tree(self.ctx, folder)
-                except OSError as exc:  # shutil.Error too: one line, never a crash
-                    why = describe(exc, self.spec.workspace, folder)
-                    raise SectionFailed(f"cannot restore the artifacts of {dep}: {why}", m.PROVIDER_ERROR,
-                                        "LOOM_ARTIFACT_RESTORE") from exc
+                except (OSError, ProviderError) as exc:  # shutil.Error too: one line, never a crash
+                    line = (f"artifacts of {dep}: {exc.message}" if isinstance(exc, ProviderError)  # says "cannot"
+                            else f"cannot restore the artifacts of {dep}: {describe(exc, self.spec.workspace, folder)}")
+                    raise SectionFailed(line, m.PROVIDER_ERROR, "LOOM_ARTIFACT_RESTORE") from exc
                 sec.line(f"restored artifacts of {dep}")
 
     def _execute(self) -> int:

@@ -241,10 +241,14 @@ def _items_out(items: list[tuple[str, list[str]]], as_json: bool) -> int:
 
 def _op_client() -> Any:
     from loomrun.config import load_runtime_config
-    from workers.secrets.errors import SecretError
+    from workers.secrets.errors import PROVIDER_UNAVAILABLE, SecretError
     from workers.secrets.op import connect
 
-    cfg = load_runtime_config(_repo_root())
+    root = _repo_root()
+    try:
+        cfg = load_runtime_config(root)
+    except LoomError as exc:  # a bad config is "misconfigured" (spec §7.2), as `loom secrets keepass` says
+        raise _fail(SecretError(PROVIDER_UNAVAILABLE, f"runtime config: {exc.message}")) from None
     try:
         return connect(cfg.op_token_env, os.environ)
     except SecretError as exc:

@@ -30,6 +30,7 @@ from loomrun.supervisor.env import pipeline_variables, prepare_job
 from loomrun.supervisor.loop import Outcome, Supervisor
 from loomrun.supervisor.terminal import Terminal, choose
 from loomrun.supervisor.writerlink import WriterLink
+from loomrun.userfiles import NotRegularFile, refuse_special
 from loomrun.workflow.model import Job, Workflow
 from loomrun.workspace import GitFacts
 
@@ -99,8 +100,20 @@ def locate(workflow: str | None) -> tuple[Path, Path]:
     choosing (`--workflow /etc/passwd`, or a `loom run` in a folder that is no repo)."""
     path, root = resolve_workflow_path(workflow)
     if root is None:
+        _refuse_special(path)
         raise no_repo(path)
     return path, root
+
+
+def _refuse_special(path: Path) -> None:
+    """A FIFO or a device outside any repo (`--workflow /dev/zero`, `<(...)`) is refused for what it
+    is, in the words `check` uses, rather than for where it lies."""
+    try:
+        refuse_special(path)
+    except NotRegularFile as exc:
+        raise LoomError(f"{path.name}: cannot read {path}: {exc.strerror}") from None
+    except OSError:
+        return
 
 
 class Run:

@@ -229,6 +229,30 @@ def test_artifacts_with_links_and_empty_folders_reach_the_next_docker_job(
     assert (kept / "empty").is_dir() and not any((kept / "empty").iterdir())
 
 
+def test_a_restore_that_really_fails_is_a_provider_error_in_one_line(
+    tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str]
+) -> None:
+    """Issue 11 item 1 through `loom run`, Docker side: the staged artifacts of `build` get a FIFO (a
+    host job reaches the run's staging folder, as in tests/e2e/test_files_hardening.py), and the
+    Docker job's bind-mount restore (a host-side copy, which refuses a FIFO even as root) fails.
+    Only bind_mount: in ephemeral_volume mode the engine's untar makes the FIFO like any member, so
+    that restore succeeds."""
+    workflow = HEAD + job("build", ["mkdir -p out && echo a > out/a.txt"], image=None,
+                          extra="  artifacts: {paths: [out]}\n") + job(
+        "mess", ['mkfifo "../../tmp/$LOOM_RUN_ID/artifacts/build/out/pipe"'], stage="second", image=None) + job(
+        "check", ["echo never"], stage="third")
+    repo = make_repo(tmp_path / "repo", workflow)
+    result = checked(run_loom(repo, "run", "--local", "--docker-workspace-mount", "bind_mount", env=env),
+                     engine_clean, engine)
+    assert result.code == 1, result.stderr
+    assert failure(result, "check") == ("failed", "provider_error", "artifact_restore")
+    message = result.job_summary("check")["message"]
+    assert "build" in message and "cannot restore" in message and "out/pipe" in message, message
+    assert "\n" not in message and len(message) < 300 and "/.loom/.runtime/" not in message, message
+    assert f'job "check" failed (provider_error: {message})' in result.stderr
+    assert "worker_crashed" not in result.stderr and not (result.logs_dir / "jobs" / "check" / "steps").exists()
+
+
 def test_job_sees_loom_variables_and_the_image_env_only(
     tmp_path: Path, env: dict[str, str], engine: Any, engine_clean: list[str]
 ) -> None:

@@ -226,6 +226,16 @@ CASES: list[tuple[str, str, dict[str, str], int, str, str, str]] = [
                                               "    key: {files: ['${UP}/lock']}\n"), {}, 10,
      'path "${UP}/lock" expands to "../lock", which must be relative to the workspace and hold no ".."',
      "/build/cache/key/files/0", "workflow.yml"),
+    # spec §2.5: each variable stays under 128 KiB, but what they expand into in a path or key passes 1 MiB
+    ("artifacts-path-expands-past-1mib", H + job("build", extra=f"  variables: {{A: {'a' * 100_000}}}\n"
+                                                     f"  artifacts: {{paths: ['{'$A' * 11}']}}\n"), {}, 8,
+     f'"{"$A" * 11}" expands to more than 1 MiB', "/build/artifacts/paths/0", "workflow.yml"),
+    ("cache-path-expands-past-1mib", H + job("build", extra=f"  variables: {{A: {'a' * 100_000}}}\n  cache:\n"
+                                                 f"    paths: ['x/{'$A' * 11}']\n    key: k\n"), {}, 9,
+     f'"x/{"$A" * 11}" expands to more than 1 MiB', "/build/cache/paths/0", "workflow.yml"),
+    ("cache-key-expands-past-1mib", H + job("build", extra=f"  variables: {{A: {'a' * 100_000}}}\n  cache:\n"
+                                                f"    paths: [c]\n    key: 'k-{'${A}' * 11}'\n"), {}, 10,
+     f'"k-{"${A}" * 11}" expands to more than 1 MiB', "/build/cache/key", "workflow.yml"),
     ("image-expands-empty", H + job("build", extra="  variables: {IMG: ''}\n  image: $IMG\n"), {}, 8,
      'image "$IMG" expands to an empty name', "/build/image", "workflow.yml"),
     ("limits-type", H + job("build", extra="  limits: 2g\n"), {}, 7, 'expected mapping for "limits", got string',

@@ -90,6 +90,36 @@ def test_a_fifo_as_the_workflow_fails_the_run_at_once(tmp_path: Path) -> None:
     assert result.receipt["status"] == "failure"
 
 
+def test_a_fifo_or_device_given_as_workflow_is_refused_at_once(tmp_path: Path) -> None:
+    """`--workflow` naming a FIFO (in a repo, or in no repo) or a device: one line saying what the
+    file is, exit 1, nothing opened (a FIFO without a writer would block the open for ever, which
+    `run_loom`'s timeout turns into a failure), and no `.loom/.runtime` where there is no repo."""
+    repo = tmp_path / "repo"
+    (repo / ".loom").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    os.mkfifo(repo / "pipe.yml")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    os.mkfifo(lone / "pipe.yml")
+    in_repo = run_loom(tmp_path, "run", "--local", "--workflow", str(repo / "pipe.yml"), timeout=60)
+    assert in_repo.code == 1
+    line = f"pipe.yml: cannot read {repo / 'pipe.yml'}: not a regular file (a FIFO)"
+    assert in_repo.stderr.splitlines()[0] == line
+    assert in_repo.stderr.splitlines()[-1] == f"loom run: invalid workflow: {line}"
+    assert in_repo.receipt["status"] == "failure"  # the repo has a place for it
+    assert not any(log.name == "jobs" for log in in_repo.logs_dir.iterdir())
+    for cwd, path, kind in ((tmp_path, lone / "pipe.yml", "a FIFO"), (repo, Path("/dev/null"), "a character device"),
+                            (repo, Path("/dev/zero"), "a character device"),
+                            (lone, Path("/dev/zero"), "a character device")):
+        out = run_loom(cwd, "run", "--local", "--workflow", str(path), timeout=60)
+        assert (out.code, out.stdout) == (1, ""), out.stderr
+        assert out.stderr.splitlines() == [f"loom run: {path.name}: cannot read {path}: not a regular file ({kind})"]
+    assert not Path("/dev/.loom").exists()
+    outside_runtime = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                       if ".git" not in p.parts and ".runtime" not in p.parts]
+    assert sorted(outside_runtime) == ["lone", "lone/pipe.yml", "repo", "repo/.loom", "repo/pipe.yml"]
+
+
 def test_a_workflow_outside_any_repo_makes_no_runtime_folder(tmp_path: Path) -> None:
     """`--workflow /etc/shadow` made /etc/.loom/.runtime: a file in no git repo and under no folder
     holding .loom/ is refused before anything is written."""

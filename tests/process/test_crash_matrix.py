@@ -235,9 +235,12 @@ victim:
 
 
 def test_stopped_worker_still_gets_its_job_stopped_on_time(tmp_path: Path) -> None:
-    """The worker is SIGSTOPped mid-step: at the timeout the supervisor TERMs the job's processes
-    itself (the step's trap sees its worker still stopped then), KILLs what is left after the grace,
-    then kills the worker; the job is a timeout and none of its processes is left."""
+    """The worker is SIGSTOPped mid-step and nothing ever continues it: at the timeout the supervisor
+    TERMs the job's processes itself (the step's trap sees its worker still stopped then), and once
+    they are gone it kills the stopped worker and reports the timeout. The grace is an hour
+    (`LOOM_STOP_GRACE_S=3600`), so a supervisor that waited for the grace, or for the worker, would
+    outlast `finish`'s 120 s: the run can end only through the supervisor's own enforcement. Every
+    assertion is made before the test sends its only SIGCONT (cleanup, had the worker survived)."""
     mark, out = tmp_path / "worker.pid", tmp_path / "term.txt"
     repo = make_repo(tmp_path / "repo", """
     version: v1
@@ -251,19 +254,22 @@ def test_stopped_worker_still_gets_its_job_stopped_on_time(tmp_path: Path) -> No
           trap 'grep -q "^State:.*T" /proc/$PPID/status && echo "TERM while the worker was stopped" > "$OUT";
           exit 0' TERM; sleep 3018 & echo $PPID > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; wait
     """)
-    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark), OUT=str(out)))
+    bg = Background(repo, "run", "--local", env=loom_env(MARK=str(mark), OUT=str(out), LOOM_STOP_GRACE_S="3600"))
     bg.wait_for_file(mark)
-    worker = int(mark.read_text())
-    os.kill(worker, signal.SIGSTOP)
+    worker = psutil.Process(int(mark.read_text()))
+    worker.send_signal(signal.SIGSTOP)
     try:
         result = bg.finish(timeout=120)
+        assert result.code == 1, result.stderr
+        summary = result.job_summary("victim")
+        assert (summary["status"], summary["failure_kind"]) == ("failed", "timeout"), summary
+        assert summary["message"] == "timeout after 3s", summary  # not "worker crashed (SIGKILL)"
+        assert [(j["id"], j["failure_kind"]) for j in result.receipt["jobs"]] == [("victim", "timeout")]
+        assert out.read_text().strip() == "TERM while the worker was stopped"
+        assert processes_matching("sleep 3018") == []
+        # SIGKILLed while stopped, never continued: gone (or a zombie init has yet to reap)
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+        assert_logs_valid(result)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker, signal.SIGCONT)
-    assert result.code == 1, result.stderr
-    summary = result.job_summary("victim")
-    assert summary["failure_kind"] == "timeout", summary
-    assert out.read_text().strip() == "TERM while the worker was stopped"
-    assert processes_matching("sleep 3018") == []
-    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
-    assert_logs_valid(result)
+        with contextlib.suppress(psutil.Error):
+            worker.send_signal(signal.SIGCONT)

@@ -127,6 +127,51 @@ def test_keepass_commands_json_keyfile_and_errors(loom: Loom, tmp_path: Path) ->
     assert SECRET_VALUES["V1"] not in "".join(loom.printed)
 
 
+BAD_CONFIGS = {  # (text, the error after "<file>: ")
+    "unknown-key": ("runtime:\n  jobserver: on\ncolour: red\n", 'unknown key "colour"'),
+    "unknown-alias-field": ("providers:\n  keepass:\n    aliases:\n      group/project/repo: {path: v.kdbx, "
+                            "passwordEnv: KP1, pasword: x}\n",
+                            'unknown key "providers.keepass.aliases.group/project/repo.pasword"'),
+    "bad-type": ("providers: [keepass]\n", 'expected a mapping for "providers"'),
+    "bad-value": ("runtime:\n  jobserver: sometimes\n", None),
+    "broken-yaml": ("providers: {keepass: [\n", None),
+}
+SECRETS_COMMANDS = (("keepass", "vault", "list"), ("keepass", "item", "list", ALIAS),
+                    ("keepass", "vault", "create", "--password-from-env", "KP1"),
+                    ("keepass", "vault", "update", ALIAS, "--password-from-env", "KP2"),
+                    ("keepass", "item", "create", ALIAS, "--item-path", "a", "--field", "f", "--value-from-env", "V1"),
+                    ("op", "vault", "list"), ("op", "item", "list", "--vault", "Engineering", "--json"),
+                    ("op", "item", "create", "--vault", "Engineering", "--item-path", "a", "--field", "f",
+                     "--value-from-env", "V1"))
+
+
+@pytest.mark.parametrize("layer", ["repo", "user"])
+@pytest.mark.parametrize("bad", sorted(BAD_CONFIGS))
+def test_every_secrets_command_refuses_a_bad_merged_config_in_one_line(loom: Loom, fake_op: Path, layer: str,
+                                                                       bad: str) -> None:
+    """Spec §8: unknown keys (and bad values) are errors in every command that reads the config, the
+    secrets commands too, from either layer: one `SECRETS_PROVIDER_UNAVAILABLE` line (spec §7.2,
+    "misconfigured"), exit 1, and nothing written (no database, the config file as it was)."""
+    loom.env.update(OP_SERVICE_ACCOUNT_TOKEN="ops_fake_token_1234", LOOM_OP_FAKE=str(fake_op))
+    text, error = BAD_CONFIGS[bad]
+    config = (Path(loom.env["HOME"]) / ".config" / "loom" if layer == "user" else loom.repo / ".loom") / "config.yml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+    account = fake_op.read_text()
+    for command in SECRETS_COMMANDS:
+        out = loom("secrets", *command, code=1)
+        assert out.stdout == ""
+        [line] = out.stderr.splitlines()
+        words = " ".join(part for part in command if part[0] != "-" and part not in (ALIAS, "Engineering", "a", "f",
+                                                                                       "KP1", "KP2", "V1"))
+        assert line.startswith(f"loom secrets {words}: SECRETS_PROVIDER_UNAVAILABLE: runtime config: {config}"), line
+        if error is not None:
+            assert line.endswith(f"{config}: {error}"), line
+    assert config.read_text() == text
+    assert not (loom.repo / ".loom" / "keepass").exists()
+    assert fake_op.read_text() == account
+
+
 def test_origin_alias_forms(loom: Loom) -> None:
     from loomrun.commands.secrets import origin_alias
 

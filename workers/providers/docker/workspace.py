@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from docker.errors import APIError, DockerException, NotFound
 
 from loomrun.globs import EMPTY_DIRS, check_pattern, match_paths
+from loomrun.oserror import describe
 from workers.providers.base import JobContext, ProviderError
 from workers.providers.docker.engine import CHUNK, WORKDIR, reason
 from workers.trees import copy_into, copy_paths
@@ -70,8 +71,8 @@ def import_into_volume(api: Any, ctx: JobContext, src: Path) -> None:
 def import_into_folder(ctx: JobContext, src: Path) -> None:
     try:
         copy_into(src, ctx.workspace)
-    except OSError as exc:
-        raise ProviderError(f"cannot restore into the job's workspace: {_os_reason(exc, ctx.workspace)}") from exc
+    except OSError as exc:  # paths relative to either tree: the source is deep in .loom/.runtime
+        raise ProviderError(f"cannot restore into the job's workspace: {describe(exc, ctx.workspace, src)}") from exc
 
 
 def export_from_folder(ctx: JobContext, patterns: Sequence[str], exclude: Sequence[str], dest: Path) -> list[str]:
