@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.process.runner import LOOM, load, loom_env, make_repo, run_loom
@@ -81,10 +80,8 @@ def test_a_fifo_as_the_workflow_fails_the_run_at_once(tmp_path: Path) -> None:
     (repo / ".loom").mkdir(parents=True)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     os.mkfifo(repo / ".loom" / "workflow.yml")
-    started = time.monotonic()
-    result = run_loom(repo, "run", "--local", timeout=60)
+    result = run_loom(repo, "run", "--local", timeout=60)  # on the code before, it hung on the open
     assert result.code == 1
-    assert time.monotonic() - started < 30  # on the code before, every command hung on the open
     line = f"workflow.yml: cannot read {repo / '.loom' / 'workflow.yml'}: not a regular file (a FIFO)"
     assert line in result.stderr.splitlines()
     assert result.receipt["status"] == "failure"
