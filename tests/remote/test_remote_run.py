@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -281,10 +282,7 @@ def test_cache_entries_come_back_and_cache_diff_works_remotely(tmp_path: Path, r
 
 
 def test_a_docker_job_runs_through_the_nodes_engine(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
-    import shutil
-
-    if shutil.which("docker") is None and not Path("/var/run/docker.sock").exists():
-        pytest.skip("no Docker engine")
+    _docker_api()
     repo = make_repo(tmp_path / "repo", """
         version: v1
         stages: [s]
@@ -305,6 +303,89 @@ def test_a_docker_job_runs_through_the_nodes_engine(tmp_path: Path, remote: Remo
     assert (res.logs_dir / "jobs/boxed/artifacts/made.txt").read_text() == "in-a-container\n"
     assert res.job_summary("boxed")["provider"] == "docker"
     assert not node_leftovers(res.receipt["run_id"])
+
+
+def _docker_api() -> Any:
+    import shutil
+
+    if shutil.which("docker") is None and not Path("/var/run/docker.sock").exists():
+        pytest.skip("no Docker engine")
+    import docker
+
+    return docker.APIClient(base_url="unix:///var/run/docker.sock", timeout=30)
+
+
+def _docker_objects(api: Any, run_id: str) -> list[str]:
+    """The run's containers, networks and volumes on the engine (the nodes' and this machine's)."""
+    flt = {"label": [f"loom.run_id={run_id}"]}
+    found = [f"container {c['Names'][0]}" for c in api.containers(all=True, filters=flt)]
+    found += [f"network {n['Name']}" for n in api.networks(filters=flt)]
+    found += [f"volume {v['Name']}" for v in api.volumes(filters=flt).get("Volumes") or []]
+    return found
+
+
+def _running_run(popen: Any, repo: Path, job: str, text: str, timeout: float = 120) -> str:
+    """The id of the run in `repo` once `job`'s first step has printed `text`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if popen.poll() is not None:
+            raise AssertionError(f"loom ended early ({popen.returncode}): {popen.communicate()}")
+        locks = list((repo / ".loom/.runtime/runs").glob("*.lock")) if (repo / ".loom/.runtime/runs").is_dir() else []
+        if locks:
+            run_id = locks[0].name[: -len(".lock")]
+            events = repo / ".loom/.runtime/logs" / run_id / "jobs" / job / "user/script/01/events.jsonl"
+            if events.exists() and text in events.read_text():
+                return run_id
+        assert time.monotonic() < deadline, f"{job} never printed {text!r}"
+        time.sleep(0.05)
+
+
+def _actor_of(run_id: str) -> psutil.Process:
+    """The node actor (a Ray worker process) running the run's one job: its guard's folder names it
+    (`.../<run_id>/actor-<pid>`)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "workers.remote.guard" in cmd and run_id in cmd:
+            return psutil.Process(int(cmd[-1].rsplit("actor-", 1)[1]))
+    raise AssertionError(f"no guard of {run_id} on any node")
+
+
+def test_a_docker_job_whose_actor_dies_has_its_container_removed_by_the_nodes_guard(
+        tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
+    """The actor is SIGKILLed mid-step. The job's container lives on the node's engine, which the
+    local side never reaps in a remote run and no later `loom` command reaps here: only the node's
+    guard can remove it (before the fix it stayed, exited, until some later run's reaper)."""
+    api = _docker_api()
+    repo = make_repo(tmp_path / "repo", """
+        version: v1
+        stages: [s]
+        boxed:
+          stage: s
+          target: linux
+          runner_pool: a
+          image: loom-test/busybox
+          script: ["echo started && sleep 300"]
+    """)
+    popen = remote.popen(repo, "run", "--remote", cluster.address)
+    try:
+        run_id = _running_run(popen, repo, "boxed", "started")
+        assert [o for o in _docker_objects(api, run_id) if o.startswith("container ")]
+        _actor_of(run_id).kill()
+        res = finish(popen, repo)
+        left = _docker_objects(api, run_id)
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = _docker_objects(api, run_id)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+    assert res.code == 1, res.stderr
+    summary, manifest = res.job_summary("boxed"), res.job_manifest("boxed")
+    assert summary["failure_kind"] == "worker_crashed", res.stderr
+    assert summary["message"] == f"node lost: {manifest['node']['id']}", res.stderr
+    assert not left
+    assert not node_leftovers(run_id)
 
 
 def test_limits_and_timeouts_are_enforced_on_the_node(tmp_path: Path, remote: Remote, cluster: Cluster) -> None:
