@@ -156,27 +156,74 @@ def _sleeper(repo_root: Path, pool: str, marker: Path) -> Path:
     """)
 
 
+def _node_running(cluster: Cluster, run_id: str, ips: tuple[str, ...]) -> str:
+    """Which of `ips` runs the run's job: the node whose raylet has the job's step below it."""
+    for ip in ips:
+        for proc in cluster.node_processes(ip):
+            try:
+                if proc.environ().get("LOOM_RUN_ID") == run_id:
+                    return ip
+            except psutil.Error:
+                continue
+    raise AssertionError(f"no node of {ips} runs {run_id}")
+
+
+def _actor_homes(run_id: str) -> set[str]:
+    """The folders (`.../<run_id>/actor-<pid>`) of the run's node actors alive now, by their guards."""
+    found = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "workers.remote.guard" in cmd and run_id in cmd:
+            found.add(cmd[-1])
+    return found
+
+
 def test_a_node_that_dies_fails_its_job_as_worker_crashed(tmp_path: Path, remote: Remote,
                                                           cluster: Cluster) -> None:
-    cluster.add_node("127.0.0.4", "victim-crash")
-    marker = tmp_path / "started"
-    repo = _sleeper(tmp_path / "repo", "victim-crash", marker)
+    """Two live nodes in the job's pool: the one running it is killed mid-step; the other could take
+    the job, and never does (spec §12: Ray's retries are off, a retry is never silent). The step
+    appends to a file of this machine each time it starts."""
+    ips = ("127.0.0.4", "127.0.0.6")
+    for ip in ips:
+        cluster.add_node(ip, "victim-crash")
+    starts = tmp_path / "starts"
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        long:
+          stage: s
+          target: linux
+          runner_pool: victim-crash
+          script: ["echo start >> {starts} && sleep 300"]
+    """)
     popen = remote.popen(repo, "run", "--remote", cluster.address)
     try:
-        wait_for(marker)
-        cluster.kill_node("127.0.0.4")
+        wait_for(starts)
+        run_id = next(p.name[:-5] for p in (repo / ".loom/.runtime/runs").glob("*.lock"))
+        victim = _node_running(cluster, run_id, ips)
+        survivor = next(ip for ip in ips if ip != victim)
+        actors = _actor_homes(run_id)
+        cluster.kill_node(victim)
         killed = time.monotonic()
+        while popen.poll() is None:  # an actor Ray restarted elsewhere would start a guard of its own
+            actors |= _actor_homes(run_id)
+            time.sleep(0.05)
         res = finish(popen, repo)
+        print(f"node crash to the end of loom: {time.monotonic() - killed:.2f}s")
+        assert cluster.node_processes(survivor)  # the other node of the pool was up all along
     finally:
-        cluster.kill_node("127.0.0.4")
+        for ip in ips:
+            cluster.kill_node(ip)
         if popen.poll() is None:
             popen.kill()
-    print(f"node crash to the end of loom: {time.monotonic() - killed:.2f}s")
     assert res.code == 1
     summary, manifest = res.job_summary("long"), res.job_manifest("long")
     assert summary["failure_kind"] == "worker_crashed"
     assert summary["message"] == f"node lost: {manifest['node']['id']}"
+    assert manifest["node"]["address"] == victim
     assert manifest["failing_section"] == "user"
+    assert starts.read_text() == "start\n"  # started once: not again on the surviving node
+    assert len(actors) == 1, actors  # and its actor was not restarted (Ray's max_restarts)
     assert not node_leftovers(res.receipt["run_id"])
 
 
@@ -343,11 +390,9 @@ def _running_run(popen: Any, repo: Path, job: str, text: str, timeout: float = 1
 def _actor_of(run_id: str) -> psutil.Process:
     """The node actor (a Ray worker process) running the run's one job: its guard's folder names it
     (`.../<run_id>/actor-<pid>`)."""
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
-        if "workers.remote.guard" in cmd and run_id in cmd:
-            return psutil.Process(int(cmd[-1].rsplit("actor-", 1)[1]))
-    raise AssertionError(f"no guard of {run_id} on any node")
+    homes = _actor_homes(run_id)
+    assert len(homes) == 1, homes
+    return psutil.Process(int(homes.pop().rsplit("actor-", 1)[1]))
 
 
 def test_a_docker_job_whose_actor_dies_has_its_container_removed_by_the_nodes_guard(
