@@ -144,6 +144,38 @@ def test_infeasible_pool_fails_at_once_naming_it(tmp_path: Path, remote: Remote,
     assert res.job_summary("fine")["status"] == "success"
 
 
+def test_a_target_no_node_offers_fails_at_once_as_infeasible(tmp_path: Path, remote: Remote,
+                                                             cluster: Cluster) -> None:
+    """Pool "elsewhere" has a live node, but labelled `loom.target=other`: a `target: linux` job there
+    could never be placed (Ray would keep it pending forever); it fails at once, the run goes on."""
+    cluster.add_node("127.0.0.8", "elsewhere", target="other")
+    try:
+        repo = make_repo(tmp_path / "repo", """
+            version: v1
+            stages: [s]
+            wrong_os:
+              stage: s
+              target: linux
+              runner_pool: elsewhere
+              script: ["true"]
+            fine:
+              stage: s
+              target: linux
+              runner_pool: a
+              script: ["true"]
+        """)
+        res = remote.run(repo, "run", "--remote", cluster.address)
+    finally:
+        cluster.kill_node("127.0.0.8")
+    assert res.code == 1, res.stderr
+    wrong = res.job_summary("wrong_os")
+    assert wrong["failure_kind"] == "provider_error"
+    assert wrong["message"] == ('no live node in pool "elsewhere" '
+                                "(no node carries loom.pool=elsewhere, loom.target=linux)")
+    assert not (res.logs_dir / "jobs/wrong_os/user").exists()  # no step ever started
+    assert res.job_summary("fine")["status"] == "success"
+
+
 def _sleeper(repo_root: Path, pool: str, marker: Path) -> Path:
     return make_repo(repo_root, f"""
         version: v1
