@@ -9,8 +9,10 @@ and Ray (`pip install '.[ray]'`).
 * peak RSS of supervisor + gateway + writer during the 100-job run (target <= 300 MB)
 
 The cluster: a head on 127.0.0.1 without CPUs (the machine `loom` runs on) and two nodes with two
-CPUs each, in pools `a` and `b`. The first remote run of a session uploads loomrun's code to the
-cluster (`py_modules`); one warm-up run pays for it before anything is timed.
+CPUs each, in pools `a` and `b`. The nodes run the installed loomrun (nothing is uploaded); one
+untimed warm-up run starts the nodes' first Ray workers. `loom` runs with the cluster's settings, as
+in the tests: `RAY_AUTH_MODE=disabled` (a `~/.ray/auth_token` on the machine would otherwise turn
+token auth on for the driver alone) and `RAY_TMPDIR` in the cluster's folder.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def _sid(pid: int) -> int:
 def run(cluster: Cluster, repo: Path, where: list[str], *args: str,
         sample: bool = False) -> tuple[float, PeakOwn | None, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
-    proc = subprocess.Popen(cluster.cmd([*LOOM, "run", *where, "-q", *args]), cwd=repo, env=ENV, text=True,
+    env = {**ENV, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(cluster.temp)}
+    proc = subprocess.Popen(cluster.cmd([*LOOM, "run", *where, "-q", *args]), cwd=repo, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = PeakOwn(proc.pid) if sample else None
     out, err = proc.communicate()
