@@ -283,7 +283,17 @@ def _ray(v: _Value) -> str | None:
     value = _string(v, FIELD_RAY)
     if any(c.isspace() for c in value):
         raise LoomError(f'{v.where}: invalid "{FIELD_RAY}" {value!r}; expected an address like 10.0.0.5:6379')
+    if not v.layer.startswith("env "):  # RAY_ADDRESS is Ray's own: refused only when a --remote run uses it
+        refuse_ray_client(value, f'"{FIELD_RAY}" in {v.where}')
     return value
+
+
+def refuse_ray_client(address: str, where: str) -> None:
+    """A `ray://` (Ray Client) address, in one line: loom joins the cluster as a driver on one of
+    its nodes (the gateway), which a Ray Client connection from outside the cluster is not."""
+    if address.startswith("ray://"):
+        raise LoomError(f"cannot use {address} ({where}): Ray Client addresses are not supported; run loom "
+                        "on a node of the cluster and give the head's host:port (e.g. 10.0.0.5:6379)")
 
 
 def _alias(name: str, spec: dict[str, _Value], env: Mapping[str, str]) -> KeepassAlias:

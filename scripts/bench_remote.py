@@ -9,9 +9,11 @@ and Ray (`pip install '.[ray]'`).
 * peak RSS of supervisor + gateway + writer during the 100-job run (target <= 300 MB)
 
 The cluster: a head on 127.0.0.1 without CPUs (the machine `loom` runs on) and two nodes with two
-CPUs each, in pools `a` and `b`. One warm-up run (Ray's first actors on each node) comes before
-anything is timed. Dispatch overhead is per job past the run's start at -j 2: two jobs run at once,
-so one job's own delay is about twice the figure.
+CPUs each, in pools `a` and `b`. The nodes run the installed loomrun (nothing is uploaded); one
+untimed warm-up run starts the nodes' first Ray workers. `loom` runs with the cluster's settings, as
+in the tests: `RAY_AUTH_MODE=disabled` (a `~/.ray/auth_token` on the machine would otherwise turn
+token auth on for the driver alone) and `RAY_TMPDIR` in the cluster's folder. Dispatch overhead is per job past the run's start at -j 2: two
+jobs run at once, so one job's own delay is about twice the figure.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def _sid(pid: int) -> int:
 def run(cluster: Cluster, repo: Path, where: list[str], *args: str,
         sample: bool = False) -> tuple[float, PeakOwn | None, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
-    proc = subprocess.Popen(cluster.cmd([*LOOM, "run", *where, "-q", *args]), cwd=repo, env=ENV, text=True,
+    env = {**ENV, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(cluster.temp)}
+    proc = subprocess.Popen(cluster.cmd([*LOOM, "run", *where, "-q", *args]), cwd=repo, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = PeakOwn(proc.pid) if sample else None
     out, err = proc.communicate()

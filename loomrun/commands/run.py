@@ -112,12 +112,14 @@ def main(*, local: bool, remote: str | None, workflow: str | None, stream: bool,
 def ray_address(flag: str, workflow: str | None) -> str:
     """The cluster of `--remote`: its value, else `RAY_ADDRESS`, else `remote.ray.address` of the
     runtime config (spec §8, §12)."""
+    from loomrun.config import load_runtime_config, refuse_ray_client
+
     if flag:
+        refuse_ray_client(flag, "--remote")
         return flag
     if os.environ.get("RAY_ADDRESS"):
+        refuse_ray_client(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
         return os.environ["RAY_ADDRESS"]
-    from loomrun.config import load_runtime_config
-
     _, root = resolve_workflow_path(workflow)
     address = load_runtime_config(root).ray_address if root is not None else None  # no repo: the run says why
     if address:

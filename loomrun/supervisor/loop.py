@@ -446,7 +446,9 @@ class Supervisor:
         swept = stop_processes(find, 0.0)
         slot.sweep = f"{slot.sweep}; {swept}" if slot.sweep else swept
         cgroup.remove()
-        if self.jobs[slot.name].provider == "docker":
+        # A remote job's containers are on its node's engine, not this machine's: the node's guard
+        # removes them (workers/remote/guard.py), or the gateway's cleanup when only the worker died.
+        if self.jobs[slot.name].provider == "docker" and not self.run_id.startswith("loom-run-remote-"):
             from loomrun.supervisor import janitor
 
             run_id, job_id = self.run_id, slot.name

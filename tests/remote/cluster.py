@@ -77,9 +77,9 @@ class Cluster:
         self.ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={HEAD_PORT}", "--num-cpus=0",
                  "--include-dashboard=false", f"--temp-dir={self.temp}", "--disable-usage-stats")
 
-    def add_node(self, ip: str, pool: str, cpus: int = 2) -> None:
+    def add_node(self, ip: str, pool: str, cpus: int = 2, target: str = "linux") -> None:
         self.ray("start", f"--address={self.address}", f"--node-ip-address={ip}", f"--num-cpus={cpus}",
-                 f"--labels=loom.pool={pool},loom.target=linux", "--disable-usage-stats")
+                 f"--labels=loom.pool={pool},loom.target={target}", "--disable-usage-stats")
         self.nodes[ip] = pool
 
     # -- looking at processes -------------------------------------------------------------------------

@@ -72,9 +72,9 @@ class Remote:
         assert "Traceback" not in proc.stderr, proc.stderr
         return Result(proc.returncode, proc.stdout, proc.stderr, repo)
 
-    def popen(self, repo: Path, *args: str) -> subprocess.Popen[str]:
+    def popen(self, repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(self.argv(args), cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=self.env())
+                                text=True, env=self.env(env))
 
 
 @pytest.fixture

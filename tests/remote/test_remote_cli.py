@@ -56,3 +56,31 @@ def test_an_invalid_workflow_fails_a_remote_run_like_a_local_one(tmp_path: Path)
     receipt = res.receipt
     assert receipt["kind"] == "loom-run-remote" and receipt["workflow_errors"]
     assert receipt["remote"] == {"engine": "ray", "address": "127.0.0.1:1", "nodes": []}
+
+
+REFUSED = ("Ray Client addresses are not supported; run loom on a node of the cluster and give the head's "
+           "host:port (e.g. 10.0.0.5:6379)")
+
+
+def test_a_ray_client_address_is_refused_in_one_line_wherever_it_comes_from(tmp_path: Path) -> None:
+    """`ray://` (Ray Client) is refused before any run starts: from the flag, from RAY_ADDRESS, and
+    from the runtime config (there even `loom config show` says so: it is loom's own setting)."""
+    repo = make_repo(tmp_path / "repo", WORKFLOW)
+    env = {k: v for k, v in loom_env().items() if k != "RAY_ADDRESS"}
+    flag = run_loom(repo, "run", "--remote", "ray://head:10001", env=env)
+    assert (flag.code, flag.stderr) == (1, f"loom run: cannot use ray://head:10001 (--remote): {REFUSED}\n")
+    from_env = run_loom(repo, "run", "--remote", env={**env, "RAY_ADDRESS": "ray://head:10001"})
+    assert (from_env.code, from_env.stderr) == (1, f"loom run: cannot use ray://head:10001 (RAY_ADDRESS): {REFUSED}\n")
+    assert not (repo / ".loom/.runtime/receipts").exists()
+    # RAY_ADDRESS is Ray's own variable: a local run does not care what it holds
+    local = run_loom(repo, "run", "--local", env={**env, "RAY_ADDRESS": "ray://head:10001"})
+    assert local.code == 0, local.stderr
+    config = repo / ".loom/config.yml"
+    config.write_text("remote: {ray: {address: 'ray://head:10001'}}\n")
+    from_file = run_loom(repo, "run", "--remote", env=env)
+    assert from_file.code == 1
+    assert from_file.stderr.splitlines() == [
+        f'loom run: cannot use ray://head:10001 ("remote.ray.address" in {config}): {REFUSED}']
+    shown = run_loom(repo, "config", "show", env=env)
+    assert shown.code != 0 and f'"remote.ray.address" in {config}' in shown.stderr
+    assert len(shown.stderr.splitlines()) == 1

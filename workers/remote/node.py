@@ -162,6 +162,8 @@ class NodeRunner:
         provider = get_provider(req.inner)
         self._guarded()
         self._tell_guard(f"job {req.job.name}")
+        if req.inner == "docker":
+            self._tell_guard("docker")
         self.job = NodeJob(ctx, provider, folder)
         try:
             provider.prepare(ctx)
