@@ -12,8 +12,8 @@ The cluster: a head on 127.0.0.1 without CPUs (the machine `loom` runs on) and t
 CPUs each, in pools `a` and `b`. The nodes run the installed loomrun (nothing is uploaded); one
 untimed warm-up run starts the nodes' first Ray workers. `loom` runs with the cluster's settings, as
 in the tests: `RAY_AUTH_MODE=disabled` (a `~/.ray/auth_token` on the machine would otherwise turn
-token auth on for the driver alone) and `RAY_TMPDIR` in the cluster's folder. Dispatch overhead is per job past the run's start at -j 2: two
-jobs run at once, so one job's own delay is about twice the figure.
+token auth on for the driver alone) and `RAY_TMPDIR` in the cluster's folder. Dispatch overhead is
+per job past the run's start at -j 2: two jobs run at once, so one job's own delay is about twice it.
 """
 
 from __future__ import annotations
