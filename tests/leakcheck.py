@@ -12,7 +12,9 @@ Loaded by tests/conftest.py (and by inner pytest runs in tests/test_infra.py wit
   pytest pid nor has a logs folder under our basetemp is not attributed to us, so not seen; this
   keeps a test session from removing the objects of another session sharing the engine.
 * cgroups: loom's own (a fork server's `loom-forks-<pid>`, a job's `loom/<run_id>.<job>`) that appeared
-  during the test and are still there after the grace.
+  during the test and are still there after the grace, and are this session's (a process in it
+  carries the marker; an empty one names a run in our basetemp or a dead fork server): sessions
+  sharing the machine never kill each other's running jobs.
 * Temp files: the session gets a private TMPDIR (created in the system temp dir, removed at the end),
   so `tempfile.gettempdir()` in this process and every child points there; new entries after a test
   are leftovers. pytest's own basetemp is fixed before the switch, so it stays in the system temp dir.
@@ -268,17 +270,18 @@ def _cgroups() -> set[str]:
     return found
 
 
-def cgroup_leftovers(before: set[str]) -> list[str]:
-    """New loom cgroups still there after a grace (a process that was just reaped may hold one for a
-    moment): removed (after killing what is in one), and named."""
+def cgroup_leftovers(before: set[str], session: Session) -> list[str]:
+    """New loom cgroups of this session still there after a grace (a process that was just reaped
+    may hold one for a moment): removed (after killing what is in one), and named. Sessions share
+    the machine's cgroups, so one that is another session's (see `_ours_cgroup`) is left alone."""
     deadline = time.monotonic() + GRACE_S
     while (new := _cgroups() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
+    new = {path for path in new if _ours_cgroup(path, session)}
     for path in sorted(new, key=len, reverse=True):  # children first
-        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as fh:
-            for pid in fh.read().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+        for pid in _cgroup_pids(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for _ in range(100):
             try:
                 os.rmdir(path)
@@ -288,6 +291,27 @@ def cgroup_leftovers(before: set[str]) -> list[str]:
             except OSError:
                 time.sleep(0.01)
     return [f"cgroup {path}" for path in sorted(new)]
+
+
+def _cgroup_pids(path: str) -> list[int]:
+    with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as fh:
+        return [int(pid) for pid in fh.read().split()]
+    return []
+
+
+def _ours_cgroup(path: str, session: Session) -> bool:
+    """A cgroup with processes is ours when one of them carries our marker; an empty one is ours
+    when it names a run whose logs are in our basetemp (a job's `<run_id>.<job>`), or a fork server
+    that is gone (`loom-forks-<pid>`: a live one of another session is that session's to judge)."""
+    pids = _cgroup_pids(path)
+    if pids:
+        marked = set(_marked_pids(session.marker))
+        return any(pid in marked for pid in pids)
+    name = os.path.basename(path)
+    if name.startswith("loom-forks-"):
+        return not os.path.exists(f"/proc/{name[len('loom-forks-'):]}")
+    run_id = name.split(".", 1)[0]
+    return next(iter(session.basetemp.glob(f"**/.loom/.runtime/logs/{glob.escape(run_id)}")), None) is not None
 
 
 def leftovers(session: Session, before: Before) -> list[str]:
@@ -300,7 +324,7 @@ def leftovers(session: Session, before: Before) -> list[str]:
     for name in sorted(_listing(session.tmpdir) - before.temp):
         _remove(session.tmpdir / name)
         found.append(f"temp entry {session.tmpdir / name}")
-    found += cgroup_leftovers(before.cgroups)
+    found += cgroup_leftovers(before.cgroups, session)
     return found
 
 
