@@ -160,21 +160,50 @@ def test_tokens_a_killed_job_borrowed_from_make_go_back_to_make(repo: Repo, tmp_
     assert receipt["jobserver"]["lost_tokens"] == 2 and receipt["jobserver"]["source"].startswith("make (")
 
 
-def test_two_concurrent_runs_on_one_host_fifo_pool_stay_within_it(tmp_path: Path, repo: Repo) -> None:
+# t1 of job a (first run) waits, holding its job's slot, until the log shows c's t1 started, and
+# c's t1 (second run) until it shows a's: so the two runs overlap by construction (120 s at most,
+# then the recipe fails its run). Only two recipes wait: a third token always stays in circulation
+# (a borrowing run keeps one spare in its own fifo while its jobs run, so a wait for a third
+# recipe could starve).
+RENDEZVOUS = textwrap.dedent("""\
+    for i in $(seq 1200); do
+      grep -q "^start $2 t1 " "$1" && exit 0
+      sleep 0.1
+    done
+    echo "the two runs never overlapped" >&2; exit 1
+    """)
+
+
+def test_two_concurrent_runs_on_one_host_fifo_pool_overlap_use_it_all_and_stay_within_it(
+        tmp_path: Path, repo: Repo) -> None:
+    """One run gets the pool from LOOM_JOBSERVER, the other from `runtime.jobserver` in its config.
+    They overlap by construction (RENDEZVOUS), and the recipes of the two runs together reach the
+    pool's three at some moment, never more."""
     log = tmp_path / "stamps.log"
-    setup(repo, {"a": make_job(log, 15), "b": make_job(log, 15)})
+
+    def meet(other: str) -> dict[str, str]:
+        return {"SLEEP": f"if [ $$@ = t1 ]; then sh rendezvous.sh {log} {other}; else sleep 0.2; fi"}
+
+    repo.write({"rendezvous.sh": RENDEZVOUS})
+    setup(repo, {"a": make_job(log, 15, variables=meet("c")), "b": make_job(log, 15)})
     second = tmp_path / "second"
     shutil.copytree(repo.root, second)
-    helpers.write_workflow(second, workflow({"c": make_job(log, 15), "d": make_job(log, 15)}))  # other names
-    pool = {"LOOM_JOBSERVER": f"fifo:{tmp_path / 'pool'}"}
-    runs = [subprocess.Popen([*LOOM, "run", "--local", "-q", "--jobs", "3"], cwd=root, env=env(**pool),
+    helpers.write_workflow(second, workflow({"c": make_job(log, 15, variables=meet("a")), "d": make_job(log, 15)}))
+    pool = f"fifo:{tmp_path / 'pool'}"
+    (second / ".loom" / "config.yml").write_text(f'runtime:\n  jobserver: "{pool}"\n')
+    runs = [subprocess.Popen([*LOOM, "run", "--local", "-q", "--jobs", "3"], cwd=root, env=env(**more),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for root in (repo.root, second)]
+            for root, more in ((repo.root, {"LOOM_JOBSERVER": pool}), (second, {}))]
     outs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outs
     spans = intervals(log)
     assert len(spans) == 60
-    assert most_at_once(spans) <= 3  # four jobs of two runs, three tokens on the host
+    stamps = {tuple(line.split()[:3]): int(line.split()[3]) for line in log.read_text().splitlines()}
+    a1, c1 = ((stamps[("start", j, "t1")], stamps[("end", j, "t1")]) for j in "ac")
+    assert a1[0] < c1[1] and c1[0] < a1[1]  # the runs overlapped (a recipe of each ran at once)
+    assert most_at_once(spans) == 3  # four jobs of two runs, three tokens on the host, all used at once
+    receipts = [json.loads(Path(err.split("receipt: ")[1].split()[0]).read_text()) for _, err in outs]
+    assert [r["jobserver"]["source"] for r in receipts] == [f"host {pool}"] * 2, receipts
 
 
 def test_jobserver_settings_outside_loom_and_a_bad_job_setting(repo: Repo, tmp_path: Path) -> None:
