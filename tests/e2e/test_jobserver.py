@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import textwrap
@@ -228,3 +229,49 @@ def test_jobserver_settings_outside_loom_and_a_bad_job_setting(repo: Repo, tmp_p
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1] == \
         'loom run: job "a": variables: LOOM_JOBSERVER must be "on" or "off", not "sometimes"'
+
+
+PROBE = textwrap.dedent("""\
+    import fcntl, json, os, stat, sys
+    flags = os.environ.get("MAKEFLAGS")
+    out = {"makeflags": flags, "fifo": None, "fds": None}
+    for word in (flags or "").split():
+        value = word.partition("--jobserver-auth=")[2]
+        if value.startswith("fifo:"):
+            st = os.stat(value[5:])
+            out["fifo"] = [stat.S_ISFIFO(st.st_mode), st.st_ino]
+        elif value:
+            out["fds"] = [[stat.S_ISFIFO(os.fstat(fd).st_mode), os.fstat(fd).st_ino,
+                           fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE] for fd in map(int, value.split(","))]
+    with open(sys.argv[1], "w") as fh:
+        json.dump(out, fh)
+    """)
+
+
+def test_a_host_job_sees_both_jobserver_forms_with_the_fds_open_and_off_removes_them(
+        repo: Repo, tmp_path: Path) -> None:
+    """Spec §13 end to end: a host job's MAKEFLAGS is `-jN --jobserver-auth=fifo:PATH
+    --jobserver-auth=R,W` (the job's own flags kept), R and W are open in the job's processes,
+    read and write ends of that very fifo; `-j` is bare when the pool is borrowed (its size is not
+    loom's to say); a job with `LOOM_JOBSERVER: "off"` keeps only its own flags."""
+    import sys
+
+    def probe(name: str, **variables: str) -> dict[str, object]:
+        return {"script": [f"{sys.executable} probe.py {tmp_path / name}.json"],
+                "variables": {"MAKEFLAGS": "-k", **variables}}
+
+    repo.write({"probe.py": PROBE})
+    setup(repo, {"on": probe("on"), "off": probe("off", LOOM_JOBSERVER="off")})
+    for how, extra in (("own", {}), ("host", {"LOOM_JOBSERVER": f"fifo:{tmp_path / 'pool'}"})):
+        res = loom(repo, "--jobs", "3", extra_env=extra)
+        assert res.returncode == 0, res.stderr
+        on, off = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("on", "off"))
+        assert off == {"makeflags": "-k", "fifo": None, "fds": None}
+        words = on["makeflags"].split()
+        assert words[0] == ("-j3" if how == "own" else "-j") and words[3:] == ["-k"], words
+        assert words[1].startswith("--jobserver-auth=fifo:") and words[2].startswith("--jobserver-auth="), words
+        fifo = words[1].removeprefix("--jobserver-auth=fifo:")
+        assert re.fullmatch(rf"{re.escape(str(repo.runtime))}/tmp/loom-run-local-\d+/jobserver/gen-0", fifo), fifo
+        (r_fifo, r_ino, r_mode), (w_fifo, w_ino, w_mode) = on["fds"]
+        assert on["fifo"] == [True, r_ino] and r_fifo and w_fifo and r_ino == w_ino  # one fifo, both ways
+        assert (r_mode, w_mode) == (os.O_RDWR, os.O_WRONLY)
