@@ -130,6 +130,30 @@ def test_a_job_killed_holding_extra_slots_does_not_shrink_the_pool(repo: Repo, t
     assert receipt["jobserver"] == {"source": "own", "slots": 3, "generations": 2, "lost_tokens": 1}
 
 
+def test_a_job_whose_worker_crashed_holding_extra_slots_does_not_shrink_the_pool(repo: Repo, tmp_path: Path) -> None:
+    """The same shape as above, but nobody stops `victim`: its worker is SIGKILLed (a crash) once
+    its make runs two recipes (its implicit slot + 1 token). The supervisor sweeps the job's
+    processes; the recipes ignore TERM, so the make dies by SIGKILL holding the token; `later` must
+    still get all three slots."""
+    victim, later = tmp_path / "victim.log", tmp_path / "later.log"
+    crash = (f'make -f $CI_PROJECT_DIR/stamps.mk JOB=$CI_JOB_NAME & '
+             f'until [ "$(grep -c "^start victim " {victim})" -ge 2 ]; do sleep 0.05; done; kill -KILL $PPID; wait')
+    setup(repo, {
+        "victim": {**make_job(victim, 30, allow_failure=True, variables={"SLEEP": "trap '' TERM; sleep 60"}),
+                   "script": [crash]},
+        "bystander": {"script": ["sleep 5"]},
+        "later": make_job(later, 40, nap=0.3, needs=["victim"]),
+    })
+    res = loom(repo, "--jobs", "3", extra_env={"LOOM_STOP_GRACE_S": "1"})
+    assert res.returncode == 0, res.stderr
+    held = intervals(victim)
+    assert len(held) == 2 and all(end == 1 << 62 for _, _, end in held)  # crashed holding its implicit + 1
+    assert most_at_once(intervals(later)) == 3
+    receipt = json.loads(Path(res.stderr.split("receipt: ")[1].split()[0]).read_text())
+    assert {j["id"]: j["failure_kind"] for j in receipt["jobs"]}["victim"] == "worker_crashed"
+    assert receipt["jobserver"] == {"source": "own", "slots": 3, "generations": 2, "lost_tokens": 1}
+
+
 def test_a_make_j4_recipe_running_loom_keeps_all_recipes_within_4(repo: Repo, tmp_path: Path) -> None:
     log = tmp_path / "stamps.log"
     setup(repo, {"a": make_job(log, 20), "b": make_job(log, 20)})
