@@ -168,6 +168,32 @@ def test_a_make_j4_recipe_running_loom_keeps_all_recipes_within_4(repo: Repo, tm
     assert 3 <= most_at_once(spans) <= 4  # make's 4 slots, borrowed one at a time by loom
 
 
+def test_loom_under_a_make_4_4_parent_takes_its_slots_from_the_fifo(repo: Repo, tmp_path: Path) -> None:
+    """What make >= 4.4 (not in Debian 12) hands a recipe: `-j3 --jobserver-auth=fifo:PATH`, the
+    fifo holding 2 tokens (the recipe's own slot is the third). The fifo is made here by hand and
+    kept open as make would. loom's own `--jobs 8` would let the two makes run far more: the outside
+    pool is what bounds them; at least two at once shows loom borrowed from it, and every token is
+    back in the fifo afterwards."""
+    log = tmp_path / "stamps.log"
+    setup(repo, {"a": make_job(log, 20), "b": make_job(log, 20)})
+    fifo = tmp_path / "make-4.4-fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(fd, b"++")
+        res = loom(repo, "--jobs", "8", extra_env={"MAKEFLAGS": f" -j3 --jobserver-auth=fifo:{fifo}"})
+        left = os.read(fd, 16)
+    finally:
+        os.close(fd)
+    assert res.returncode == 0, res.stderr
+    spans = intervals(log)
+    assert len(spans) == 40
+    assert 2 <= most_at_once(spans) <= 3
+    assert left == b"++"  # what loom borrowed went back, no more, no less
+    receipt = json.loads(Path(res.stderr.split("receipt: ")[1].split()[0]).read_text())
+    assert receipt["jobserver"]["source"] == f"make (MAKEFLAGS --jobserver-auth=fifo:{fifo})"
+
+
 def test_tokens_a_killed_job_borrowed_from_make_go_back_to_make(repo: Repo, tmp_path: Path) -> None:
     """loom under `make -j3` borrows for its job's make; the job is SIGKILLed holding them (its recipes
     ignore TERM). make 4.3 counts its tokens when it exits and complains of any missing."""
