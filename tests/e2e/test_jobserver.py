@@ -16,6 +16,7 @@ import subprocess
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,6 +110,20 @@ def test_four_make_jobs_at_jobs_3_never_run_more_than_3_recipes_and_the_last_get
     assert most_at_once(spans, "d") == 3  # once a, b and c are done, d's make has all three
 
 
+def later_gets_the_whole_pool(repo: Repo, victim: Path, later: Path) -> dict[str, Any]:
+    """Run at --jobs 3: `victim` ends holding two slots (its implicit one + a token its make took),
+    its recipes never finished; `later` still reaches 3; one token was lost and made again in a new
+    generation. The receipt."""
+    res = loom(repo, "--jobs", "3", extra_env={"LOOM_STOP_GRACE_S": "1"})
+    assert res.returncode == 0, res.stderr
+    held = intervals(victim)
+    assert len(held) == 2 and all(end == 1 << 62 for _, _, end in held)
+    assert most_at_once(intervals(later)) == 3
+    receipt: dict[str, Any] = json.loads(Path(res.stderr.split("receipt: ")[1].split()[0]).read_text())
+    assert receipt["jobserver"] == {"source": "own", "slots": 3, "generations": 2, "lost_tokens": 1}
+    return receipt
+
+
 def test_a_job_killed_holding_extra_slots_does_not_shrink_the_pool(repo: Repo, tmp_path: Path) -> None:
     """`victim` times out while its make holds an extra token. Its recipes ignore TERM, so make (which
     gives its tokens back when TERM lets its children end) is still waiting when the grace runs out,
@@ -121,13 +136,7 @@ def test_a_job_killed_holding_extra_slots_does_not_shrink_the_pool(repo: Repo, t
         "bystander": {"script": ["sleep 7"]},
         "later": make_job(later, 40, nap=0.3, needs=["victim"]),
     })
-    res = loom(repo, "--jobs", "3", extra_env={"LOOM_STOP_GRACE_S": "1"})
-    assert res.returncode == 0, res.stderr
-    held = intervals(victim)
-    assert len(held) == 2 and all(end == 1 << 62 for _, _, end in held)  # killed holding its implicit + 1
-    assert most_at_once(intervals(later)) == 3
-    receipt = json.loads(Path(res.stderr.split("receipt: ")[1].split()[0]).read_text())
-    assert receipt["jobserver"] == {"source": "own", "slots": 3, "generations": 2, "lost_tokens": 1}
+    later_gets_the_whole_pool(repo, victim, later)
 
 
 def test_a_job_whose_worker_crashed_holding_extra_slots_does_not_shrink_the_pool(repo: Repo, tmp_path: Path) -> None:
@@ -144,14 +153,8 @@ def test_a_job_whose_worker_crashed_holding_extra_slots_does_not_shrink_the_pool
         "bystander": {"script": ["sleep 5"]},
         "later": make_job(later, 40, nap=0.3, needs=["victim"]),
     })
-    res = loom(repo, "--jobs", "3", extra_env={"LOOM_STOP_GRACE_S": "1"})
-    assert res.returncode == 0, res.stderr
-    held = intervals(victim)
-    assert len(held) == 2 and all(end == 1 << 62 for _, _, end in held)  # crashed holding its implicit + 1
-    assert most_at_once(intervals(later)) == 3
-    receipt = json.loads(Path(res.stderr.split("receipt: ")[1].split()[0]).read_text())
+    receipt = later_gets_the_whole_pool(repo, victim, later)
     assert {j["id"]: j["failure_kind"] for j in receipt["jobs"]}["victim"] == "worker_crashed"
-    assert receipt["jobserver"] == {"source": "own", "slots": 3, "generations": 2, "lost_tokens": 1}
 
 
 def test_a_make_j4_recipe_running_loom_keeps_all_recipes_within_4(repo: Repo, tmp_path: Path) -> None:
