@@ -260,6 +260,7 @@ class JobWritten(NamedTuple):
 
 class RunWritten(NamedTuple):
     receipt_path: str
+    warnings: tuple[str, ...] = ()  # for the terminal (what retention could not remove)
 
 
 class WriterFailed(NamedTuple):

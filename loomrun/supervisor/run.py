@@ -436,6 +436,8 @@ class Run:
                 continue
             if isinstance(reply, m.RunWritten):
                 receipt_path = reply.receipt_path
+                for warning in reply.warnings:
+                    self.term.warning(warning)
             else:
                 why = reply.message if isinstance(reply, m.WriterFailed) else f"unexpected {type(reply).__name__}"
                 error = f"{error + '; ' if error else ''}cannot write the receipt: {why}"

@@ -223,10 +223,23 @@ class Writer:
         elif isinstance(msg, m.RunEnded):
             for job_id in list(self.workers):
                 self._drain_job(job_id)
-            self._send(m.RunWritten(str(log.run_ended(msg))))
+            msg, warnings = self._retention_done(log, msg)
+            self._send(m.RunWritten(str(log.run_ended(msg)), warnings))
         else:
             raise ValueError(f"unknown record {type(msg).__name__}")
         log.trace.feed(msg)  # after a JobEnded's drain: the job's last records are in
+
+    def _retention_done(self, log: RunLog, msg: m.RunEnded) -> tuple[m.RunEnded, tuple[str, ...]]:
+        """The run is over: retention gets its grace and stops, and what it could not remove goes
+        into the run's events, its receipt (`retention` block) and a warning for the terminal."""
+        if self.retention is None:
+            return msg, ()
+        self.retention.finish()
+        block, warning = self.retention.report()
+        for failure in block["failed"]:
+            emit(log.events, time.time_ns(), "error", "run", "run.finalize", code="LOOM_RETENTION_FAILED",
+                 message=f"retention could not remove {failure['path']}: {failure['error']}")
+        return msg._replace(receipt={**msg.receipt, "retention": block}), (warning,) if warning else ()
 
     # -- worker records ------------------------------------------------------------------------
     def _from_worker(self, job_id: str) -> None:

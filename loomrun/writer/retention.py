@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 KEEP_SNAPSHOTS = 5  # the newest runs keep their snapshot (the current run counts as one)
 _RUN_ID = re.compile(r"loom-run-[a-z]+-([0-9]{1,20})")
@@ -198,23 +198,28 @@ def remove_path(path: str) -> str:
         remove_snapshot(Path(path))
     except FileNotFoundError:
         return ""
-    except (LoomError, OSError) as exc:
+    except LoomError as exc:  # "cannot remove workspace PATH: <strerror>": the path is the caller's to say
         if os.path.lexists(path):
-            return str(getattr(exc, "message", None) or getattr(exc, "strerror", None) or exc)
+            return exc.message.rsplit(": ", 1)[-1]
+    except OSError as exc:
+        if os.path.lexists(path):
+            return str(exc.strerror or exc)
     return ""
 
 
 class RetentionThread:
     """The writer's retention at the start of a run: planned and removed in a thread, so the
-    writer's loop keeps serving records while an old run's files go. `finish` gives it a grace to
-    end when the run is over, then stops it after the item in hand: a store with a big backlog
-    (the first run with retention on a host of thousands) is worked off over several runs, or by
-    `loom gc`, instead of holding up a run's exit."""
+    writer's loop keeps serving records while an old run's files go. `finish` (when the run is
+    over, before its receipt) gives it a grace to end, then stops it after the item in hand: a
+    store with a big backlog (the first run with retention on a host of thousands) is worked off
+    over several runs, or by `loom gc`, instead of holding up a run's exit. What could not be
+    removed is kept (`failures`) for the run's events, receipt and terminal."""
 
     FINISH_GRACE_S = 5.0
 
     def __init__(self, runtime: Path, keep_runs: int, max_age_s: float) -> None:
-        self.failures: list[str] = []
+        self.failures: list[tuple[str, str]] = []  # (path, why), appended as the removal goes
+        self.removed = 0  # items whose every path went
         self.doomed = plan(runtime, keep_runs, max_age_s)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -223,10 +228,30 @@ class RetentionThread:
             self.thread.start()
 
     def _run(self, runtime: Path) -> None:
-        self.failures = [f"{path}: {why}" for path, why in remove(runtime, self.doomed, self.stop.is_set)[1]]
+        for item in self.doomed:  # one at a time: a failure is known (and kept) as soon as it happens
+            if self.stop.is_set():
+                break
+            passed, failures = remove(runtime, (item,))
+            self.failures += failures
+            self.removed += not passed and not failures
 
     def finish(self, grace_s: float = FINISH_GRACE_S) -> None:
         if self.thread is not None:
             self.thread.join(grace_s)
             self.stop.set()
             self.thread.join()
+
+    def report(self) -> tuple[dict[str, Any], str]:
+        """After `finish`: the receipt's `retention` block ({planned, removed, failed: [{path,
+        error}]}, the failures listed up to a hundred) and a one-line warning ('' when none failed)."""
+        block = {"planned": len(self.doomed), "removed": self.removed,
+                 "failed": [{"path": path, "error": why} for path, why in self.failures[:_MAX_LISTED]]}
+        warning = ""
+        if self.failures:
+            path, why = self.failures[0]
+            more = f" (and {len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+            warning = f"retention could not remove {path}: {why}{more}"
+        return block, warning
+
+
+_MAX_LISTED = 100  # failures a receipt lists (the warning counts them all)

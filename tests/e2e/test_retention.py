@@ -4,10 +4,16 @@ a live run is one whose lock a process holds, as a running `loom run` does."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Repo, RunLoom
 from tests.runfiles import DAY_NS, disk_usage, fake_check_receipt, fake_run, held_lock, tree
@@ -120,3 +126,46 @@ def test_a_removal_stopped_between_items_leaves_the_newest_for_later(tmp_path: P
     retention.remove(runtime, doomed, stop=lambda: len(asked) > 1 or bool(asked.append(1)))
     assert sorted(p.name for p in (runtime / "logs").iterdir()) == sorted([*ids[:2], *ids[2:4]])
     assert [d.name for d in retention.plan(runtime, 2, 86400.0)] == ids[3:1:-1]
+
+
+@contextlib.contextmanager
+def _immutable(path: Path) -> Iterator[None]:
+    """`path` cannot be removed, not even by root (`chattr +i`), until the block ends."""
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")  # CI runs as root: counted as a failure there
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    assert made.returncode == 0, f"chattr +i: {made.stderr}"
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_what_retention_cannot_remove_during_a_run_is_a_warning_an_event_and_in_the_receipt(
+        repo: Repo, run_loom: RunLoom, workflow: Callable[..., str]) -> None:
+    repo.write_workflow(workflow({"a": {"script": ["true"]}}))
+    repo.write({".loom/config.yml": "runtime:\n  retention: {runs: 2}\n"})
+    repo.commit()
+    runtime = repo.runtime
+    now = time.time_ns()
+    ids = [fake_run(runtime, now - i * HOUR_NS) for i in range(1, 5)]  # the newest stays; 3 are due
+    stuck = ids[2]
+    with _immutable(runtime / "logs" / stuck / "events.jsonl"):
+        res = run_loom(["run", "--local"], repo.root)
+        left = {p.name for p in (runtime / "logs").iterdir()}
+    assert res.returncode == 0, res.stderr  # a cleanup that failed does not fail the run
+    new = re.search(r"receipts/(loom-run-local-\d+)\.json", res.stderr)
+    assert new is not None, res.stderr
+    assert left == {new.group(1), ids[0], stuck}  # the others went, the oldest after the failure too
+    assert not _exists(runtime, "receipts", f"{stuck}.json") and not _exists(runtime, "workspaces", stuck)
+    warning = f"warning: retention could not remove {runtime / 'logs' / stuck}: Operation not permitted"
+    lines = res.stderr.splitlines()
+    assert warning in lines, res.stderr
+    assert f"  {warning.removeprefix('warning: ')}" in lines[lines.index("1 warning:"):]  # under the summary
+    receipt = json.loads((runtime / "receipts" / f"{new.group(1)}.json").read_text())
+    assert receipt["retention"] == {"planned": 3, "removed": 2, "failed": [
+        {"path": str(runtime / "logs" / stuck), "error": "Operation not permitted"}]}
+    events = [json.loads(line) for line in Path(receipt["events_jsonl_path"]).read_text().splitlines()]
+    failed = [e for e in events if e.get("code") == "LOOM_RETENTION_FAILED"]
+    assert [(e["type"], e["scope"], e["message"]) for e in failed] == [
+        ("error", "run", warning.removeprefix("warning: "))]

@@ -61,7 +61,8 @@ def test_jobs_land_on_nodes_by_pool_and_artifacts_cross_nodes(tmp_path: Path, re
           stage: build
           target: linux
           runner_pool: a
-          script: ["mkdir -p dist && echo built-on-a > dist/out.txt", "echo to-stderr >&2", "pwd"]
+          script: ["mkdir -p dist && echo built-on-a > dist/out.txt", "echo to-stderr >&2", "pwd",
+                   'echo "[$MAKEFLAGS]"']
           artifacts: {paths: [dist]}
         test:
           stage: test
@@ -91,6 +92,8 @@ def test_jobs_land_on_nodes_by_pool_and_artifacts_cross_nodes(tmp_path: Path, re
     assert res.step_lines("build", 2) == ["to-stderr"]
     workdir = res.step_lines("build", 3)[0]
     assert "/loom-remote/" in workdir and run_id in workdir  # a private copy on the node, not the snapshot
+    # no jobserver: a node cannot reach a fifo on loom's machine (spec §13 is about one host)
+    assert res.step_lines("build", 4) == ["[]"] and "jobserver" not in receipt
     assert not node_leftovers(run_id)
 
 
