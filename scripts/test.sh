@@ -49,6 +49,11 @@ ensure_tools() {
         echo "installing tmux with apt-get"
         apt_install tmux || die "tmux is required (terminal tests) and could not be installed"
     fi
+    # Shell completion is tried in the shells it is for: bash (there), zsh and fish.
+    if ! command -v zsh >/dev/null 2>&1 || ! command -v fish >/dev/null 2>&1; then
+        echo "installing zsh and fish with apt-get"
+        apt_install zsh fish || warn "zsh or fish is missing: their completion tests skip (and fail with CI=true)"
+    fi
 }
 
 ensure_browser() {
