@@ -178,7 +178,8 @@ def _drop_cgroup(pid: int, path: Path) -> None:
 
 
 def test_leftover_loom_cgroup_of_this_session_fails_the_test_and_is_removed(inner: pytest.Pytester) -> None:
-    result, pid, path = _cgroup_case(inner, "ours", "a child of the test", "sleep 63 & echo $!")
+    result, pid, path = _cgroup_case(inner, "ours", "a child of the test",
+                                     "sleep 63 </dev/null >/dev/null 2>&1 & echo $!")
     try:
         assert result.ret != 0
         result.stdout.fnmatch_lines([f"*test left behind*cgroup {path}*"])
