@@ -20,7 +20,7 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -574,6 +574,35 @@ def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
         time.sleep(0.01)
     why = "grace cut short" if hurried else f"grace {grace_s:g}s ran out"
     return f"TERM {n}; {why}; KILL {killed}"
+
+
+def reap_orphans(keep: Collection[int]) -> int:
+    """Reap the exited children of this process except `keep` (the step it waits for itself),
+    without blocking; how many it reaped. A subreaper's orphans become its children, and one that
+    exits stays a zombie until reaped: its pid still answers `kill -0`, `tail --pid` and
+    `psutil.wait`, so a script waiting for a daemon it killed would wait for the end of the job.
+    Reads the children lists of /proc (no scan of the process table); nothing when they are absent."""
+    me = os.getpid()
+    try:
+        tids = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return 0
+    reaped = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children", "rb") as fh:
+                pids = [int(pid) for pid in fh.read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            if pid in keep:
+                continue
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            reaped += done != 0
+    return reaped
 
 
 def reap_zombie_children() -> None:

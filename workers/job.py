@@ -3,7 +3,9 @@ cache_save (+ artifact_extract) -> cleanup. Runs in the worker process.
 
 The worker waits on exactly two things while a step runs: the step's sentinel and the supervisor's
 pipe (a Cancel, or EOF when the supervisor died). With limits set it also wakes every 100 ms to
-check them. Stopping is the provider's `stop()`: TERM, grace, KILL of everything the job started.
+check them, and in any case every 250 ms to reap the orphans of the step that have exited (it is a
+subreaper: a daemon a script started, then killed, must not linger as a zombie that `kill -0` still
+sees). Stopping is the provider's `stop()`: TERM, grace, KILL of everything the job started.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from loomrun.globs import matches_nothing
 from loomrun.oserror import describe, printable
+from loomrun.proctree import reap_orphans
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
 from workers.providers import get_provider
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from workers.caching import JobCaches
 
 LIMIT_TICK_S = 0.1
+ORPHAN_TICK_S = 0.25
 LEFTOVERS_WAIT_S = 60.0
 
 
@@ -205,13 +209,16 @@ class JobRunner:
 
     def _wait(self, handle: StepHandle) -> int:
         watch_limits = not self.job.limits.empty
+        keep = {pid} if (pid := getattr(handle, "pid", None)) is not None else set()
         stopping = False
         while True:
             code = handle.poll()
             if code is not None:
                 return code
             ready = wait([handle.sentinel, *([] if self.lost_supervisor else [self.sup])],
-                         timeout=LIMIT_TICK_S if watch_limits else None)
+                         timeout=LIMIT_TICK_S if watch_limits else ORPHAN_TICK_S)
+            if not ready:
+                reap_orphans(keep)
             if self.sup in ready:
                 self._read_supervisor()
             if not stopping and (self.cancel is not None or self.lost_supervisor):

@@ -673,3 +673,30 @@ def test_an_ordinary_run_logs_no_writer_errors(tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     errors = [e for e in events(Path(result.receipt["events_jsonl_path"])) if e["type"] == "error"]
     assert errors == []
+
+
+@pytest.mark.parametrize("limits", ["", "limits: {pids: 64}"], ids=["no-limits", "limits"])
+def test_a_daemon_the_script_killed_is_gone_while_the_step_still_runs(tmp_path: Path, limits: str) -> None:
+    """The worker is a subreaper: a daemon a step started (its parent exited) becomes the worker's
+    child, and once killed it must be reaped at once, not at the job's end: a zombie still answers
+    `kill -0`, so a script (or a test suite run as a job) waiting for it to go would wait forever."""
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        default:
+          target: linux
+        job:
+          stage: s
+          {limits}
+          script:
+            - sh -c 'sleep 300 </dev/null >/dev/null 2>&1 & echo $! > daemon.pid'
+            - >-
+              pid=$(cat daemon.pid); kill "$pid"; i=0;
+              while kill -0 "$pid" 2>/dev/null; do
+              i=$((i+1)); if [ $i -ge 400 ]; then echo "still there after 20s"; exit 3; fi; sleep 0.05;
+              done; echo "gone after $i looks"
+    """)
+    result = run_loom(repo, "run", "--local")
+    assert result.code == 0, result.stderr
+    [(stream, line)] = output_events(result.logs_dir / "jobs/job/user/script/02/events.jsonl")
+    assert stream == "stdout" and line.startswith("gone after "), line

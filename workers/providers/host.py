@@ -41,6 +41,11 @@ class HostStep:
     def sentinel(self) -> int:
         return self._pidfd
 
+    @property
+    def pid(self) -> int:
+        """The step's own process: the worker's child it waits for (never reaped as an orphan)."""
+        return self.proc.pid
+
     def poll(self) -> int | None:
         code = self.proc.poll()
         return None if code is None else exit_code_of(code)
