@@ -68,7 +68,16 @@ def test_jobs_land_on_nodes_by_pool_and_artifacts_cross_nodes(tmp_path: Path, re
           stage: test
           target: linux
           runner_pool: b
-          script: ["cat dist/out.txt", "cat README"]
+          script:
+            - cat dist/out.txt
+            - cat README
+            # the actor is a subreaper: a daemon the step killed is reaped at once (not a zombie
+            # that `kill -0` sees until the job ends)
+            - sh -c 'sleep 300 </dev/null >/dev/null 2>&1 & echo $! > daemon.pid'
+            - >-
+              pid=$(cat daemon.pid); kill "$pid"; i=0;
+              while kill -0 "$pid" 2>/dev/null; do
+              i=$((i+1)); if [ $i -ge 400 ]; then echo "still there after 20s"; exit 3; fi; sleep 0.05; done
     """)
     (repo / "README").write_text("from the snapshot\n")
     res = remote.run(repo, "run", "--remote", cluster.address)

@@ -6,7 +6,8 @@ printed for a second: the gateway's watchdog hears the node is alive), `9` the e
 last. Output is held until 256 KiB are pending or the oldest pending byte is 5 ms old: ~80 items for
 3,000,000 lines instead of thousands of tiny ones (measured: ~1 ms per item through Ray's
 streaming generators, so coalescing is what makes the throughput), and an interactive line still
-arrives within milliseconds.
+arrives within milliseconds. Every 250 ms it also reaps the step's orphans that exited (the actor
+is a subreaper, like a local worker: see `workers/job.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import select
 import time
 from collections.abc import Iterator
 
+from loomrun.proctree import reap_orphans
 from workers.providers.base import StepHandle
 
 FLUSH_BYTES = 256 << 10
@@ -23,6 +25,7 @@ HOLD_S = 0.005
 HEARTBEAT_S = 1.0
 LINGER_S = 0.05  # after the step exited: how long a pipe held open by a background process is read on
 READ = 1 << 20
+REAP_S = 0.25
 STDOUT, STDERR, BEAT, EXIT = b"1", b"2", b"0", b"9"
 
 
@@ -36,12 +39,16 @@ def pump(handle: StepHandle, out_r: int, err_r: int) -> Iterator[bytes]:
     open_fds = {out_r, err_r}
     code: int | None = None
     oldest: float | None = None
-    last_sent = time.monotonic()
+    last_sent = last_reap = time.monotonic()
+    keep = {pid} if (pid := getattr(handle, "pid", None)) is not None else set()
     try:
         while True:
-            timeout = _timeout(code, oldest, last_sent)
+            timeout = min(_timeout(code, oldest, last_sent), REAP_S)
             events = poller.poll(timeout * 1000)
             now = time.monotonic()
+            if now - last_reap >= REAP_S:
+                reap_orphans(keep)
+                last_reap = now
             got = False
             for fd, _ in events:
                 if fd == handle.sentinel:
