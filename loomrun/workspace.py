@@ -8,6 +8,7 @@ may write to them and the user's checkout must never change. Symlinks stay symli
 mtimes are kept (build tools compare mtimes); directory modes are not.
 Submodules and nested repositories are copied as plain files (their own tracked + untracked files,
 no `.git`); sockets, fifos and devices are skipped. An unreadable file or folder is a LoomError.
+The top gets an empty `.git` folder (see `_mark_root`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def make_snapshot(repo_root: Path, dest: Path, facts: GitFacts | _Unasked | None
         info = git_facts(root) if isinstance(facts, _Unasked) else facts
         entries = _git_entries(root) if info is not None else _walk_entries(root, dest.resolve())
         files, size = _copy_all(root, dest, entries)
+        _mark_root(dest)
     except BaseException:
         with contextlib.suppress(LoomError, OSError):  # the first error is the one worth reporting
             remove_snapshot(dest)
@@ -92,6 +94,17 @@ def make_snapshot(repo_root: Path, dest: Path, facts: GitFacts | _Unasked | None
         path=dest, head_sha=head, short_sha=head[:12] if head else None,
         branch=info.branch if info else None, is_git=info is not None, files=files, bytes=size,
     )
+
+
+def _mark_root(dest: Path) -> None:
+    """An empty `.git` folder at the snapshot's top, so that tools which honour .gitignore files on
+    their own (ruff, ripgrep, fd: the `ignore` crate) take the workspace as a repository's root. They
+    read the .gitignore files of every parent up to the repository's root, and the snapshot lives
+    under `.loom/.runtime/`, whose .gitignore says `*` (spec §3.1): without the marker `ruff check .`
+    in a job found no file at all and passed. git itself is not fooled: a `.git` that is not a
+    repository is passed over, so `git` in a job still answers for the user's repository."""
+    with contextlib.suppress(FileExistsError):
+        (dest / ".git").mkdir()
 
 
 def remove_snapshot(path: Path) -> None:

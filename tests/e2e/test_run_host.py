@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -700,3 +701,27 @@ def test_a_daemon_the_script_killed_is_gone_while_the_step_still_runs(tmp_path: 
     assert result.code == 0, result.stderr
     [(stream, line)] = output_events(result.logs_dir / "jobs/job/user/script/02/events.jsonl")
     assert stream == "stdout" and line.startswith("gone after "), line
+
+
+def test_tools_that_honour_gitignore_see_the_workspace_as_a_repository_root(tmp_path: Path) -> None:
+    """The snapshot lives under `.loom/.runtime/`, whose .gitignore says `*`: ruff (like ripgrep
+    and fd) reads every parent's .gitignore up to the repository's root, so `ruff check .` in a job
+    found no file and passed. It must lint the workspace; git in the job still sees the user's repo."""
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        default:
+          target: linux
+        lint:
+          stage: s
+          script:
+            - git rev-parse --show-toplevel
+            - {sys.executable} -m ruff check --no-cache --isolated --select F401 --output-format concise .
+    """)
+    (repo / "app.py").write_text("import os\n")  # untracked, not ignored: in the snapshot
+    result = run_loom(repo, "run", "--local")
+    assert result.code == 1, result.stderr
+    lines = output_events(result.logs_dir / "jobs/lint/user/script/02/events.jsonl")
+    assert any("app.py:1:8: F401" in line for _, line in lines), lines
+    [(_, top)] = output_events(result.logs_dir / "jobs/lint/user/script/01/events.jsonl")
+    assert Path(top) == repo.resolve()

@@ -73,7 +73,7 @@ def test_git_snapshot_holds_working_content_of_tracked_and_untracked_files(git_r
     assert got["dangling"] == ("link", "missing-target", 0)
     assert got["run.sh"][2] == 0o755
     assert got["README.md"][2] == _mode(git_repo / "README.md")
-    assert not (snap.path / ".git").exists()
+    assert list((snap.path / ".git").iterdir()) == []  # the root marker, never the repository itself
     assert (snap.head_sha, snap.short_sha, snap.branch, snap.is_git) == (head, head[:12], "main", True)
     assert snap.files == 10
     assert snap.bytes == sum(len(v[1]) for v in got.values() if v[0] == "file")
