@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,29 +80,24 @@ def _reap_once(api: Any, label_filter: list[str], doomed: Callable[[dict[str, st
     left = 0
     for c in api.containers(all=True, filters={"label": label_filter}):
         if doomed(c.get("Labels") or {}):
-            try:
-                api.remove_container(c["Id"], force=True)
-                removed.append(f"container {(c.get('Names') or [c['Id']])[0].lstrip('/')}")
-            except NotFound:
-                pass
-            except (APIError, DockerException):
-                left += 1
+            name = (c.get("Names") or [c["Id"]])[0].lstrip("/")
+            left += _remove(f"container {name}", partial(api.remove_container, c["Id"], force=True), removed)
     for n in api.networks(filters={"label": label_filter}):
         if doomed(n.get("Labels") or {}):
-            try:
-                api.remove_network(n["Id"])
-                removed.append(f"network {n['Name']}")
-            except NotFound:
-                pass
-            except (APIError, DockerException):
-                left += 1
+            left += _remove(f"network {n['Name']}", partial(api.remove_network, n["Id"]), removed)
     for v in api.volumes(filters={"label": label_filter}).get("Volumes") or []:
         if doomed(v.get("Labels") or {}):
-            try:
-                api.remove_volume(v["Name"], force=True)
-                removed.append(f"volume {v['Name']}")
-            except NotFound:
-                pass
-            except (APIError, DockerException):
-                left += 1
+            left += _remove(f"volume {v['Name']}", partial(api.remove_volume, v["Name"], force=True), removed)
     return left
+
+
+def _remove(what: str, remove: Callable[[], object], removed: list[str]) -> int:
+    """Run one removal: 0 when it is gone (or already was), 1 when it must be tried again."""
+    try:
+        remove()
+    except NotFound:
+        return 0
+    except (APIError, DockerException):
+        return 1
+    removed.append(what)
+    return 0
