@@ -23,74 +23,26 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_run import ENV, LOOM, receipt_of, repo_with  # noqa: E402
+from bench_run import ENV, LOOM, PeakRss, receipt_of, repo_with  # noqa: E402
 
 from tests.process.runner import numbered_lines  # noqa: E402
 from tests.remote.cluster import Cluster  # noqa: E402
 
 
-class PeakOwn:
-    """Peak of supervisor + its children that lead a process group of their own without leading a
-    session: the writer and the gateway (workers lead sessions; the fork server shares loom's group)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self.done = pid, 0, False
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-
-    def _sample(self) -> None:
-        try:
-            proc = psutil.Process(self.pid)
-        except psutil.Error:
-            return
-        while not self.done:
-            try:
-                total = proc.memory_info().rss
-                for child in proc.children():
-                    try:
-                        if child.pid == _pgid(child.pid) and _sid(child.pid) != child.pid:
-                            total += child.memory_info().rss
-                    except (psutil.Error, ProcessLookupError):
-                        continue
-                self.peak = max(self.peak, total)
-            except psutil.Error:
-                pass
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.done = True
-        self.thread.join()
-
-
-def _pgid(pid: int) -> int:
-    import os
-
-    return os.getpgid(pid)
-
-
-def _sid(pid: int) -> int:
-    import os
-
-    return os.getsid(pid)
-
-
 def run(cluster: Cluster, repo: Path, where: list[str], *args: str,
-        sample: bool = False) -> tuple[float, PeakOwn | None, subprocess.CompletedProcess[str]]:
+        sample: bool = False) -> tuple[float, PeakRss | None, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
     env = {**ENV, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(cluster.temp)}
     proc = subprocess.Popen(cluster.cmd([*LOOM, "run", *where, "-q", *args]), cwd=repo, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak = PeakOwn(proc.pid) if sample else None
+    peak = PeakRss(proc.pid) if sample else None
     out, err = proc.communicate()
     elapsed = time.perf_counter() - start
     if peak is not None:
@@ -119,7 +71,7 @@ def bench_100(cluster: Cluster, tmp: Path, reps: int) -> None:
             elapsed, peak, _ = run(cluster, hundred, flags, "-j", "2", sample=where == "remote")
             times.setdefault((where, 100), []).append(elapsed)
             if peak is not None:
-                peaks.append(peak.peak)
+                peaks.append(peak.total)
     med = {k: statistics.median(v) for k, v in times.items()}
     lo, re_ = med[("local", 100)], med[("remote", 100)]
     lo_per = (lo - med[("local", 2)]) / 98 * 1000

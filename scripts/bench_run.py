@@ -47,12 +47,16 @@ def timed(cmd: list[str] | str, cwd: Path | None = None, shell: bool = False) ->
 
 
 class PeakRss:
-    """Samples the RSS of the loom process (supervisor) and its writer child while a run goes on."""
+    """Samples the RSS of the loom process (supervisor) and of its children that lead a process
+    group of their own without leading a session (the writer, and a remote run's gateway: workers
+    lead sessions, the fork server shares loom's group) while a run goes on: the peak of each alone
+    (`supervisor`, `writer`: the largest such child) and of their sum at one instant (`total`)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.supervisor = 0
         self.writer = 0
+        self.total = 0
         self.done = False
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -64,12 +68,22 @@ class PeakRss:
             return
         while not self.done:
             try:
-                self.supervisor = max(self.supervisor, proc.memory_info().rss)
-                for child in proc.children():
+                own = proc.memory_info().rss
+                children = proc.children()
+            except psutil.Error:
+                time.sleep(0.01)
+                continue
+            self.supervisor = max(self.supervisor, own)
+            total = own
+            for child in children:
+                try:
                     if os.getpgid(child.pid) == child.pid and os.getsid(child.pid) != child.pid:
-                        self.writer = max(self.writer, child.memory_info().rss)
-            except (psutil.Error, ProcessLookupError):
-                pass
+                        rss = child.memory_info().rss
+                        self.writer = max(self.writer, rss)
+                        total += rss
+                except (psutil.Error, ProcessLookupError):
+                    continue
+            self.total = max(self.total, total)
             time.sleep(0.01)
 
     def stop(self) -> None:
