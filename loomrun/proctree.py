@@ -20,7 +20,7 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -576,7 +576,7 @@ def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
     return f"TERM {n}; {why}; KILL {killed}"
 
 
-def reap_orphans(keep: Collection[int]) -> int:
+def reap_orphans(keep: int | None) -> int:
     """Reap the exited children of this process except `keep` (the step it waits for itself),
     without blocking; how many it reaped. A subreaper's orphans become its children, and one that
     exits stays a zombie until reaped: its pid still answers `kill -0`, `tail --pid` and
@@ -595,7 +595,7 @@ def reap_orphans(keep: Collection[int]) -> int:
         except OSError:
             continue
         for pid in pids:
-            if pid in keep:
+            if pid == keep:
                 continue
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)

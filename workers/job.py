@@ -209,7 +209,7 @@ class JobRunner:
 
     def _wait(self, handle: StepHandle) -> int:
         watch_limits = not self.job.limits.empty
-        keep = {pid} if (pid := getattr(handle, "pid", None)) is not None else set()
+        own = getattr(handle, "pid", None)  # a host step's process: its Popen reaps it
         stopping = False
         while True:
             code = handle.poll()
@@ -218,7 +218,7 @@ class JobRunner:
             ready = wait([handle.sentinel, *([] if self.lost_supervisor else [self.sup])],
                          timeout=LIMIT_TICK_S if watch_limits else ORPHAN_TICK_S)
             if not ready:
-                reap_orphans(keep)
+                reap_orphans(own)
             if self.sup in ready:
                 self._read_supervisor()
             if not stopping and (self.cancel is not None or self.lost_supervisor):

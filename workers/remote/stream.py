@@ -40,14 +40,14 @@ def pump(handle: StepHandle, out_r: int, err_r: int) -> Iterator[bytes]:
     code: int | None = None
     oldest: float | None = None
     last_sent = last_reap = time.monotonic()
-    keep = {pid} if (pid := getattr(handle, "pid", None)) is not None else set()
+    own = getattr(handle, "pid", None)  # a host step's process: its Popen reaps it
     try:
         while True:
             timeout = min(_timeout(code, oldest, last_sent), REAP_S)
             events = poller.poll(timeout * 1000)
             now = time.monotonic()
             if now - last_reap >= REAP_S:
-                reap_orphans(keep)
+                reap_orphans(own)
                 last_reap = now
             got = False
             for fd, _ in events:
