@@ -17,6 +17,14 @@ import psutil
 
 LOOM = [sys.executable, "-m", "loomrun"]
 
+# One script step (a YAML flow scalar) that starts a daemon whose parent exits at once, so that it
+# becomes the child of the worker (a subreaper), then kills it and waits for it with `kill -0`:
+# prints "gone after N looks", or exits 3 when a zombie still answers after 20 s.
+KILLED_DAEMON_STEP = json.dumps(
+    "sh -c 'sleep 300 </dev/null >/dev/null 2>&1 & echo $! > daemon.pid'; pid=$(cat daemon.pid); kill \"$pid\"; "
+    "i=0; while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); "
+    "if [ $i -ge 400 ]; then echo 'still there after 20s'; exit 3; fi; sleep 0.05; done; echo \"gone after $i looks\"")
+
 
 @dataclass
 class Result:

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.process.runner import Result, load, make_repo, numbered_lines, run_processes
+from tests.process.runner import KILLED_DAEMON_STEP, Result, load, make_repo, numbered_lines, run_processes
 from tests.remote.cluster import Cluster
 from tests.remote.conftest import Remote
 
@@ -54,7 +54,7 @@ def finish(popen: object, repo: Path, timeout: float = 120) -> Result:
 
 def test_jobs_land_on_nodes_by_pool_and_artifacts_cross_nodes(tmp_path: Path, remote: Remote,
                                                                cluster: Cluster) -> None:
-    repo = make_repo(tmp_path / "repo", """
+    repo = make_repo(tmp_path / "repo", f"""
         version: v1
         stages: [build, test]
         build:
@@ -63,7 +63,7 @@ def test_jobs_land_on_nodes_by_pool_and_artifacts_cross_nodes(tmp_path: Path, re
           runner_pool: a
           script: ["mkdir -p dist && echo built-on-a > dist/out.txt", "echo to-stderr >&2", "pwd",
                    'echo "[$MAKEFLAGS]"']
-          artifacts: {paths: [dist]}
+          artifacts: {{paths: [dist]}}
         test:
           stage: test
           target: linux
@@ -73,11 +73,7 @@ def test_jobs_land_on_nodes_by_pool_and_artifacts_cross_nodes(tmp_path: Path, re
             - cat README
             # the actor is a subreaper: a daemon the step killed is reaped at once (not a zombie
             # that `kill -0` sees until the job ends)
-            - sh -c 'sleep 300 </dev/null >/dev/null 2>&1 & echo $! > daemon.pid'
-            - >-
-              pid=$(cat daemon.pid); kill "$pid"; i=0;
-              while kill -0 "$pid" 2>/dev/null; do
-              i=$((i+1)); if [ $i -ge 400 ]; then echo "still there after 20s"; exit 3; fi; sleep 0.05; done
+            - {KILLED_DAEMON_STEP}
     """)
     (repo / "README").write_text("from the snapshot\n")
     res = remote.run(repo, "run", "--remote", cluster.address)
