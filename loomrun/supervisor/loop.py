@@ -40,10 +40,8 @@ from loomrun.supervisor.writerlink import WriterLink
 from loomrun.workflow.model import Job
 
 if TYPE_CHECKING:
-    from loomrun.supervisor.secrets_broker import SecretsBroker
-
-if TYPE_CHECKING:
     from loomrun.supervisor.jobserver import Pool
+    from loomrun.supervisor.secrets_broker import SecretsBroker
 
 STOP_SLACK_S = 10.0  # how long past its grace a stopping worker may take before it is SIGKILLed
 TREE_MARGIN_S = 0.5  # past a stop's grace: what the worker has not KILLed by then, the supervisor does

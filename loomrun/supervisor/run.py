@@ -35,13 +35,9 @@ from loomrun.workflow.model import Job, Workflow
 from loomrun.workspace import GitFacts
 
 if TYPE_CHECKING:
-    from loomrun.supervisor.secrets_broker import SecretsBroker
-
-if TYPE_CHECKING:
     from loomrun.remote.handle import Gateway
-
-if TYPE_CHECKING:
     from loomrun.supervisor.jobserver import Pool, Source
+    from loomrun.supervisor.secrets_broker import SecretsBroker
 
 # A job's variables made in `configure` are kept for its start below this size; bigger ones are
 # made again then, so a thousand jobs with large variables never sit in memory at once.
