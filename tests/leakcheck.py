@@ -149,15 +149,15 @@ def _run_id(obj: dict[str, Any]) -> str:
     return str((obj.get("Labels") or {}).get(RUN_LABEL, ""))
 
 
-def ours(obj: DockerObject, basetemp: Path) -> bool:
-    """Whether a labelled object belongs to this session: its run id embeds our pid (the Docker test
-    fixtures' `loomtest-<pid>-...` ids) or names a run whose logs are in our basetemp (a real `loom
-    run` in a test repo). Objects of other sessions sharing the engine are left alone."""
-    if f"-{os.getpid()}-" in obj.run_id:
+def ours(run_id: str, basetemp: Path) -> bool:
+    """Whether a run id (of a labelled Docker object, of a job's cgroup) belongs to this session: it
+    embeds our pid (the Docker test fixtures' `loomtest-<pid>-...` ids) or names a run whose logs are
+    in our basetemp (a real `loom run` in a test repo). Other sessions' runs are left alone."""
+    if f"-{os.getpid()}-" in run_id:
         return True
-    if not obj.run_id or "/" in obj.run_id:
+    if not run_id or "/" in run_id:
         return False
-    pattern = f"**/.loom/.runtime/logs/{glob.escape(obj.run_id)}"
+    pattern = f"**/.loom/.runtime/logs/{glob.escape(run_id)}"
     return next(iter(basetemp.glob(pattern)), None) is not None
 
 
@@ -288,7 +288,7 @@ def _cgroup_is_ours(path: str, session: Session, ours_pids: set[int]) -> bool:
     if name.startswith("loom-forks-"):
         return not psutil.pid_exists(int(name.removeprefix("loom-forks-") or 0))
     run_id = name.rsplit(".", 1)[0]
-    return ours(DockerObject("cgroup", name, run_id), session.basetemp)
+    return ours(run_id, session.basetemp)
 
 
 def cgroup_leftovers(before: set[str], session: Session) -> list[str]:
@@ -318,7 +318,7 @@ def cgroup_leftovers(before: set[str], session: Session) -> list[str]:
 def leftovers(session: Session, before: Before) -> list[str]:
     """Kill / remove whatever the test left behind; return one description per leftover."""
     found = process_leftovers(before.procs, session.marker)
-    new_docker = {o for o in _docker_listing(session) - before.docker if ours(o, session.basetemp)}
+    new_docker = {o for o in _docker_listing(session) - before.docker if ours(o.run_id, session.basetemp)}
     if new_docker:
         session.docker.remove(new_docker)
         found += [f"docker {o.kind} {o.ident[:12]} labelled {RUN_LABEL}={o.run_id}" for o in sorted(new_docker)]
