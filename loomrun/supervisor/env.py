@@ -86,13 +86,19 @@ def prepare_job(job: Job, pipeline: Mapping[str, str], project_dir: str,
 
 def _check_fits(job: Job, env: Mapping[str, str], caller: Mapping[str, str]) -> None:
     """The kernel takes at most ARG_MAX bytes of arguments and environment together (and a step's
-    `sh -c` argument may be up to MAX_ARG_STRLEN). Each string counts with its pointer."""
-    total = _size_of(caller) if caller else 0
+    `sh -c` argument may be up to MAX_ARG_STRLEN). Each string counts with its pointer. A bound
+    from the strings' lengths alone (a character is at most 4 bytes, and a replaced caller value is
+    counted twice) settles every ordinary job without encoding a string or asking os.environ
+    (which encodes each name): the exact count is for the jobs near the limit."""
+    room = _arg_max() - MAX_ARG_STRLEN
+    caller_size = _size_of(caller) if caller else 0
+    if caller_size + 4 * (sum(map(len, env)) + sum(map(len, env.values()))) + 10 * len(env) <= room:
+        return
+    total = caller_size
     for name, value in env.items():
         total += env_string_size(name, value) + 8
         if name in caller:  # the job's value replaces the caller's
             total -= env_string_size(name, caller[name]) + 8
-    room = _arg_max() - MAX_ARG_STRLEN
     if total > room:
         whose = "its variables and the caller's environment" if caller else "its variables"
         raise LoomError(f'job "{job.name}": {whose} come to {total:,} bytes; a process may be given at most '

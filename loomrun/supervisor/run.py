@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -245,12 +246,16 @@ class Run:
                 self.prepared[job.name] = prepared
         return jobs
 
-    @property
+    @functools.cached_property
     def snapshot_dest(self) -> Path:
         return self.runtime / "workspaces" / self.run_id
 
+    @functools.cached_property
+    def _host_project(self) -> str:
+        return str(self.snapshot_dest)
+
     def _prepare(self, job: Job) -> tuple[dict[str, str], Job]:
-        project = "/workspace" if job.provider == "docker" else str(self.snapshot_dest)
+        project = "/workspace" if job.provider == "docker" else self._host_project
         try:
             return prepare_job(job, self.pipeline_vars, project)
         except LoomError as exc:

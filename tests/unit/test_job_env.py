@@ -120,3 +120,29 @@ def test_a_secret_named_in_a_cache_key_is_left_for_the_worker() -> None:
     assert "from-the-caller" not in repr(cache) and isinstance(cache.key, str) and "\0" in cache.key
     filled = fill_secrets(cache, {"TOKEN": "s3cret"})
     assert (filled.key, filled.fallback_keys) == ("k-s3cret-$TOKEN", ("f-s3cret",))
+
+
+def test_a_job_near_the_limit_is_counted_exactly() -> None:
+    """The quick bound from the strings' lengths (4 bytes a character) only settles jobs far below
+    ARG_MAX: one whose bound is over but whose bytes fit runs; a few bytes more is refused."""
+    import os
+
+    from loomrun.workflow.variables import MAX_ARG_STRLEN, env_string_size
+
+    room = os.sysconf("SC_ARG_MAX") - MAX_ARG_STRLEN
+    base, _ = prepare_job(Job(name="near", stage="s", script=("x",)), PIPE, "/snap", caller={"PATH": "/bin"})
+    used = sum(env_string_size(k, v) + 8 for k, v in {"PATH": "/bin", **base}.items())
+    chunk = 100_000
+    each = env_string_size("V00", "v" * chunk) + 8  # NAME=value, its NUL, its pointer
+    count, rest = divmod(room - used, each)
+    variables = [(f"V{i:02d}", "v" * chunk) for i in range(count)]
+    last_name = f"V{count:02d}"
+    last = rest - (env_string_size(last_name, "") + 8)
+    assert last > 0 and 4 * sum(len(v) for _, v in variables) > room  # the bound alone says no
+    fits = Job(name="near", stage="s", script=("x",), variables=(*variables, (last_name, "v" * last)))
+    env, _ = prepare_job(fits, PIPE, "/snap", caller={"PATH": "/bin"})
+    assert sum(env_string_size(k, v) + 8 for k, v in {"PATH": "/bin", **env}.items()) == room
+    over = Job(name="near", stage="s", script=("x",), variables=(*variables, (last_name, "v" * (last + 1))))
+    with pytest.raises(LoomError) as info:
+        prepare_job(over, PIPE, "/snap", caller={"PATH": "/bin"})
+    assert f"come to {room + 1:,} bytes" in info.value.message
