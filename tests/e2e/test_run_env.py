@@ -250,3 +250,44 @@ def test_host_variables_expand_from_the_caller_environment(tmp_path: Path) -> No
     # a predefined variable still wins over the caller's value of the same name
     assert result.step_lines("x", 1) == [f"{env['PATH']}:{tools}", "/home/e2e/sub", "was-true"]
     assert result.step_lines("x", 2) == ["extra tool"]
+
+
+def test_a_step_runs_the_sh_found_first_on_its_jobs_path(tmp_path: Path) -> None:
+    """`sh` is looked up on the job's PATH as exec would (loom finds it once per PATH, not at every
+    step): the caller's PATH, a job's own PATH, and a PATH with a relative folder, which is relative
+    to the job's workspace."""
+    def shell(folder: Path, says: str) -> None:
+        folder.mkdir(parents=True)
+        (folder / "sh").write_text(f"#!/bin/dash\necho {says}\nexec /bin/dash \"$@\"\n")
+        (folder / "sh").chmod(0o755)
+
+    shell(tmp_path / "caller-bin", "caller sh")
+    shell(tmp_path / "job-bin", "job sh")
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        plain:
+          stage: s
+          target: linux
+          script: ['echo one', 'echo two']
+        own:
+          stage: s
+          target: linux
+          variables:
+            PATH: "{tmp_path / 'job-bin'}:/usr/bin:/bin"
+          script: ['echo three']
+        relative:
+          stage: s
+          target: linux
+          variables:
+            PATH: "tools:/usr/bin:/bin"
+          script: ['echo four']
+    """)
+    shell(repo / "tools", "workspace sh")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, capture_output=True)
+    result = run_loom(repo, "run", "--local", env=loom_env(PATH=f"{tmp_path / 'caller-bin'}:{os.environ['PATH']}"))
+    assert result.code == 0, result.stderr
+    assert result.step_lines("plain", 1) == ["caller sh", "one"]
+    assert result.step_lines("plain", 2) == ["caller sh", "two"]
+    assert result.step_lines("own", 1) == ["job sh", "three"]
+    assert result.step_lines("relative", 1) == ["workspace sh", "four"]

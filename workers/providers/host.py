@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,9 +94,11 @@ class HostProvider:
                 os.sched_setaffinity(0, affinity)
 
         argv = ["sh", "-xc" if ctx.trace else "-c", command]
+        env = ctx.state["base_env"]
         try:
             proc = subprocess.Popen(
-                argv, cwd=ctx.workspace, env=ctx.state["base_env"], stdin=subprocess.DEVNULL,
+                argv, executable=_shell(env.get("PATH", os.defpath)), cwd=ctx.workspace, env=env,
+                stdin=subprocess.DEVNULL,
                 stdout=stdout_fd, stderr=stderr_fd, process_group=0, close_fds=True,
                 pass_fds=ctx.state.get("pass_fds", ()),
                 preexec_fn=enter if (cgroup is not None or affinity) else None,
@@ -188,3 +191,15 @@ def _tree_rss(procs: list[psutil.Process]) -> int:
         except psutil.Error:
             continue
     return total
+
+
+@functools.lru_cache(maxsize=16)
+def _shell(path: str) -> str:
+    """The `sh` a step's process runs, found on `path` (the job's PATH) once: in the fork server's
+    warm-up for the caller's PATH, so workers inherit it, instead of exec trying every folder of
+    PATH before the right one on every step (nine failed execve a step on this machine's PATH).
+    Plain "sh" (exec searches at each step, relative to the workspace) when PATH holds a relative
+    folder, or has no `sh`: then the step fails as it always did."""
+    if not all(os.path.isabs(folder) for folder in path.split(os.pathsep)):
+        return "sh"
+    return shutil.which("sh", path=path) or "sh"
