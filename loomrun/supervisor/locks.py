@@ -91,10 +91,8 @@ def find_abandoned(runtime: Path) -> list[str]:
     """Run ids whose lock file exists but is held by nobody (only well-formed run ids: a stray
     `.lock` file never makes anyone remove `tmp/` or kill anything)."""
     folder = runtime / "runs"
-    if not folder.is_dir():
-        return []
-    return [p.name[: -len(".lock")] for p in sorted(folder.glob("loom-run-*.lock"))
-            if RUN_ID.fullmatch(p.name[: -len(".lock")]) and p.exists() and not held(p)]
+    return [run_id for run_id in _locked_names(folder)
+            if RUN_ID.fullmatch(run_id) and (lock := folder / f"{run_id}.lock").exists() and not held(lock)]
 
 
 def facts_of(runtime: Path, run_id: str) -> dict[str, Any]:
@@ -108,9 +106,18 @@ def facts_of(runtime: Path, run_id: str) -> dict[str, Any]:
 
 def alive_runs(runtime: Path) -> set[str]:
     folder = runtime / "runs"
-    if not folder.is_dir():
-        return set()
-    return {p.name[: -len(".lock")] for p in folder.glob("*.lock") if held(p)}
+    return {run_id for run_id in _locked_names(folder) if held(folder / f"{run_id}.lock")}
+
+
+def _locked_names(folder: Path) -> list[str]:
+    """The names before `.lock` of the lock files in `folder`, sorted ([] when it is missing). A
+    listing, not `Path.glob`, whose pattern compiled to a regex in every `loom` that asked: ~1 ms
+    of each run's start."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(name[: -len(".lock")] for name in names if name.endswith(".lock"))
 
 
 def forget(runtime: Path, run_id: str) -> None:

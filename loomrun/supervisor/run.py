@@ -167,6 +167,8 @@ class Run:
         self._reap_abandoned()
 
     def _reap_abandoned(self) -> None:
+        if not locks.find_abandoned(self.runtime):  # the usual case: nothing to import, nothing to do
+            return
         from loomrun.supervisor import abandoned
 
         def mark(run_id: str, facts: dict[str, Any]) -> None:
