@@ -34,11 +34,13 @@ def _isolate(keep: set[int]) -> None:
     # program would (an ignored SIGINT here would be ignored by every step). The terminal's ^C does
     # not reach us anyway: this process leads its own session.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
+        if signal.getsignal(sig) is not signal.SIG_DFL:  # (~15 us a call; most already are)
+            signal.signal(sig, signal.SIG_DFL)
     # But not SIGPIPE: a send to a supervisor or writer that died must be an EPIPE this process
     # handles (stop the job, clean up: remove its secret files), not its death. Steps still get the
     # default: subprocess restores SIGPIPE in the child before exec (`restore_signals`).
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGPIPE) is not signal.SIG_IGN:
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
