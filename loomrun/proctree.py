@@ -582,6 +582,9 @@ def stop_processes(find: Callable[[], list[psutil.Process]], grace_s: float,
     return f"TERM {n}; {why}; KILL {killed}"
 
 
+ORPHAN_REAP_S = 0.25  # how often a subreaper waiting on a step (a worker, a node actor) calls reap_orphans
+
+
 def reap_orphans(keep: int | None) -> int:
     """Reap the exited children of this process except `keep` (the step it waits for itself),
     without blocking; how many it reaped. A subreaper's orphans become its children, and one that

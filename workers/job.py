@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from loomrun.globs import matches_nothing
 from loomrun.oserror import describe, printable
-from loomrun.proctree import reap_orphans
+from loomrun.proctree import ORPHAN_REAP_S, reap_orphans
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
 from workers.providers import get_provider
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from workers.caching import JobCaches
 
 LIMIT_TICK_S = 0.1
-ORPHAN_TICK_S = 0.25
 LEFTOVERS_WAIT_S = 60.0
 
 
@@ -216,7 +215,7 @@ class JobRunner:
             if code is not None:
                 return code
             ready = wait([handle.sentinel, *([] if self.lost_supervisor else [self.sup])],
-                         timeout=LIMIT_TICK_S if watch_limits else ORPHAN_TICK_S)
+                         timeout=LIMIT_TICK_S if watch_limits else ORPHAN_REAP_S)
             if not ready:
                 reap_orphans(own)
             if self.sup in ready:

@@ -17,7 +17,7 @@ import select
 import time
 from collections.abc import Iterator
 
-from loomrun.proctree import reap_orphans
+from loomrun.proctree import ORPHAN_REAP_S, reap_orphans
 from workers.providers.base import StepHandle
 
 FLUSH_BYTES = 256 << 10
@@ -25,7 +25,6 @@ HOLD_S = 0.005
 HEARTBEAT_S = 1.0
 LINGER_S = 0.05  # after the step exited: how long a pipe held open by a background process is read on
 READ = 1 << 20
-REAP_S = 0.25
 STDOUT, STDERR, BEAT, EXIT = b"1", b"2", b"0", b"9"
 
 
@@ -43,10 +42,10 @@ def pump(handle: StepHandle, out_r: int, err_r: int) -> Iterator[bytes]:
     own = getattr(handle, "pid", None)  # a host step's process: its Popen reaps it
     try:
         while True:
-            timeout = min(_timeout(code, oldest, last_sent), REAP_S)
+            timeout = min(_timeout(code, oldest, last_sent), ORPHAN_REAP_S)
             events = poller.poll(timeout * 1000)
             now = time.monotonic()
-            if now - last_reap >= REAP_S:
+            if now - last_reap >= ORPHAN_REAP_S:
                 reap_orphans(own)
                 last_reap = now
             got = False
