@@ -46,6 +46,12 @@ def _timed_run(repo: Path, *args: str) -> tuple[float, float]:
     return wall, (after.children_user + after.children_system) - (before.children_user + before.children_system)
 
 
+def _turns(sides: dict[str, Path], round_no: int) -> list[tuple[str, Path]]:
+    """The sides in this round's order: which goes first alternates from round to round."""
+    order = list(sides.items())
+    return order if round_no % 2 == 0 else order[::-1]
+
+
 def _paired(a: list[float], b: list[float]) -> str:
     """The median of the per-round differences b - a, relative to a's median, with a 95 % bootstrap
     interval of that median."""
@@ -95,8 +101,7 @@ def main(argv: list[str]) -> int:
                     for repo in (hundred, seq):
                         shutil.rmtree(repo / ".loom" / ".runtime", ignore_errors=True)
             base.append(bench_run.timed("seq 100 | xargs -P2 -I{} sh -c true", shell=True))
-            order = list(sides.items()) if round_no % 2 == 0 else list(reversed(sides.items()))
-            for name, tree in order:
+            for name, tree in _turns(sides, round_no):
                 bench_run.ENV.clear()
                 bench_run.ENV.update(_side(tree))
                 hundred, seq, _dag = repos[name]
@@ -119,8 +124,7 @@ def main(argv: list[str]) -> int:
         dag_t: dict[str, list[float]] = {name: [] for name in sides}
         dag_rss: dict[str, list[int]] = {name: [] for name in sides}
         for round_no in range(DAG_ROUNDS):
-            order = list(sides.items()) if round_no % 2 == 0 else list(reversed(sides.items()))
-            for name, tree in order:
+            for name, tree in _turns(sides, round_no):
                 bench_run.ENV.clear()
                 bench_run.ENV.update(_side(tree))
                 elapsed, peak, _ = bench_run.run_loom(repos[name][2], "-j", "2")
