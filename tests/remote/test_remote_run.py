@@ -409,15 +409,6 @@ def _docker_api() -> Any:
     return docker.APIClient(base_url="unix:///var/run/docker.sock", timeout=30)
 
 
-def _docker_objects(api: Any, run_id: str) -> list[str]:
-    """The run's containers, networks and volumes on the engine (the nodes' and this machine's)."""
-    flt = {"label": [f"loom.run_id={run_id}"]}
-    found = [f"container {c['Names'][0]}" for c in api.containers(all=True, filters=flt)]
-    found += [f"network {n['Name']}" for n in api.networks(filters=flt)]
-    found += [f"volume {v['Name']}" for v in api.volumes(filters=flt).get("Volumes") or []]
-    return found
-
-
 def _running_run(popen: Any, repo: Path, job: str, text: str, timeout: float = 120) -> str:
     """The id of the run in `repo` once `job`'s first step has printed `text`."""
     deadline = time.monotonic() + timeout
@@ -447,6 +438,8 @@ def test_a_docker_job_whose_actor_dies_has_its_container_removed_by_the_nodes_gu
     """The actor is SIGKILLed mid-step. The job's container lives on the node's engine, which the
     local side never reaps in a remote run and no later `loom` command reaps here: only the node's
     guard can remove it (before the fix it stayed, exited, until some later run's reaper)."""
+    from tests.docker.helpers import labelled  # the run's objects on the engine (the nodes' and this machine's)
+
     api = _docker_api()
     repo = make_repo(tmp_path / "repo", """
         version: v1
@@ -461,14 +454,14 @@ def test_a_docker_job_whose_actor_dies_has_its_container_removed_by_the_nodes_gu
     popen = remote.popen(repo, "run", "--remote", cluster.address)
     try:
         run_id = _running_run(popen, repo, "boxed", "started")
-        assert [o for o in _docker_objects(api, run_id) if o.startswith("container ")]
+        assert [o for o in labelled(api, run_id) if o.startswith("container ")]
         _actor_of(run_id).kill()
         res = finish(popen, repo)
-        left = _docker_objects(api, run_id)
+        left = labelled(api, run_id)
         deadline = time.monotonic() + 60
         while left and time.monotonic() < deadline:
             time.sleep(0.2)
-            left = _docker_objects(api, run_id)
+            left = labelled(api, run_id)
     finally:
         if popen.poll() is None:
             popen.kill()
