@@ -205,6 +205,12 @@ def tracking_name(pid: int) -> str:
     return f"loom-forks-{pid}"
 
 
+def tracking_pid(name: str) -> int | None:
+    """The fork server's pid in a name `tracking_name` made; None for any other name."""
+    digits = name.removeprefix("loom-forks-")
+    return int(digits) if digits != name and digits.isdecimal() else None
+
+
 class TrackingCgroup:
     """A cgroup that only tracks membership (no controller is set up in it): a run's, made inside
     the cgroup its first member (the fork server) comes from, so that whatever contains `loom` (a
@@ -266,8 +272,8 @@ class TrackingCgroup:
         # Those of fork servers that died with a `loom` killed before it could remove them: empty
         # (rmdir refuses any other) and their fork server gone.
         with contextlib.suppress(OSError), os.scandir(folder) as it:
-            stale = [e.name for e in it if e.name.startswith("loom-forks-") and e.name[11:].isdigit()
-                     and not os.path.exists(f"/proc/{e.name[11:]}")]
+            stale = [e.name for e in it
+                     if (forks := tracking_pid(e.name)) is not None and not os.path.exists(f"/proc/{forks}")]
         for name in stale:
             with contextlib.suppress(OSError):
                 os.rmdir(folder / name)

@@ -42,6 +42,8 @@ from typing import Any, NamedTuple
 import psutil
 import pytest
 
+from loomrun.proctree import tracking_pid
+
 SESSION_VAR = "LOOM_TEST_SESSION"
 RUN_LABEL = "loom.run_id"
 GRACE_S = 2.0
@@ -285,8 +287,8 @@ def _cgroup_is_ours(path: str, session: Session, ours_pids: set[int]) -> bool:
     if members:
         return any(pid in ours_pids for pid in members)
     name = os.path.basename(path)
-    if name.startswith("loom-forks-"):
-        return not psutil.pid_exists(int(name.removeprefix("loom-forks-") or 0))
+    if (forks := tracking_pid(name)) is not None:
+        return not psutil.pid_exists(forks)
     run_id = name.rsplit(".", 1)[0]
     return ours(run_id, session.basetemp)
 

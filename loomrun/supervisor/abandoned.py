@@ -12,21 +12,19 @@ and whatever jobs the next run has.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomrun.proctree import CGROUP_ROOT, JobCgroup, TrackingCgroup, stop_processes, tagged
+from loomrun.proctree import CGROUP_ROOT, JobCgroup, TrackingCgroup, stop_processes, tagged, tracking_pid
 from loomrun.supervisor import janitor, locks
 
 if TYPE_CHECKING:
     import psutil
 
 JANITOR_WAIT_S = 60.0
-TRACKING_NAME = re.compile(r"loom-forks-\d+")  # proctree.tracking_name
 Mark = Callable[[str, dict[str, Any]], None]
 
 
@@ -62,7 +60,7 @@ def _tracking_cgroups(facts: dict[str, Any]) -> list[TrackingCgroup]:
     found = []
     for item in where if isinstance(where, list) else []:
         path = Path(str(item))
-        if (TRACKING_NAME.fullmatch(path.name) and ".." not in path.parts and path.is_relative_to(CGROUP_ROOT)
+        if (tracking_pid(path.name) is not None and ".." not in path.parts and path.is_relative_to(CGROUP_ROOT)
                 and path.is_dir()):
             found.append(TrackingCgroup(path))
     return found
