@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loomrun.errors import LoomError
-from loomrun.workflow.secret_refs import env_key
+from loomrun.workflow.secret_refs import ENV_NAME, env_key
 
 
 def _fail(exc: Exception) -> LoomError:
@@ -37,13 +37,12 @@ def _out(as_json: bool, doc: Any, lines: list[str]) -> int:
 # The argument of a `--*-from-env` flag is echoed only when it looks like a variable name by the
 # usual convention (upper case): a value typed there by mistake (`--value-from-env hunter2`) must not
 # end up in a terminal's scrollback or a CI log.
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHOWN_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _NAME_ONLY = "give the NAME of a variable that holds the value, never the value itself"
 
 
 def _from_env(var: str, flag: str) -> str:
-    if not _VAR_NAME.fullmatch(var):
+    if not ENV_NAME.fullmatch(var):
         raise LoomError(f"{flag}: the argument is not a variable name (not shown, in case it is a value); "
                         f"{_NAME_ONLY}")
     value = os.environ.get(var)
