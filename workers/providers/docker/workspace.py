@@ -79,7 +79,8 @@ def export_from_folder(ctx: JobContext, patterns: Sequence[str], exclude: Sequen
     try:
         return copy_paths(ctx.workspace, _matches(ctx.workspace, patterns, exclude), dest)[0]
     except OSError as exc:
-        raise ProviderError(f"cannot copy files out of the job's workspace: {_os_reason(exc, ctx.workspace)}") from exc
+        why = describe(exc, ctx.workspace, dest)
+        raise ProviderError(f"cannot copy files out of the job's workspace: {why}") from exc
 
 
 def export_from_volume(api: Any, ctx: JobContext, patterns: Sequence[str], exclude: Sequence[str],
@@ -193,12 +194,3 @@ def _copyable(path: Path) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)
-
-
-def _os_reason(exc: OSError, root: Path) -> str:
-    """`lib/x: Permission denied`: the path inside the workspace and the cause, in one line."""
-    if exc.filename is None or not exc.strerror:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    path = os.fsdecode(exc.filename)
-    rel = os.path.relpath(path, root) if path.startswith(str(root) + os.sep) else path
-    return f"{rel}: {exc.strerror}"
