@@ -146,9 +146,7 @@ class Supervisor:
         self.term.plan(len(self.jobs))
         while not self.sched.done() or self.slots:
             self._writer_check()
-            for name in self._startable():
-                self._start(name, forks)
-                self._writer_check()
+            self._start_ready(forks)
             if self.sched.done() and not self.slots:
                 break
             if self.pool is not None:
@@ -189,6 +187,18 @@ class Supervisor:
             return self.sched.take_ready()
         granted = self.pool.grant(self.sched.startable())
         return self.sched.take_ready(granted) if granted else []
+
+    def _start_ready(self, forks: ForkServer) -> None:
+        """Start every job that may start now. A start that fails (no worker process) frees its slot
+        and can make a job ready (a dependent of a job with allow_failure) while nothing runs that
+        would wake the loop (with -q, not even a redraw): then ask again, until no start fails."""
+        names = self._startable()
+        while names:
+            failed = False
+            for name in names:
+                failed |= not self._start(name, forks)
+                self._writer_check()
+            names = self._startable() if failed else []
 
     def _wait_once(self) -> None:
         objs: list[Any] = [self.wakeup_fd, *self.writer.waitables(), *self.exiting]
@@ -263,7 +273,8 @@ class Supervisor:
         return redraw if redraw is not None and (wait is None or redraw < wait) else wait
 
     # -- starting --------------------------------------------------------------------------------
-    def _start(self, name: str, forks: ForkServer) -> None:
+    def _start(self, name: str, forks: ForkServer) -> bool:
+        """Start `name`'s worker; False when there is none (its job is recorded as failed)."""
         job = self.jobs[name]
         spec = self.make_spec(job)
         if self.pool is not None:
@@ -279,10 +290,11 @@ class Supervisor:
                 self.pool.job_ended(name, clean=True)
             self._record(name, "failed", None, m.WORKER_CRASHED, f"worker could not start: {exc}", None,
                          started_ns=time.time_ns())
-            return
+            return False
         if self.tracked_pid != forks.pid:  # the first spawn, or the fork server was replaced during it
             self._track(forks)
         self.slots[name] = slot
+        return True
 
     # -- messages ---------------------------------------------------------------------------
     def _read_worker(self, slot: JobSlot) -> None:

@@ -138,11 +138,10 @@ third:
 """
 
 
-def test_a_worker_that_cannot_be_forked_fails_its_job_and_skips_its_dependents(tmp_path: Path) -> None:
-    """`loom run` in a cgroup whose pids.max drops to 3 (supervisor, fork server, writer) while
-    `first` runs: the fork server's clone for `second` fails with EAGAIN. `second` fails as
-    worker_crashed with the reason, `third` is skipped because of it, and the run ends with a
-    receipt; nothing of it is left."""
+def _run_with_forks_refused(tmp_path: Path, workflow: str, *args: str, config: str | None = None) -> Result:
+    """`loom run --local` in a cgroup whose pids.max drops to 3 (supervisor, fork server, writer)
+    while its job `first` runs: from then on every clone of the fork server fails with EAGAIN. A run
+    that does not end within 60 s fails the test; nothing of it may be left."""
     cgroup = JobCgroup(f"test-nofork-{os.getpid()}")
     if not cgroup.create(None, None, None):
         pytest.skip("no cgroup can be created here (not root?)")
@@ -151,8 +150,10 @@ def test_a_worker_that_cannot_be_forked_fails_its_job_and_skips_its_dependents(t
         pids_dir = cgroup.dirs.get("unified") or cgroup.dirs["pids"]
         join = "; ".join(f"echo $$ > {path / 'cgroup.procs'}" for path in cgroup.dirs.values())
         mark = tmp_path / "first-running"
-        repo = make_repo(tmp_path / "repo", CHAIN, git=False)
-        proc = subprocess.Popen(["sh", "-c", f'{join}; exec "$@"', "sh", *LOOM, "run", "--local"], cwd=repo,
+        repo = make_repo(tmp_path / "repo", workflow, git=False)
+        if config is not None:
+            (repo / ".loom" / "config.yml").write_text(config)
+        proc = subprocess.Popen(["sh", "-c", f'{join}; exec "$@"', "sh", *LOOM, "run", "--local", *args], cwd=repo,
                                 env=loom_env(MARK=str(mark)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while not mark.exists():
@@ -161,17 +162,10 @@ def test_a_worker_that_cannot_be_forked_fails_its_job_and_skips_its_dependents(t
         (pids_dir / "pids.max").write_text("3")
         mark.with_name(mark.name + ".go").touch()
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 1 and "Traceback" not in err, err
+        assert "Traceback" not in err, err
         result = Result(proc.returncode, out, err, repo)
-        assert result.receipt["status"] == "failure"
-        assert result.job_summary("first")["status"] == "success"
-        second = result.job_summary("second")
-        assert (second["status"], second["failure_kind"]) == ("failed", "worker_crashed")
-        assert second["message"].startswith("worker could not start: [Errno 11]"), second["message"]
-        third = result.job_summary("third")
-        assert (third["status"], third["failure_kind"], third["message"]) == (
-            "skipped", "dependency_failed", 'needs "second", which failed')
         assert run_processes(result.receipt["run_id"]) == []
+        return result
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -180,3 +174,44 @@ def test_a_worker_that_cannot_be_forked_fails_its_job_and_skips_its_dependents(t
             with contextlib.suppress(OSError):
                 (path / "pids.max").write_text("max")
         cgroup.remove()
+
+
+def test_a_worker_that_cannot_be_forked_fails_its_job_and_skips_its_dependents(tmp_path: Path) -> None:
+    """`second` cannot be forked (EAGAIN): it fails as worker_crashed with the reason, `third` is
+    skipped because of it, and the run ends with a receipt."""
+    result = _run_with_forks_refused(tmp_path, CHAIN)
+    assert result.code == 1
+    assert result.receipt["status"] == "failure"
+    assert result.job_summary("first")["status"] == "success"
+    second = result.job_summary("second")
+    assert (second["status"], second["failure_kind"]) == ("failed", "worker_crashed")
+    assert second["message"].startswith("worker could not start: [Errno 11]"), second["message"]
+    third = result.job_summary("third")
+    assert (third["status"], third["failure_kind"], third["message"]) == (
+        "skipped", "dependency_failed", 'needs "second", which failed')
+
+
+FAN = CHAIN.replace("  needs: [first]\n", "  needs: [first]\n  allow_failure: true\n").replace(
+    "  needs: [second]\n", "  needs: [second]\n  allow_failure: true\n") + "".join(f"""
+fan{i}:
+  stage: s
+  target: linux
+  needs: [first]
+  script:
+    - echo fan{i} ran
+""" for i in range(6))
+
+
+@pytest.mark.parametrize("jobserver", ["on", "off"])
+def test_jobs_that_cannot_be_forked_all_fail_and_the_run_still_ends(tmp_path: Path, jobserver: str) -> None:
+    """Seven jobs become ready at once and none can be forked, and `third` (after `second`, which
+    may fail) becomes ready only when `second` failed to start, while no job is running. Each start
+    that fails must lead the loop to try the next ready job at once, with the jobserver's slots
+    (handed out a few at a time) or without. It used to wait for a wake-up that, with `-q` (no
+    terminal redraws), nothing sends: the run hung."""
+    result = _run_with_forks_refused(tmp_path, FAN, "-q", config=f'runtime:\n  jobserver: "{jobserver}"\n')
+    assert result.code == 1, result.stderr
+    names = ["second", "third", *(f"fan{i}" for i in range(6))]
+    for name in names:
+        summary = result.job_summary(name)
+        assert (summary["status"], summary["failure_kind"]) == ("failed", "worker_crashed"), (name, summary)
