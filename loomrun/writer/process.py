@@ -329,11 +329,11 @@ class Writer:
 
     def _emit(self, st: OutputStream, block: bytes) -> None:
         assert self.log is not None
-        lines = block.decode("utf-8", "replace").split("\n")
-        self.log.step_output(st.job_id, st.step, st.stream, lines, time.time_ns())
+        text = block.decode("utf-8", "replace")  # kept whole: no str per line (events.emit_output)
+        self.log.step_output(st.job_id, st.step, st.stream, text, time.time_ns())
         if self.log.start.stream:
             prefix = f"[{st.job_id}] "
-            out = "".join(f"{prefix}{line}\n" for line in lines)
+            out = prefix + text.replace("\n", "\n" + prefix) + "\n"
             if st.continued:
                 out = f"[{st.job_id}]+" + out[len(prefix) - 1:]
             with contextlib.suppress(OSError):

@@ -204,14 +204,15 @@ class RunLog:
              step=msg.step, command=step.command)
         return step
 
-    def step_output(self, job_id: str, step: StepLog, stream: str, lines: list[str], ts_ns: int) -> None:
-        step.output_lines += len(lines)
-        emit_output(step.events, _output_ts(step, ts_ns), job_id, step.index, stream, lines)
+    def step_output(self, job_id: str, step: StepLog, stream: str, text: str, ts_ns: int) -> None:
+        """Whole lines of output: `text` is one or more lines joined by newlines."""
+        step.output_lines += text.count("\n") + 1
+        emit_output(step.events, _output_ts(step, ts_ns), job_id, step.index, stream, text)
 
     def step_piece(self, job_id: str, step: StepLog, stream: str, piece: str, ts_ns: int) -> None:
         """A leading piece of a line too long to hold (see process.LINE_CHUNK): one event marked
         `continued`; the line is counted once, when its last piece comes as a whole line."""
-        emit_output(step.events, _output_ts(step, ts_ns), job_id, step.index, stream, [piece], continued=True)
+        emit_output(step.events, _output_ts(step, ts_ns), job_id, step.index, stream, piece, continued=True)
 
     def step_finished(self, msg: m.StepFinished) -> None:
         step = self.job(msg.job_id).steps.get(msg.step)
