@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import pickle
 import signal
 import socket
 import traceback
@@ -52,12 +53,18 @@ def _isolate(keep: set[int]) -> None:
     set_child_subreaper()
 
 
-def worker_main(spec: WorkerSpec, sup: Connection, writer: Connection, broker: Connection | None = None) -> NoReturn:
+def worker_main(spec_data: bytes, sup: Connection, writer: Connection, broker: Connection | None = None) -> NoReturn:
+    """`spec_data`: the pickled WorkerSpec, as the supervisor sent it. It is unpickled here, not in the
+    fork server: every page the fork server writes while a worker it forked still shares it is a
+    copy-on-write fault, and unpickling a spec there wrote ~100 of them for every job."""
     code = m.WORKER_EXIT_BOOT_ERROR
     rep: Reporter | None = None
+    job_id = "?"
     try:
         _isolate({sup.fileno(), writer.fileno(), *([broker.fileno()] if broker is not None else [])})
-        rep = Reporter(spec.job.name, writer, sup)
+        spec: WorkerSpec = pickle.loads(spec_data)
+        job_id = spec.job.name
+        rep = Reporter(job_id, writer, sup)
         runner = JobRunner(spec, rep, broker)
         result = runner.run()
         code = m.WORKER_EXIT_LOST_SUPERVISOR if runner.lost_supervisor else m.WORKER_EXIT_OK
@@ -73,7 +80,7 @@ def worker_main(spec: WorkerSpec, sup: Connection, writer: Connection, broker: C
                 rep.flush()  # what the job said before the error
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         with contextlib.suppress(Exception):
-            sup.send(m.JobFinished(spec.job.name, "failed", None, m.WORKER_CRASHED,
+            sup.send(m.JobFinished(job_id, "failed", None, m.WORKER_CRASHED,
                                    f"worker error: {text}", {}, ()))
     finally:
         try:

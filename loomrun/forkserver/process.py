@@ -11,7 +11,8 @@ supervisor reaps them and gets their exit status and pidfd sentinel exactly as w
 The fork server ignores ^C and TERM (the supervisor decides), dies with the supervisor
 (`PR_SET_PDEATHSIG`), and exits on EOF.
 
-Wire: the supervisor sends a 4-byte length, then the pickled `WorkerSpec`; the worker's two
+Wire: the supervisor sends a 4-byte length, then the pickled `WorkerSpec` (unpickled by the worker,
+not here: see `workers.main.worker_main`); the worker's two
 connection fds (and a third, its socket to the run's secrets broker, for a job with vault refs)
 ride on the first byte (SCM_RIGHTS). The fork server answers with the worker's pid as
 a signed 4-byte integer (negative: errno of a failed fork).
@@ -161,11 +162,10 @@ def _serve(sock: socket.socket, preload_docker: bool, preload_remote: bool = Fal
             body = _recv_exactly(sock, int.from_bytes(head, "little"))
             if body is None or len(fds) not in (2, 3):
                 break
-            spec = pickle.loads(body)
             pid = _clone_parent(libc)
             if pid == 0:
                 sock.close()
-                worker_main(spec, *(Connection(fd) for fd in fds))
+                worker_main(body, *(Connection(fd) for fd in fds))  # unpickled there (see worker_main)
             for fd in fds:
                 os.close(fd)
             sock.sendall(pid.to_bytes(_HEADER, "little", signed=True))
