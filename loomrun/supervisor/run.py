@@ -514,8 +514,11 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
         if phase["bootstrap"]:
             raise _Interrupted(signum)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # The wake-up fd first: from then on every signal is in the pipe, whichever handler runs. In the
+    # other order, a signal between the two calls reached on_signal (which only records, outside
+    # bootstrap) while nothing recorded it: the ^C was lost and the run went on.
     old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     exit_code, error = 0, None
     signum: int | None = None
     try:
