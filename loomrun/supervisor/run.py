@@ -252,12 +252,8 @@ class Run:
     def snapshot_dest(self) -> Path:
         return self.runtime / "workspaces" / self.run_id
 
-    @functools.cached_property
-    def _host_project(self) -> str:
-        return str(self.snapshot_dest)
-
     def _prepare(self, job: Job) -> tuple[dict[str, str], Job]:
-        project = "/workspace" if job.provider == "docker" else self._host_project
+        project = "/workspace" if job.provider == "docker" else str(self.snapshot_dest)  # (str is cached by the Path)
         try:
             return prepare_job(job, self.pipeline_vars, project)
         except LoomError as exc:
