@@ -27,7 +27,7 @@ from loomrun.writer.redact import Redactor
 from loomrun.writer.runlog import RunLog, StepLog, mark_abandoned
 
 if TYPE_CHECKING:
-    from loomrun.writer.retention import RetentionThread
+    from loomrun.writer.retention import Retention
 
 READ_CHUNK = 1 << 20
 # The longest piece of a line the writer holds: a longer line (output without newlines) is written
@@ -93,7 +93,7 @@ class Writer:
         self.streams: dict[int, OutputStream] = {}
         self.redactor = Redactor()
         self.sup_open = True
-        self.retention: RetentionThread | None = None
+        self.retention: Retention | None = None
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -114,6 +114,8 @@ class Writer:
                             self._from_supervisor()
                     elif kind == "worker":
                         self._from_worker(arg)
+                    elif kind == "retention":
+                        self._from_retention()
                     else:
                         self._output(key.fd)
                 except OSError as exc:
@@ -123,8 +125,7 @@ class Writer:
             if self.log is not None and self.log.docs.due_in() == 0.0:
                 self._flush()
         self._flush()
-        if self.retention is not None:
-            self.retention.finish()
+        self._finish_retention()
         return 0
 
     def _flush(self) -> None:
@@ -199,9 +200,11 @@ class Writer:
                 mark_abandoned(self.log.runtime, msg.run_id, msg.facts)
         elif isinstance(msg, m.Retain):
             if self.log is not None and self.retention is None:
-                from loomrun.writer.retention import RetentionThread  # here: not on the supervisor's start-up
+                from loomrun.writer.retention import Retention  # here: not on the supervisor's start-up
 
-                self.retention = RetentionThread(self.log.runtime, msg.runs, msg.max_age_s)
+                self.retention = Retention(self.log.runtime, msg.runs, msg.max_age_s)
+                if self.retention.fd is not None:  # its child's reports come in with everything else
+                    self.sel.register(self.retention.fd, selectors.EVENT_READ, ("retention", None))
         else:
             self._run_record(msg)
 
@@ -229,12 +232,25 @@ class Writer:
             raise ValueError(f"unknown record {type(msg).__name__}")
         log.trace.feed(msg)  # after a JobEnded's drain: the job's last records are in
 
+    def _from_retention(self) -> None:
+        retention = self.retention
+        assert retention is not None and retention.fd is not None
+        if not retention.read():  # its child is done
+            self.sel.unregister(retention.fd)
+            retention.close()
+
+    def _finish_retention(self) -> None:
+        if self.retention is not None:
+            if self.retention.fd is not None:
+                self.sel.unregister(self.retention.fd)
+            self.retention.finish()
+
     def _retention_done(self, log: RunLog, msg: m.RunEnded) -> tuple[m.RunEnded, tuple[str, ...]]:
         """The run is over: retention gets its grace and stops, and what it could not remove goes
         into the run's events, its receipt (`retention` block) and a warning for the terminal."""
         if self.retention is None:
             return msg, ()
-        self.retention.finish()
+        self._finish_retention()
         block, warning = self.retention.report()
         for failure in block["failed"]:
             emit(log.events, time.time_ns(), "error", "run", "run.finalize", code="LOOM_RETENTION_FAILED",

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -112,20 +113,24 @@ def test_gc_outside_a_repo_and_a_bad_config_are_one_line_errors(tmp_path: Path, 
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "runtime.retention.runs" in bad.stderr
 
 
-def test_a_removal_stopped_between_items_leaves_the_newest_for_later(tmp_path: Path) -> None:
-    """What the writer does when a run ends before a big backlog is worked off: it stops after the
-    item in hand; the oldest went first, and the next run (or `loom gc`) plans the rest again."""
+def test_a_run_half_removed_is_planned_again_and_its_removal_completes(tmp_path: Path) -> None:
+    """What a retention child killed at the end of a run leaves behind (the receipt gone first, then
+    part of the logs): the next plan has that run again, oldest first, and removing it finishes."""
     from loomrun.writer import retention
 
     runtime = tmp_path / "runtime"
     now = time.time_ns()
-    ids = [fake_run(runtime, now - i * HOUR_NS, snapshot=False) for i in range(6)]
+    ids = [fake_run(runtime, now - i * HOUR_NS) for i in range(4)]
+    half = ids[3]
+    (runtime / "receipts" / f"{half}.json").unlink()
+    shutil.rmtree(runtime / "logs" / half / "jobs" / "job0")
     doomed = retention.plan(runtime, 2, 86400.0)
-    assert [d.name for d in doomed] == ids[:1:-1]  # four past the newest two, oldest first
-    asked = []
-    retention.remove(runtime, doomed, stop=lambda: len(asked) > 1 or bool(asked.append(1)))
-    assert sorted(p.name for p in (runtime / "logs").iterdir()) == sorted([*ids[:2], *ids[2:4]])
-    assert [d.name for d in retention.plan(runtime, 2, 86400.0)] == ids[3:1:-1]
+    assert [d.name for d in doomed] == [half, ids[2]]
+    assert doomed[0].paths == (str(runtime / "logs" / half), str(runtime / "workspaces" / half))
+    assert retention.remove(runtime, doomed) == ([], [])
+    assert {p.name for p in (runtime / "logs").iterdir()} == set(ids[:2])
+    assert {p.name for p in (runtime / "workspaces").iterdir()} == set(ids[:2])
+    assert retention.plan(runtime, 2, 86400.0) == []
 
 
 @contextlib.contextmanager
