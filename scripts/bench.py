@@ -15,6 +15,7 @@ SUITES = {
     "check": "bench_check",
     "run": "bench_run",
     "ab": "bench_ab",
+    "retention": "bench_retention",
     "docker": "bench_docker",
     "cache": "bench_cache",
     "workspace": "bench_workspace",
