@@ -59,6 +59,16 @@ def set_child_subreaper() -> bool:
     return _PRCTL is not None and int(_PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
 
 
+def close_fds_except(*keep: int) -> None:
+    """Close every fd from 3 up but `keep`: what a forked process inherited (other processes' pipes
+    and sockets, the run lock) and must not hold, so that EOF on its own pipes means what it says."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
 def die_with_parent(sig: int) -> bool:
     """Have the kernel send `sig` to this process when its parent dies (PR_SET_PDEATHSIG)."""
     return _PRCTL is not None and int(_PRCTL(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0

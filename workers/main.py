@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NoReturn
 
-from loomrun.proctree import reap_zombie_children, set_child_subreaper
+from loomrun.proctree import close_fds_except, reap_zombie_children, set_child_subreaper
 from loomrun.protocol import messages as m
 from loomrun.protocol.spec import WorkerSpec
 from loomrun.workflow.model import Job
@@ -45,11 +45,7 @@ def _isolate(keep: set[int]) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    low = 3
-    for fd in sorted(keep):  # close every inherited fd (other workers' pipes, the run lock, ...)
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 65536)
+    close_fds_except(*keep)  # every inherited fd (other workers' pipes, the run lock, ...)
     set_child_subreaper()
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 # At import, not when closing: a ^C handler that closes the fork server must not import (the
 # interrupted code may be importing this very module).
-from loomrun.proctree import TrackingCgroup, tracking_name
+from loomrun.proctree import TrackingCgroup, close_fds_except, tracking_name
 
 if TYPE_CHECKING:
     from loomrun.protocol.spec import WorkerSpec
@@ -132,9 +132,7 @@ def _serve(sock: socket.socket, preload_docker: bool, preload_remote: bool = Fal
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() == 1:
             os._exit(0)
-        keep = sock.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 65536)
+        close_fds_except(sock.fileno())
         # Into a tracking cgroup of its own first, so every worker it forks is born there and nothing
         # a worker leaves behind can hide (ARCHITECTURE.md, "Stopping a job"). The first cgroup
         # migration of a while waits for an RCU grace period (~16 ms here): paid here, while the

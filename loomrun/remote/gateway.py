@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
+from loomrun.proctree import close_fds_except
 from loomrun.protocol import remote as r
 
 PR_SET_PDEATHSIG = 1
@@ -59,8 +60,7 @@ def _isolate(keep: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 65536)
+    close_fds_except(keep)
     if not os.environ.get("LOOM_DEBUG"):  # Ray's warnings are not loom's output
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)

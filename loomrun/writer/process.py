@@ -21,6 +21,7 @@ from multiprocessing import Pipe, reduction
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from loomrun.proctree import close_fds_except
 from loomrun.protocol import messages as m
 from loomrun.writer.events import emit
 from loomrun.writer.redact import Redactor
@@ -68,9 +69,7 @@ def spawn() -> WriterHandle:
             os.setpgid(0, 0)  # out of the terminal's foreground group: ^C never reaches it
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            keep = child.fileno()
-            os.closerange(3, keep)
-            os.closerange(keep + 1, 65536)
+            close_fds_except(child.fileno())
             code = Writer(child).run()
         finally:
             os._exit(code)

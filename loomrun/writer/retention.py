@@ -306,7 +306,7 @@ def _remove_in_child(runtime: Path, doomed: list[Doomed], out: int) -> NoReturn:
     """The retention child: remove `doomed` item by item, one line on `out` for each: [removed
     (0 or 1), paths that failed, the failures listed while fewer than _MAX_LISTED were]. It dies
     with the writer, and holds no fd of the writer's but `out`."""
-    from loomrun.proctree import die_with_parent
+    from loomrun.proctree import close_fds_except, die_with_parent
 
     code = 0
     try:
@@ -314,8 +314,7 @@ def _remove_in_child(runtime: Path, doomed: list[Doomed], out: int) -> NoReturn:
         die_with_parent(signal.SIGKILL)
         if os.getppid() != parent:  # the writer died before that took effect
             os._exit(0)
-        os.closerange(3, out)
-        os.closerange(out + 1, 65536)
+        close_fds_except(out)
         listed = 0
         for item in doomed:
             passed, failures = remove(runtime, (item,))
