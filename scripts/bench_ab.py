@@ -64,30 +64,43 @@ def _paired(a: list[float], b: list[float]) -> str:
             f"95 % interval [{boot[50] * 1000:+.1f}, {boot[1949] * 1000:+.1f}] ms")
 
 
-def main(argv: list[str]) -> int:
+def parse_args(suite: str, argv: list[str], default_reps: int) -> tuple[Path, int, str | None] | None:
+    """`OTHER_TREE [REPS] [--dir FOLDER]` of a same-run A/B suite: (other tree, reps, folder for the
+    repos); None, with the usage printed, when OTHER_TREE is missing."""
     where = None
     if "--dir" in argv:
         i = argv.index("--dir")
         where = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
     if not argv:
-        print("usage: bench.py ab OTHER_TREE [REPS] [--dir FOLDER]", file=sys.stderr)
+        print(f"usage: bench.py {suite} OTHER_TREE [REPS] [--dir FOLDER]", file=sys.stderr)
+        return None
+    return Path(argv[0]).resolve(), int(argv[1]) if len(argv) > 1 else default_reps, where
+
+
+def use(tree: Path) -> None:
+    """The next `bench_run.run_loom` runs `tree`'s loom."""
+    bench_run.ENV.clear()
+    bench_run.ENV.update(_side(tree))
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args("ab", argv, 5)
+    if args is None:
         return 2
-    other = Path(argv[0]).resolve()
-    reps = int(argv[1]) if len(argv) > 1 else 5
+    other, reps, where = args
     sides = {"A (other)": other, "B (this)": HERE}
     with tempfile.TemporaryDirectory(prefix="loom-bench-ab-", dir=where) as tmp_name:
         tmp = Path(tmp_name)
         print(f"A = {other}\nB = {HERE}\nrepos in {tmp}, on {bench_run.filesystem_of(tmp)}; "
               f"python {sys.executable}; {reps} rounds, the first side alternating")
-        jobs = "".join(f"j{i:03d}:\n  stage: s\n  target: linux\n  script: [\"true\"]\n" for i in range(100))
         seq_flow = "version: v1\nstages: [s]\nseq:\n  stage: s\n  target: linux\n  script: [\"seq 1 3000000\"]\n"
         parts = ["version: v1\nstages: [s]\n"]
         for i in range(1000):
             needs = sorted({f"j{d:04d}" for d in (i - 1, i // 2, i // 3) if 0 <= d < i})
             parts.append(f"j{i:04d}:\n  stage: s\n  target: linux\n  needs: [{', '.join(needs)}]\n"
                          "  script: [\"true\"]\n")
-        repos = {name: (bench_run.repo_with(tmp / f"hundred-{n}", "version: v1\nstages: [s]\n" + jobs),
+        repos = {name: (bench_run.repo_with(tmp / f"hundred-{n}", bench_run.HUNDRED_JOBS),
                         bench_run.repo_with(tmp / f"seq-{n}", seq_flow),
                         bench_run.repo_with(tmp / f"dag-{n}", "".join(parts)))
                  for n, name in enumerate(sides)}
@@ -102,8 +115,7 @@ def main(argv: list[str]) -> int:
                         shutil.rmtree(repo / ".loom" / ".runtime", ignore_errors=True)
             base.append(bench_run.timed("seq 100 | xargs -P2 -I{} sh -c true", shell=True))
             for name, tree in _turns(sides, round_no):
-                bench_run.ENV.clear()
-                bench_run.ENV.update(_side(tree))
+                use(tree)
                 hundred, seq, _dag = repos[name]
                 wall, cpu = _timed_run(hundred, "-j", "2")
                 hundred_t[name].append(wall)
@@ -125,8 +137,7 @@ def main(argv: list[str]) -> int:
         dag_rss: dict[str, list[int]] = {name: [] for name in sides}
         for round_no in range(DAG_ROUNDS):
             for name, tree in _turns(sides, round_no):
-                bench_run.ENV.clear()
-                bench_run.ENV.update(_side(tree))
+                use(tree)
                 elapsed, peak, _ = bench_run.run_loom(repos[name][2], "-j", "2")
                 assert peak is not None
                 dag_t[name].append(elapsed)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,18 +25,11 @@ STORE_RUNS = 50  # runtime.retention.runs' default
 
 
 def main(argv: list[str]) -> int:
-    where = None
-    if "--dir" in argv:
-        i = argv.index("--dir")
-        where = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
-    if not argv:
-        print("usage: bench.py retention OTHER_TREE [REPS] [--dir FOLDER]", file=sys.stderr)
+    args = bench_ab.parse_args("retention", argv, 10)
+    if args is None:
         return 2
-    other = Path(argv[0]).resolve()
-    reps = int(argv[1]) if len(argv) > 1 else 10
+    other, reps, where = args
     sides = {"A (other)": other, "B (this)": HERE}
-    jobs = "".join(f"j{i:03d}:\n  stage: s\n  target: linux\n  script: [\"true\"]\n" for i in range(100))
     one = "version: v1\nstages: [s]\nj:\n  stage: s\n  target: linux\n  script: [\"true\"]\n"
     with tempfile.TemporaryDirectory(prefix="loom-bench-retention-", dir=where) as tmp_name:
         tmp = Path(tmp_name)
@@ -45,11 +37,10 @@ def main(argv: list[str]) -> int:
               f"{STORE_RUNS} runs of 100 jobs in each store first; {reps} rounds, the first side alternating")
         repos = {}
         for n, name in enumerate(sides):
-            repos[name] = bench_run.repo_with(tmp / f"busy-{n}", "version: v1\nstages: [s]\n" + jobs)
+            repos[name] = bench_run.repo_with(tmp / f"busy-{n}", bench_run.HUNDRED_JOBS)
             (repos[name] / ".loom" / "one.yml").write_text(one)
         first, *rest = sides
-        bench_run.ENV.clear()
-        bench_run.ENV.update(bench_ab._side(HERE))
+        bench_ab.use(HERE)
         for _ in range(STORE_RUNS):
             bench_run.run_loom(repos[first], "-j", "2", sample=False)
         for name in rest:
@@ -59,8 +50,7 @@ def main(argv: list[str]) -> int:
         for round_no in range(reps):
             for kind, args in (("hundred", ("-j", "2")), ("one", ("--workflow", ".loom/one.yml"))):
                 for name, tree in bench_ab._turns(sides, round_no):
-                    bench_run.ENV.clear()
-                    bench_run.ENV.update(bench_ab._side(tree))
+                    bench_ab.use(tree)
                     figures[kind][name].append(bench_ab._timed_run(repos[name], *args))
         a_name, b_name = sides
         for kind, label in (("hundred", "100 x true -j 2"), ("one", "1 x true")):

@@ -33,6 +33,11 @@ ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOM_") and k
        "NO_COLOR": "1"}
 
 
+# 100 jobs each `true`, one stage: the execution core's start-up benchmark (here, `ab`, `retention`).
+HUNDRED_JOBS = "version: v1\nstages: [s]\n" + "".join(
+    f"j{i:03d}:\n  stage: s\n  target: linux\n  script: [\"true\"]\n" for i in range(100))
+
+
 def repo_with(root: Path, workflow: str) -> Path:
     (root / ".loom").mkdir(parents=True)
     (root / ".loom" / "workflow.yml").write_text(workflow)
@@ -115,8 +120,7 @@ def receipt_of(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
 
 
 def bench_100_jobs(tmp: Path, reps: int) -> None:
-    jobs = "".join(f"j{i:03d}:\n  stage: s\n  target: linux\n  script: [\"true\"]\n" for i in range(100))
-    repo = repo_with(tmp / "hundred", "version: v1\nstages: [s]\n" + jobs)
+    repo = repo_with(tmp / "hundred", HUNDRED_JOBS)
     loom, base = [], []
     for _ in range(reps):
         base.append(timed("seq 100 | xargs -P2 -I{} sh -c true", shell=True))
