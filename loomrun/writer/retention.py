@@ -272,11 +272,11 @@ class Retention:
             os.close(self.fd)
             self.fd = None
 
-    def finish(self, grace_s: float | None = None) -> None:
-        """Wait up to the grace for the child to be done, then kill it; read what it reported."""
+    def finish(self) -> None:
+        """Wait up to `FINISH_GRACE_S` for the child to be done, then kill it; read what it reported."""
         if self.pid is None:
             return
-        deadline = time.monotonic() + (self.FINISH_GRACE_S if grace_s is None else grace_s)
+        deadline = time.monotonic() + self.FINISH_GRACE_S
         killed = False
         while self.fd is not None:
             left = deadline - time.monotonic()
