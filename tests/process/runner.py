@@ -153,6 +153,22 @@ def run_processes(run_id: str) -> list[psutil.Process]:
     return found
 
 
+def writer_of(loom_pid: int, timeout: float = 30) -> psutil.Process:
+    """The writer of the `loom` process `loom_pid`: the child that leads its own process group (workers
+    lead their own session). Looked for until `timeout` (0: once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for child in psutil.Process(loom_pid).children():
+                if os.getpgid(child.pid) == child.pid and os.getsid(child.pid) != child.pid:
+                    return child
+        except (psutil.Error, ProcessLookupError):
+            pass
+        if time.monotonic() >= deadline:
+            raise AssertionError("no writer process found")
+        time.sleep(0.002)
+
+
 def processes_matching(marker: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):

@@ -5,14 +5,13 @@ writer, and what it had not removed is planned again. Real `loom` runs, a real r
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
 
 import psutil
 
-from tests.process.runner import Background, load, make_repo, run_loom
+from tests.process.runner import Background, load, make_repo, run_loom, writer_of
 from tests.runfiles import DAY_NS, fake_run
 
 HOUR_NS = DAY_NS // 24
@@ -39,18 +38,13 @@ def _repo(tmp_path: Path) -> tuple[Path, Path, list[str]]:
 
 
 def _writer_and_child(loom_pid: int, timeout: float = 30) -> tuple[psutil.Process, psutil.Process]:
-    """The writer (it leads its own process group; workers lead their own session) and its retention
-    child (the writer's only child)."""
+    """The writer and its retention child (the writer's only child)."""
+    writer = writer_of(loom_pid, timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            for proc in psutil.Process(loom_pid).children():
-                if os.getpgid(proc.pid) == proc.pid and os.getsid(proc.pid) != proc.pid:
-                    kids = proc.children()
-                    if kids:
-                        return proc, kids[0]
-        except (psutil.Error, ProcessLookupError):
-            pass
+        kids = writer.children()
+        if kids:
+            return writer, kids[0]
         time.sleep(0.002)
     raise AssertionError("no writer with a retention child appeared")
 

@@ -22,6 +22,7 @@ from tests.process.runner import (
     processes_matching,
     run_loom,
     run_processes,
+    writer_of,
 )
 
 LONG = """
@@ -134,16 +135,9 @@ def test_sigkill_of_loom_then_next_run_marks_it_abandoned(tmp_path: Path) -> Non
     assert not (repo / ".loom/.runtime/runs" / f"{dead_run}.lock").exists()
 
 
-def _writer_of(loom_pid: int) -> psutil.Process:
-    for child in psutil.Process(loom_pid).children():
-        if os.getpgid(child.pid) == child.pid and os.getsid(child.pid) != child.pid:
-            return child  # the writer has its own process group; workers have their own session
-    raise AssertionError("no writer process found")
-
-
 def test_writer_killed_mid_run_fails_the_run_with_a_receipt(tmp_path: Path) -> None:
     bg, _ = _start(tmp_path, 3104)
-    _writer_of(bg.proc.pid).send_signal(signal.SIGKILL)
+    writer_of(bg.proc.pid, timeout=0).send_signal(signal.SIGKILL)
     result = bg.finish()
     assert result.code == 1, result.stderr
     receipt = result.receipt

@@ -6,7 +6,6 @@ into real runs."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -24,6 +23,7 @@ from tests.process.runner import (
     make_repo,
     run_loom,
     run_processes,
+    writer_of,
 )
 
 WORKFLOW = """
@@ -96,25 +96,12 @@ def test_writer_killed_before_each_kind_of_record(tmp_path: Path, where: str) ->
         assert dead["status"] == "failure" and dead["error"] == "abandoned"
 
 
-def _writer_of(loom_pid: int, timeout: float = 30) -> psutil.Process:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            for child in psutil.Process(loom_pid).children():
-                if os.getpgid(child.pid) == child.pid and os.getsid(child.pid) != child.pid:
-                    return child  # the writer leads its own group; workers lead their own session
-        except (psutil.Error, ProcessLookupError):
-            pass
-        time.sleep(0.005)
-    raise AssertionError("no writer process appeared")
-
-
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0])
 def test_writer_killed_at_varied_moments(tmp_path: Path, delay: float) -> None:
     repo = make_repo(tmp_path / "repo", WORKFLOW)
     proc = subprocess.Popen([*LOOM, "run", "--local", "-j", "2"], cwd=repo, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=loom_env())
-    writer = _writer_of(proc.pid)
+    writer = writer_of(proc.pid)
     time.sleep(delay)
     try:
         writer.send_signal(signal.SIGKILL)
