@@ -200,18 +200,21 @@ def _merge_node(base: YNode, over: YNode, deep: bool) -> YNode:
 def _merge_all(jobs: dict[str, JobSource], default: Fields, broken: set[str]) -> dict[str, Fields]:
     """Merged fields of every runnable job whose inheritance resolves (`broken` ones are left out)."""
     memo: dict[str, Fields] = {}
-
-    def chain(name: str) -> Fields:
-        if name not in memo:
-            node = jobs[name].node
-            fields: Fields = {}
-            for parent in extends_of(node):
-                fields = merge_fields(fields, chain(parent.value))
-            memo[name] = merge_fields(fields, node.value)
-        return memo[name]
-
-    return {name: merge_fields(default, chain(name)) for name, src in jobs.items()
+    return {name: merge_fields(default, _chain(name, jobs, memo)) for name, src in jobs.items()
             if src.runnable and name not in broken}
+
+
+def _chain(name: str, jobs: dict[str, JobSource], memo: dict[str, Fields]) -> Fields:
+    """A job's fields merged down its `extends` chain. A function of the module, not a closure: a
+    closure that calls itself is a reference cycle, and the whole parsed tree it held (~2 MB for
+    1,000 jobs) stayed until the collector ran, in the middle of the run's first jobs."""
+    if name not in memo:
+        node = jobs[name].node
+        fields: Fields = {}
+        for parent in extends_of(node):
+            fields = merge_fields(fields, _chain(parent.value, jobs, memo))
+        memo[name] = merge_fields(fields, node.value)
+    return memo[name]
 
 
 def _warn_empty_stages(chk: Checker, root: YNode, stages: list[str], merged: dict[str, Fields]) -> None:
