@@ -12,7 +12,7 @@ import ctypes
 import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _COUNTER = itertools.count()
@@ -60,6 +60,34 @@ def _value(v: Any) -> str:
     if type(v) is int:
         return int.__repr__(v)
     return _ENCODE(v)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def json_pieces(value: Any, depth: int, raw: type[str] | None = None) -> Iterator[str]:
+    """Compact JSON text of `value` in pieces, its dicts and lists `depth` levels down item by item
+    (a `raw` string is JSON text already: given as it is). Python 3.11's encoder makes a string of
+    every token before it joins them: a 1,000-job Graph IR, 186 KB of text, took 2.1 MB at once
+    in one `json.dumps`. In pieces, at most one item's tokens exist at a time."""
+    if raw is not None and isinstance(value, raw):
+        yield value
+    elif depth and isinstance(value, dict):
+        sep = "{"
+        for k, v in value.items():
+            yield f"{sep}{_COMPACT(str(k))}:"
+            yield from json_pieces(v, depth - 1, raw)
+            sep = ","
+        yield "}" if sep == "," else "{}"
+    elif depth and isinstance(value, list | tuple):
+        sep = "["
+        for v in value:
+            yield sep
+            yield from json_pieces(v, depth - 1, raw)
+            sep = ","
+        yield "]" if sep == "," else "[]"
+    else:
+        yield _COMPACT(value)
 
 
 def encode_json(doc: Any, *, compact: bool = False) -> bytes:

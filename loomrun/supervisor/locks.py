@@ -27,6 +27,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from loomrun.durable import json_pieces
+from loomrun.protocol.messages import JSONText
+
 RUN_ID = re.compile(r"loom-run-(?:local|remote)-\d+")
 
 
@@ -59,7 +62,8 @@ class RunLock:
 
     def _write(self) -> None:
         tmp = self.info.with_name(self.info.name + ".tmp")
-        tmp.write_text(json.dumps(self.facts, separators=(",", ":")))
+        with open(tmp, "w", encoding="utf-8") as fh:  # in pieces, through the file's buffer: the
+            fh.writelines(json_pieces(self.facts, 2, JSONText))  # Graph IR is JSONText, written as it is
         os.replace(tmp, self.info)
 
     def release(self) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loomrun.config import RuntimeConfig, load_runtime_config
+from loomrun.durable import json_pieces
 from loomrun.errors import ExitCode, LoomError
 from loomrun.forkserver.process import ForkServer
 from loomrun.protocol import messages as m
@@ -209,7 +210,7 @@ class Run:
         from loomrun.workflow.variables import ExpansionError
         from loomrun.workspace import git_facts
 
-        self.receipt["graph_ir"] = graph_ir(wf)
+        self.receipt["graph_ir"] = m.JSONText("".join(json_pieces(graph_ir(wf), 2)))
         try:  # every run reads the config, so a bad one fails a host-only run too (spec §8)
             self.config = load_runtime_config(self.repo_root, self.opts.docker_workspace_mount)
             self.git = git_facts(self.repo_root)

@@ -8,6 +8,7 @@ jobs/<id>/artifacts/<path>. Paths inside documents are relative to the logs dir.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -422,6 +423,9 @@ class RunLog:
             "pipeline_manifest_path": str(self.logs_dir / "pipeline" / "manifest.json"),
         })
         receipt.update(msg.receipt)
+        for key, value in msg.receipt.items():
+            if isinstance(value, m.JSONText):
+                receipt[key] = json.loads(value)
         receipt["jobs"] = jobs_out
         path = self.receipt_path()
         write_document(path, self.redactor.doc(receipt))

@@ -9,7 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from loomrun.durable import encode_json
+import pytest
+
+from loomrun.durable import encode_json, json_pieces
 from loomrun.protocol import messages as m
 from loomrun.writer.events import rfc3339
 from loomrun.writer.files import Documents, Folders, LineFile, recover_temps, spread_children
@@ -109,3 +111,22 @@ def test_documents_spell_scalars_as_json_does() -> None:
     text = encode_json(doc).decode()
     assert json.loads(text) == doc
     assert text.splitlines()[1:5] == ['  "none": null,', '  "yes": true,', '  "no": false,', '  "int": -7,']
+
+
+@pytest.mark.parametrize("value", [
+    {}, [], {"a": []}, {"a": {}}, {"a": {"b": [1, {"c": "é\u2028\"\\"}]}, "x": None, "t": True, "f": 1.5},
+    {"ir": {"nodes": [{"id": "j", "needs": ["a", "b"]}, {"id": "k"}], "edges": []}, "roster": [["a", "b"]]},
+    [[[[1]]]], "plain", 7,
+])
+@pytest.mark.parametrize("depth", [0, 1, 2, 3, 5])
+def test_json_pieces_make_the_same_document_as_json_dumps(value: object, depth: int) -> None:
+    assert json.loads("".join(json_pieces(value, depth))) == value
+
+
+def test_json_pieces_give_json_text_as_it_is() -> None:
+    ir = {"schema": "s", "nodes": [{"id": "é"}]}
+    text = m.JSONText(json.dumps(ir))
+    doc = {"pid": 1, "graph_ir": text, "roster": [["a", "s"]]}
+    joined = "".join(json_pieces(doc, 2, m.JSONText))
+    assert text in joined
+    assert json.loads(joined) == {"pid": 1, "graph_ir": ir, "roster": [["a", "s"]]}
