@@ -1,4 +1,4 @@
-"""`python scripts/bench.py ab OTHER_TREE [REPS] [--dir FOLDER]`: a same-run A/B of the execution
+"""`python scripts/bench.py ab OTHER_TREE [REPS] [--dir FOLDER] [--dag-rounds N]`: a same-run A/B of the execution
 core's benchmarks (`bench_run`): this checkout against OTHER_TREE (another checkout of loomrun,
 e.g. `git worktree add /tmp/base <commit>`), run after run, interleaved, so that both sides see the
 same phases of a noisy machine. Each side runs `python -m loomrun` with its own tree first on
@@ -7,7 +7,8 @@ PYTHONPATH, in the same venv, in a repo of its own.
 * 100 jobs each `true`, one stage, --jobs 2: median wall time and CPU time (the run's processes,
   user + system) of REPS runs each, and the xargs -P2 baseline measured in the same rounds
 * one job printing 3,000,000 lines: median wall time; every line checked in order on both sides
-* 1,000 jobs in a needs DAG: wall time and the supervisor's peak RSS, in 3 rounds
+* 1,000 jobs in a needs DAG: wall time and the supervisor's peak RSS, in 3 rounds (`--dag-rounds`:
+  ~13 s a round, and three give a wide interval)
 
 Fairness: which side goes first alternates from round to round (the second run of a round found
 the machine warmer: measured up to 8 % on this 2-core VM), and each figure is also given as the
@@ -31,7 +32,7 @@ import bench_run
 
 HERE = Path(__file__).resolve().parent.parent
 FRESH_EVERY = 20  # rounds: 2 runs a side each (100 jobs, 3 M lines), under retention's 50
-DAG_ROUNDS = 3  # the 1,000-job DAG takes ~7 s a run
+DAG_ROUNDS = 3  # by default: the 1,000-job DAG takes ~7 s a run
 
 
 def _side(tree: Path) -> dict[str, str]:
@@ -73,7 +74,8 @@ def parse_args(suite: str, argv: list[str], default_reps: int) -> tuple[Path, in
         where = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
     if not argv:
-        print(f"usage: bench.py {suite} OTHER_TREE [REPS] [--dir FOLDER]", file=sys.stderr)
+        extra = " [--dag-rounds N]" if suite == "ab" else ""
+        print(f"usage: bench.py {suite} OTHER_TREE [REPS] [--dir FOLDER]{extra}", file=sys.stderr)
         return None
     return Path(argv[0]).resolve(), int(argv[1]) if len(argv) > 1 else default_reps, where
 
@@ -85,6 +87,11 @@ def use(tree: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    dag_rounds = DAG_ROUNDS
+    if "--dag-rounds" in argv:
+        i = argv.index("--dag-rounds")
+        dag_rounds = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
     args = parse_args("ab", argv, 5)
     if args is None:
         return 2
@@ -135,7 +142,7 @@ def main(argv: list[str]) -> int:
         print(f"  3,000,000 lines, {_paired(seq_t[a_name], seq_t[b_name])}")
         dag_t: dict[str, list[float]] = {name: [] for name in sides}
         dag_rss: dict[str, list[int]] = {name: [] for name in sides}
-        for round_no in range(DAG_ROUNDS):
+        for round_no in range(dag_rounds):
             for name, tree in _turns(sides, round_no):
                 use(tree)
                 elapsed, peak, _ = bench_run.run_loom(repos[name][2], "-j", "2")
