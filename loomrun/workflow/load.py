@@ -88,59 +88,90 @@ class _Loader(yaml.SafeLoader):
 _CLoader: Any = getattr(yaml, "CSafeLoader", None)
 
 
-def _compose_c(text: str) -> yaml.Node | None:
-    """The fast path: libyaml's parser, composed here. Returns None (take the checking composer, which
-    also words the error) for anything but one plain document: an anchor, alias or explicit tag,
-    deep nesting, an empty stream, a second document or a syntax error."""
+def _compose_c(text: str, file: str = "", errors: list[Diagnostic] | None = None) -> YNode | None:
+    """The fast path: libyaml's parser, composed here straight into `YNode`s (the diagnostics of
+    the tree go to `errors`). Returns None (take the checking composer, which also words the
+    error) for anything but one plain document: an anchor, alias or explicit tag, deep nesting, an
+    empty stream, a second document or a syntax error."""
     loader = _CLoader(text)
+    found: list[Diagnostic] = []
     try:
         loader.get_event()  # stream start
         if not loader.check_event(yaml.DocumentStartEvent):
             return None
         loader.get_event()
-        node = _compose_c_node(loader, 1, len(text), False)
+        node = _compose_c_node(loader, 1, len(text), False, file, found)
         loader.get_event()  # document end
-        return node if node is not None and loader.check_event(yaml.StreamEndEvent) else None
+        if node is None or not loader.check_event(yaml.StreamEndEvent):
+            return None
     except yaml.YAMLError:
         return None
     finally:
         loader.dispose()
+    if errors is not None:
+        errors.extend(found)
+    return node
 
 
-def _compose_c_node(loader: Any, depth: int, end: int, flow: bool) -> yaml.Node | None:
+def _compose_c_node(loader: Any, depth: int, end: int, flow: bool, file: str,
+                    errors: list[Diagnostic]) -> YNode | None:
+    """One value from libyaml's events, as `_convert` would make it from pyyaml's node: no tree of
+    pyyaml nodes in between (for 1,000 jobs that tree was ~4 MB more at the load's peak, which
+    set the supervisor's peak memory for the rest of the run)."""
     event = loader.get_event()
     start: Any = event.start_mark  # libyaml's Mark: same fields as pyyaml's
     if depth > MAX_DEPTH or getattr(event, "anchor", None) or isinstance(event, yaml.AliasEvent):
         return None
     if getattr(event, "tag", None) is not None:
         return None
+    line, col = start.line + 1, start.column + 1
     if isinstance(event, yaml.ScalarEvent):
         if not event.value and not event.style and (flow or start.index >= end):
             # An empty value (`{a: }`, a last `? key`): libyaml marks it where the next token
             # starts, pyyaml where the previous one ended (found by a property test).
             return None
         tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-        return yaml.ScalarNode(tag, event.value, start, start, style=event.style)
+        kind = _TAG_KINDS.get(tag, "string")
+        if kind in ("string", "timestamp"):
+            return YNode(str(event.value), kind, line, col, file)
+        return _scalar(yaml.ScalarNode(tag, event.value, start, start, style=event.style), line, col, file)
     inner = bool(flow or event.flow_style) if isinstance(event, yaml.CollectionStartEvent) else flow
     if isinstance(event, yaml.SequenceStartEvent):
-        items: list[yaml.Node] = []
+        items: list[YNode] = []
         while not loader.check_event(yaml.SequenceEndEvent):
-            item = _compose_c_node(loader, depth + 1, end, inner)
+            item = _compose_c_node(loader, depth + 1, end, inner, file, errors)
             if item is None:
                 return None
             items.append(item)
         loader.get_event()
-        return yaml.SequenceNode("tag:yaml.org,2002:seq", items, start, start)
+        return YNode(items, "sequence", line, col, file)
     if isinstance(event, yaml.MappingStartEvent):
-        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        values: dict[str, YNode] = {}
+        keys: dict[str, YNode] = {}
         while not loader.check_event(yaml.MappingEndEvent):
-            key = _compose_c_node(loader, depth + 1, end, inner)
-            value = _compose_c_node(loader, depth + 1, end, inner) if key is not None else None
-            if key is None or value is None:
+            kev = loader.peek_event()
+            kline, kcol = kev.start_mark.line + 1, kev.start_mark.column + 1
+            knode = _compose_c_node(loader, depth + 1, end, inner, file, [])
+            if knode is None:
                 return None
-            pairs.append((key, value))
+            key: str = kev.value if knode.kind not in ("mapping", "sequence") else ""
+            if not isinstance(kev, yaml.ScalarEvent):
+                problem = ("mapping keys must be plain strings", "use a plain name as the key")
+            elif key in values:
+                problem = (f'duplicate key "{key}"', "remove one of the two entries")
+            else:
+                problem = None
+            # An entry in error is left out, and so are the errors of its value (as `_convert`).
+            value = _compose_c_node(loader, depth + 1, end, inner, file, [] if problem else errors)
+            if value is None:
+                return None
+            if problem is not None:
+                errors.append(Diagnostic("WF_YAML", "", kline, kcol, problem[0], problem[1], file))
+                continue
+            keys[key] = knode if knode.kind == "string" else YNode(key, "string", kline, kcol, file)
+            values[key] = value
         loader.get_event()
-        return yaml.MappingNode("tag:yaml.org,2002:map", pairs, start, start)
+        return YNode(values, "mapping", line, col, file, keys)
     return None
 
 
@@ -180,12 +211,14 @@ def parse_text(text: str, label: str) -> tuple[YNode | None, list[Diagnostic]]:
         line = text[: text.index("\x00")].count("\n") + 1
         return None, [_diag(label, "workflow contains a NUL byte (binary data)", "save the file as text",
                             line=line, column=1)]
-    node = _compose_c(text) if _CLoader is not None else None
+    errors: list[Diagnostic] = []
+    tree = _compose_c(text, label, errors) if _CLoader is not None else None
+    if tree is not None:
+        return _checked_root(tree, errors, label)
     loader: _Loader | None = None
-    try:
-        if node is None:  # not a plain document, or the C parser is missing: the checking composer
-            loader = _Loader(text)
-            node = loader.get_single_node()
+    try:  # not a plain document, or the C parser is missing: the checking composer
+        loader = _Loader(text)
+        node = loader.get_single_node()
     except _Reject as exc:
         return None, [_diag(label, exc.message, exc.hint, exc.mark.line + 1, exc.mark.column + 1)]
     except yaml.MarkedYAMLError as exc:
@@ -208,8 +241,10 @@ def parse_text(text: str, label: str) -> tuple[YNode | None, list[Diagnostic]]:
     if node is None:
         return None, [_diag(label, "workflow is empty; expected a mapping with version, stages and jobs",
                             "start with `version: v1`", line=1, column=1, code="WF_SCHEMA_V1")]
-    errors: list[Diagnostic] = []
-    tree = _convert(node, label, errors)
+    return _checked_root(_convert(node, label, errors), errors, label)
+
+
+def _checked_root(tree: YNode, errors: list[Diagnostic], label: str) -> tuple[YNode | None, list[Diagnostic]]:
     if errors:
         return None, errors
     if tree.kind != "mapping":

@@ -38,6 +38,11 @@ PLAIN = [
     "a: 'q'\nb: \"x\"\nc: yes\nd: ~\ne: 1.5\nf: 2026-01-01\ng: 0x1F\nh: .inf\ni: |\n  two\n  lines\n",
     "- a\n- {b: [1, 2, {c: d}]}\n",
     "k: v\n...\n",
+    # Entries in error: the value of a duplicate or non-string key is left out, its own errors too.
+    "a: 1\na: {x: [1], x: 2}\nb: [c]\n",
+    "? [a]\n: {b: 1, b: 2}\nc: d\n",
+    "? {a: 1}\n: x\n1: one\n2026-01-01: day\nnull: n\n",
+    "a: {b: 1, b: 2, c: {d: 1, d: 2}}\n",
 ]
 ASIDE = [
     "a: &x 1\nb: *x\n", "a: !!str 1\n", "a: !x 1\n", "", "# nothing\n", "a: 1\n---\nb: 2\n",
