@@ -130,11 +130,7 @@ def _compose_c_node(loader: Any, depth: int, end: int, flow: bool, file: str,
             # An empty value (`{a: }`, a last `? key`): libyaml marks it where the next token
             # starts, pyyaml where the previous one ended (found by a property test).
             return None
-        tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-        kind = _TAG_KINDS.get(tag, "string")
-        if kind in ("string", "timestamp"):
-            return YNode(str(event.value), kind, line, col, file)
-        return _scalar(yaml.ScalarNode(tag, event.value, start, start, style=event.style), line, col, file)
+        return _scalar(loader.resolve(yaml.ScalarNode, event.value, event.implicit), event.value, line, col, file)
     inner = bool(flow or event.flow_style) if isinstance(event, yaml.CollectionStartEvent) else flow
     if isinstance(event, yaml.SequenceStartEvent):
         items: list[YNode] = []
@@ -154,7 +150,7 @@ def _compose_c_node(loader: Any, depth: int, end: int, flow: bool, file: str,
             knode = _compose_c_node(loader, depth + 1, end, inner, file, [])
             if knode is None:
                 return None
-            key: str = kev.value if knode.kind not in ("mapping", "sequence") else ""
+            key: str = getattr(kev, "value", "")
             if not isinstance(kev, yaml.ScalarEvent):
                 problem = ("mapping keys must be plain strings", "use a plain name as the key")
             elif key in values:
@@ -288,15 +284,18 @@ def _convert(node: yaml.Node, file: str, errors: list[Diagnostic]) -> YNode:
         return YNode(values, "mapping", line, col, file, keys)
     if isinstance(node, yaml.SequenceNode):
         return YNode([_convert(n, file, errors) for n in node.value], "sequence", line, col, file)
-    return _scalar(node, line, col, file)
+    return _scalar(node.tag, node.value, line, col, file)
 
 
-def _scalar(node: yaml.Node, line: int, col: int, file: str) -> YNode:
-    kind = _TAG_KINDS.get(node.tag, "string")
+def _scalar(tag: str, text: str, line: int, col: int, file: str) -> YNode:
+    """A scalar of resolved `tag` (both composers): strings and timestamps keep their text; the
+    others are constructed as pyyaml's SafeLoader would (from a bare node: no constructor of these
+    kinds reads its marks)."""
+    kind = _TAG_KINDS.get(tag, "string")
     if kind in ("string", "timestamp"):
-        return YNode(str(node.value), kind, line, col, file)
+        return YNode(str(text), kind, line, col, file)
     try:
-        value = _CONSTRUCT.yaml_constructors[node.tag](_CONSTRUCT, node)
+        value = _CONSTRUCT.yaml_constructors[tag](_CONSTRUCT, yaml.ScalarNode(tag, text))
     except (ValueError, OverflowError, yaml.YAMLError):
-        value = str(node.value)  # e.g. an integer past Python's digit limit: keep its text
+        value = str(text)  # e.g. an integer past Python's digit limit: keep its text
     return YNode(value, kind, line, col, file)
