@@ -65,17 +65,25 @@ def _paired(a: list[float], b: list[float]) -> str:
             f"95 % interval [{boot[50] * 1000:+.1f}, {boot[1949] * 1000:+.1f}] ms")
 
 
-def parse_args(suite: str, argv: list[str], default_reps: int) -> tuple[Path, int, str | None] | None:
-    """`OTHER_TREE [REPS] [--dir FOLDER]` of a same-run A/B suite: (other tree, reps, folder for the
-    repos); None, with the usage printed, when OTHER_TREE is missing."""
-    where = None
-    if "--dir" in argv:
-        i = argv.index("--dir")
-        where = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
+def take_option(argv: list[str], flag: str) -> str | None:
+    """Remove `flag VALUE` from `argv` and return VALUE (None when the flag is absent)."""
+    if flag not in argv:
+        return None
+    i = argv.index(flag)
+    value = argv[i + 1]
+    del argv[i:i + 2]
+    return value
+
+
+def parse_args(suite: str, argv: list[str], default_reps: int,
+               more: str = "") -> tuple[Path, int, str | None] | None:
+    """`OTHER_TREE [REPS] [--dir FOLDER]` of a same-run A/B suite (`more`: the usage of the suite's
+    own options, taken from `argv` before): (other tree, reps, folder for the repos); None, with
+    the usage printed, when OTHER_TREE is missing."""
+    argv = list(argv)
+    where = take_option(argv, "--dir")
     if not argv:
-        extra = " [--dag-rounds N]" if suite == "ab" else ""
-        print(f"usage: bench.py {suite} OTHER_TREE [REPS] [--dir FOLDER]{extra}", file=sys.stderr)
+        print(f"usage: bench.py {suite} OTHER_TREE [REPS] [--dir FOLDER]{more}", file=sys.stderr)
         return None
     return Path(argv[0]).resolve(), int(argv[1]) if len(argv) > 1 else default_reps, where
 
@@ -87,12 +95,9 @@ def use(tree: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    dag_rounds = DAG_ROUNDS
-    if "--dag-rounds" in argv:
-        i = argv.index("--dag-rounds")
-        dag_rounds = int(argv[i + 1])
-        argv = argv[:i] + argv[i + 2:]
-    args = parse_args("ab", argv, 5)
+    argv = list(argv)
+    dag_rounds = int(take_option(argv, "--dag-rounds") or DAG_ROUNDS)
+    args = parse_args("ab", argv, 5, " [--dag-rounds N]")
     if args is None:
         return 2
     other, reps, where = args
