@@ -174,3 +174,68 @@ def test_what_retention_cannot_remove_during_a_run_is_a_warning_an_event_and_in_
     failed = [e for e in events if e.get("code") == "LOOM_RETENTION_FAILED"]
     assert [(e["type"], e["scope"], e["message"]) for e in failed] == [
         ("error", "run", warning.removeprefix("warning: "))]
+
+
+def test_within_counts_entries_up_to_its_limit_and_never_follows_a_link(tmp_path: Path) -> None:
+    from loomrun.writer.retention import within
+
+    top = tmp_path / "top"
+    (top / "a" / "b").mkdir(parents=True)
+    for i in range(5):
+        (top / "a" / "b" / f"f{i}").write_text("x")
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(100):
+        (big / f"f{i}").write_text("x")
+    (top / "link").symlink_to(big, target_is_directory=True)  # one entry, whatever is behind it
+    receipt = tmp_path / "r.json"
+    receipt.write_text("{}")
+    # top, a, b, five files, the link: 9 entries; the receipt: 1; a path that is gone still counts 1
+    paths = [str(top), str(receipt), str(tmp_path / "gone")]
+    assert within(paths, 11) and not within(paths, 10)
+    assert within([str(big)], 101) and not within([str(big)], 100)
+
+
+def test_a_small_plan_is_removed_by_the_writer_itself_and_a_big_one_by_a_child(tmp_path: Path) -> None:
+    """The usual plan (an old run's snapshot) goes at once, in the calling process, without a fork;
+    one over INLINE_ENTRIES goes to a child process, as before."""
+    from loomrun.writer.retention import INLINE_ENTRIES, Retention
+
+    runtime = tmp_path / "runtime"
+    now = time.time_ns()
+    ids = [fake_run(runtime, now - i * HOUR_NS) for i in range(6)]  # the oldest loses its snapshot
+    small = Retention(runtime, 50, 14 * 86400.0)
+    assert small.pid is None and small.fd is None  # no child was forked
+    assert not _exists(runtime, "workspaces", ids[5]) and _exists(runtime, "logs", ids[5])
+    small.finish()
+    assert small.report() == ({"planned": 1, "removed": 1, "failed": []}, "")
+
+    big_id = fake_run(runtime, now - 7 * HOUR_NS, jobs=INLINE_ENTRIES)  # past `runs: 6`: all of it goes
+    big = Retention(runtime, 6, 14 * 86400.0)
+    assert big.pid is not None and big.fd is not None, "a big plan is a child's"
+    try:
+        while big.read():  # every item reported, then EOF: the child is done
+            pass
+        big.close()
+    finally:
+        big.finish()  # reaps it
+    assert big.report() == ({"planned": 1, "removed": 1, "failed": []}, "")
+    assert not _exists(runtime, "logs", big_id) and not _exists(runtime, "receipts", f"{big_id}.json")
+    assert sorted(p.name for p in (runtime / "logs").iterdir()) == sorted(ids)
+
+
+def test_what_a_small_plan_cannot_remove_is_reported_as_a_childs_failures_are(tmp_path: Path) -> None:
+    from loomrun.writer.retention import Retention
+
+    runtime = tmp_path / "runtime"
+    now = time.time_ns()
+    ids = [fake_run(runtime, now - i * HOUR_NS, snapshot=False) for i in range(3)]
+    stuck = runtime / "logs" / ids[2] / "events.jsonl"
+    with _immutable(stuck):
+        retention = Retention(runtime, 2, 14 * 86400.0)
+        assert retention.pid is None
+    block, warning = retention.report()
+    assert block == {"planned": 1, "removed": 0,
+                     "failed": [{"path": str(runtime / "logs" / ids[2]), "error": "Operation not permitted"}]}
+    assert warning == f"retention could not remove {runtime / 'logs' / ids[2]}: Operation not permitted"
+    assert not _exists(runtime, "receipts", f"{ids[2]}.json")  # the receipt went first, as in a child
