@@ -117,6 +117,11 @@ class WriterLink:
             self.take_over()
             return None
         reply = self._reply(timeout_s)
+        # An answer for a job's end line the loop no longer waits for: a record delivered again to
+        # a writer that took over is answered by it, while the loop, seeing the death, printed the
+        # line unanswered. It came first (the writer answers in order) and is not this reply.
+        while isinstance(reply, m.JobWritten):
+            reply = self._reply(timeout_s)
         if reply is None:
             self.take_over()
         return reply
