@@ -75,14 +75,16 @@ class _Unasked:
 _UNASKED = _Unasked()
 
 
-def make_snapshot(repo_root: Path, dest: Path, facts: GitFacts | _Unasked | None = _UNASKED) -> Snapshot:
+def make_snapshot(repo_root: Path, dest: Path, facts: GitFacts | _Unasked | None = _UNASKED,
+                  early: GitPrefetch | None = None) -> Snapshot:
     """Copy the repo's working content into `dest` (which must not exist or be empty). `facts`:
-    `git_facts(repo_root)` when the caller already has them (None: not a git work tree)."""
+    `git_facts(repo_root)` when the caller already has them (None: not a git work tree); `early`:
+    the file list, when started already."""
     root = repo_root.resolve()
     _prepare_dest(dest)
     try:
-        info = git_facts(root) if isinstance(facts, _Unasked) else facts
-        entries = _git_entries(root) if info is not None else _walk_entries(root, dest.resolve())
+        info = git_facts(root, early) if isinstance(facts, _Unasked) else facts
+        entries = _git_entries(root, early) if info is not None else _walk_entries(root, dest.resolve())
         files, size = _copy_all(root, dest, entries)
         _mark_root(dest)
     except BaseException:
@@ -147,22 +149,87 @@ def _prepare_dest(dest: Path) -> None:
 
 # --- git -------------------------------------------------------------------------------------------
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+def _git_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _GIT_ENV_DROP}
     env["GIT_OPTIONAL_LOCKS"] = "0"  # reading must not take index.lock in the user's repo
+    return env
+
+
+def _git(root: Path, *args: str, early: GitPrefetch | None = None) -> subprocess.CompletedProcess[bytes]:
+    done = early.take(root, args) if early is not None else None
+    if done is not None:
+        return done
     try:
         return subprocess.run(
-            ["git", *args], cwd=root, env=env, capture_output=True, timeout=_GIT_TIMEOUT_S, check=False,
+            ["git", *args], cwd=root, env=_git_env(), capture_output=True, timeout=_GIT_TIMEOUT_S, check=False,
         )
     except subprocess.TimeoutExpired:
         raise LoomError(f"git {args[0]} in {root} took longer than {_GIT_TIMEOUT_S}s") from None
 
 
-def git_facts(root: Path) -> GitFacts | None:
+_FACTS = ("rev-parse", "--is-inside-work-tree", "HEAD^{commit}", "--abbrev-ref", "refs/remotes/origin/HEAD")
+_REFS = ("for-each-ref", "--points-at=HEAD", "--sort=-creatordate", "--format=%(HEAD)%(refname)",
+         "refs/heads", "refs/tags")
+_LS_FILES = ("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+
+
+class GitPrefetch:
+    """The git processes a run asks in `configure` (`git_facts`) and `snapshot` (the file list),
+    started together at the start of its `load`, so that they run on the other core while the
+    supervisor loads the workflow instead of one after the other, each waited for (measured: the
+    run's first job ~5 ms sooner). The run asks `git_facts` and `make_snapshot` with it; each
+    question finds its answer here (`take`) or asks git then, as without it. What was not taken (a
+    run that failed to load, a repo without commits, `--list`) is killed and reaped by `close`,
+    which the run calls whatever happens. Answers are those of the start of the load: of the run's
+    start, as a snapshot is."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self.procs: dict[tuple[str, ...], subprocess.Popen[bytes]] = {}
+
+    @classmethod
+    def of(cls, root: Path) -> GitPrefetch | None:
+        """None outside a git work tree (nothing to ask, as in `git_facts`). `start` it then: the
+        caller holds it before any process exists, so `close` finds every one."""
+        return cls(root) if in_git_tree(root) else None
+
+    def start(self) -> None:
+        env = _git_env()
+        for args in (_FACTS, _REFS, _LS_FILES):
+            try:
+                self.procs[args] = subprocess.Popen(["git", *args], cwd=self.root, env=env, stdin=subprocess.DEVNULL,
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            except OSError:  # no git, no fork: asked again when needed, which says why
+                break
+
+    def take(self, root: Path, args: tuple[str, ...]) -> subprocess.CompletedProcess[bytes] | None:
+        """The answer of `git args` in `root`, when it was started here (once); else None."""
+        proc = self.procs.get(args)
+        if proc is None or os.path.realpath(root) != self.root:
+            return None
+        del self.procs[args]
+        try:
+            out, err = proc.communicate(timeout=_GIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise LoomError(f"git {args[0]} in {root} took longer than {_GIT_TIMEOUT_S}s") from None
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def close(self) -> None:
+        """Kill and reap what was not taken."""
+        for proc in self.procs.values():
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.communicate()
+        self.procs.clear()
+
+
+def git_facts(root: Path, early: GitPrefetch | None = None) -> GitFacts | None:
     """HEAD, branch, tag and origin's default branch of the repo holding `root`; None when `root`
     is not in a git work tree. Two git processes in a repo with commits (one rev-parse answers
     "work tree?", HEAD and origin's HEAD together; one for-each-ref the branch and tags at HEAD),
-    none outside git."""
+    none outside git; `early`: their answers, when started already."""
     if not in_git_tree(root):
         # git looks for a repository by the same walk up (its GIT_DIR & co. are dropped): a tree
         # with no `.git` anywhere above it is not in one, and asking would cost a process.
@@ -170,8 +237,7 @@ def git_facts(root: Path) -> GitFacts | None:
     try:
         # rev-parse prints each answer in turn and stops at the first name that does not resolve
         # (no commit yet, no origin/HEAD): what it printed before that still holds.
-        out = _git(root, "rev-parse", "--is-inside-work-tree", "HEAD^{commit}", "--abbrev-ref",
-                   "refs/remotes/origin/HEAD")
+        out = _git(root, *_FACTS, early=early)
     except FileNotFoundError:
         if (root / ".git").exists():
             raise LoomError(f"{root} is a git repository but the git command is not installed") from None
@@ -192,8 +258,7 @@ def git_facts(root: Path) -> GitFacts | None:
         branch = _git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
         name = os.fsdecode(branch.stdout.strip()) or None if branch.returncode == 0 else None
         return GitFacts(None, name, None, default)
-    refs = _git(root, "for-each-ref", "--points-at=HEAD", "--sort=-creatordate", "--format=%(HEAD)%(refname)",
-                "refs/heads", "refs/tags")
+    refs = _git(root, *_REFS, early=early)
     current, tags = None, []
     for line in os.fsdecode(refs.stdout).splitlines():
         if line.startswith("*refs/heads/"):
@@ -206,13 +271,13 @@ def git_facts(root: Path) -> GitFacts | None:
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
-def _git_entries(root: Path) -> list[_Entry]:
-    return list(_git_entries_under(root, ""))
+def _git_entries(root: Path, early: GitPrefetch | None = None) -> list[_Entry]:
+    return list(_git_entries_under(root, "", early))
 
 
-def _git_entries_under(top: Path, prefix: str) -> Iterator[_Entry]:
+def _git_entries_under(top: Path, prefix: str, early: GitPrefetch | None = None) -> Iterator[_Entry]:
     """Tracked + untracked-not-ignored paths of the work tree at `top`, as seen on disk."""
-    listing = _git(top, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    listing = _git(top, *_LS_FILES, early=early)
     if listing.returncode != 0:
         message = listing.stderr.decode(errors="replace").strip()
         raise LoomError(f"git ls-files failed in {top}: {message or listing.returncode}")

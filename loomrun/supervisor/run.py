@@ -34,7 +34,7 @@ from loomrun.supervisor.terminal import Terminal, choose
 from loomrun.supervisor.writerlink import WriterLink
 from loomrun.userfiles import NotRegularFile, refuse_special
 from loomrun.workflow.model import Job, Workflow
-from loomrun.workspace import GitFacts
+from loomrun.workspace import GitFacts, GitPrefetch
 
 if TYPE_CHECKING:
     from loomrun.remote.handle import Gateway
@@ -132,6 +132,7 @@ class Run:
         self.snapshot_path: Path | None = None
         self.head_sha: str | None = None
         self.git: GitFacts | None = None
+        self.early_git: GitPrefetch | None = None  # git's answers for configure and snapshot, asked in load
         self.pipeline_vars: dict[str, str] = {}
         self.prepared: dict[str, tuple[dict[str, str], Job]] = {}  # job -> (its variables, expanded job)
         self.skipped: str | None = None  # why workflow.rules skipped the pipeline
@@ -186,6 +187,9 @@ class Run:
         from loomrun.workflow.resolve import load_workflow
 
         self.writer.send(m.RunPhase("run.bootstrap", time.time_ns()))
+        self.early_git = GitPrefetch.of(self.repo_root)
+        if self.early_git is not None:
+            self.early_git.start()  # git works on the other core while this process loads
         try:
             wf = load_workflow(self.workflow_path, self.repo_root)
         except WorkflowInvalid as exc:
@@ -213,7 +217,7 @@ class Run:
         self.receipt["graph_ir"] = m.JSONText("".join(json_pieces(graph_ir(wf), 2)))
         try:  # every run reads the config, so a bad one fails a host-only run too (spec §8)
             self.config = load_runtime_config(self.repo_root, self.opts.docker_workspace_mount)
-            self.git = git_facts(self.repo_root)
+            self.git = git_facts(self.repo_root, self.early_git)
         except LoomError as exc:
             raise _Failed(exc.message) from exc
         self.mount_mode = self.config.docker_workspace_mount
@@ -275,7 +279,7 @@ class Run:
         from loomrun.workspace import make_snapshot
 
         try:
-            snap = make_snapshot(self.repo_root, self.snapshot_dest, self.git)
+            snap = make_snapshot(self.repo_root, self.snapshot_dest, self.git, self.early_git)
         except LoomError as exc:
             raise _Failed(f"cannot snapshot the workspace: {exc.message}") from exc
         except OSError as exc:
@@ -420,6 +424,8 @@ class Run:
     # -- finalize -----------------------------------------------------------------------------
     def finalize(self, exit_code: int, error: str | None) -> RunResult:
         receipt_path: str | None = None
+        if self.early_git is not None:  # a run that ended before its snapshot: git's answers go unread
+            self.early_git.close()
         self.close_remote()
         if self.pool is not None:  # every job has ended: borrowed tokens go back, lost ones are counted
             self.pool.close()

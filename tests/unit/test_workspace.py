@@ -304,3 +304,46 @@ def test_unreadable_git_repo_is_a_clear_error(world_dir: Path) -> None:
     assert code == 3
     assert message.startswith(f"cannot read git repository {src}: ")
     assert "dubious ownership" in message
+
+
+def _git_children() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process().children() if p.name() == "git"]
+
+
+def test_git_asked_early_answers_as_git_asked_then_and_leaves_no_process(git_repo: Path, tmp_path: Path) -> None:
+    """GitPrefetch (a run's `load` starts the git processes of `configure` and `snapshot`): the
+    same facts and the same snapshot as asking then, whether the caller passes the repo's path as
+    given or resolved; every process is reaped once taken."""
+    from loomrun.workspace import GitPrefetch, git_facts
+
+    git(git_repo, "tag", "v1.0")
+    plain = make_snapshot(git_repo, tmp_path / "plain")
+    early = GitPrefetch.of(git_repo)
+    assert early is not None
+    early.start()
+    assert sorted(early.procs) and len(_git_children()) == 3
+    facts = git_facts(git_repo, early)
+    assert facts == git_facts(git_repo) and facts is not None and facts.tag == "v1.0"
+    snap = make_snapshot(git_repo / "src" / "..", tmp_path / "early", facts, early)  # resolved there
+    assert early.procs == {} and _git_children() == []  # all three taken, each reaped
+    assert tree(snap.path) == tree(plain.path)
+    assert (snap.head_sha, snap.branch) == (plain.head_sha, plain.branch)
+
+
+def test_git_asked_early_but_never_taken_is_killed_and_reaped(tmp_path: Path) -> None:
+    """A run that ends before its snapshot (a workflow that does not load, `workflow.rules`), or a
+    repo without commits (no for-each-ref): `close` leaves no process, not even a zombie."""
+    from loomrun.workspace import GitPrefetch, git_facts
+
+    root = init_repo(tmp_path / "repo", {"a.txt": "a\n"}, commit=False)
+    early = GitPrefetch.of(root)
+    assert early is not None
+    early.start()
+    facts = git_facts(root, early)  # no commit yet: the branch comes from symbolic-ref instead
+    assert facts is not None and (facts.head_sha, facts.branch) == (None, "main")
+    assert len(early.procs) == 2  # for-each-ref and ls-files, not taken
+    early.close()
+    assert early.procs == {} and _git_children() == []
+    assert GitPrefetch.of(tmp_path) is None  # not a git work tree: nothing is started
