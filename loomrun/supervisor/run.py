@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from loomrun.config import RuntimeConfig, load_runtime_config
 from loomrun.durable import json_pieces
@@ -158,15 +158,25 @@ class Run:
         self.writer = WriterLink(m.RunStarted(
             self.run_id, self.pipeline_id, str(self.repo_root), str(self.workflow_path),
             self.opts.command, self.started_ns, stream=self.opts.stream))
-        logs_dir = self.writer.open()
-        if logs_dir is None:
-            self.writer.close()
-            self.lock.release()
-            raise LoomError(f"cannot write logs: {self.writer.failed or self.writer.broken}")
-        self.logs_dir = logs_dir
+        self.writer.begin()  # its answer is awaited after the load (`await_writer`)
+        if self.writer.broken is not None:
+            self._no_writer()
         self.term.detail(f"run id {self.run_id}")
+
+    def await_writer(self) -> None:
+        """The writer's answer to RunStarted, which it gave while `load` ran (it imports its code
+        and makes the logs dir in the meantime: ~5 ms the supervisor waited for before the load)."""
+        logs_dir = self.writer.ready()
+        if logs_dir is None:
+            self._no_writer()
+        self.logs_dir = logs_dir
         self.term.detail(f"logs {self.logs_dir}")
         self._reap_abandoned()
+
+    def _no_writer(self) -> NoReturn:
+        self.writer.close()
+        self.lock.release()
+        raise LoomError(f"cannot write logs: {self.writer.failed or self.writer.broken}")
 
     def _reap_abandoned(self) -> None:
         if not locks.find_abandoned(self.runtime):  # the usual case: nothing to import, nothing to do
@@ -528,8 +538,14 @@ def run_local(opts: RunOptions, term: Terminal | None = None, amend: Amend | Non
         run.start_writer()
         try:
             phase["bootstrap"] = True
-            _raise_pending(wake_r)  # a ^C during start-up: the writer now exists to write the receipt
-            wf = run.load()
+            try:
+                _raise_pending(wake_r)  # a ^C during start-up: the writer now exists to write the receipt
+                wf = run.load()
+            finally:  # whatever the load did: a writer that cannot write says so first, as it did
+                phase["bootstrap"] = False  # (a signal meanwhile waits in the wake-up pipe)
+                run.await_writer()
+                phase["bootstrap"] = True
+            _raise_pending(wake_r)
             jobs = run.configure(wf)
             if run.skipped is not None:
                 run.receipt["skipped_reason"] = "workflow.rules"

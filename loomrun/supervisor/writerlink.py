@@ -11,7 +11,8 @@ sends are dropped, and no receipt can be written.
 
 Fault injection for tests: `LOOM_FAULT_KILL_WRITER=<Record>:<n>` (e.g. `JobEnded:2`) SIGKILLs the
 writer just before the n-th record of that type goes to it, and waits until it is dead, so that
-every kind of record can be the one whose send finds the writer gone.
+every kind of record can be the one whose send finds the writer gone (`WriterReady:1`: just before
+its answer to RunStarted is read).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from loomrun.proctree import describe_status
 from loomrun.protocol import messages as m
-from loomrun.writer import process as writer_process
+from loomrun.writer import spawn as writer_process
 
 MAX_TAKEOVERS = 3
 READY_TIMEOUT_S = 30.0
@@ -48,6 +49,7 @@ class WriterLink:
         self.deaths: list[str] = []  # how each writer that died went, in order
         self.broken: str | None = None  # set once no writer can be had: why
         self.failed: str | None = None  # WriterFailed at start: the runtime dir cannot be written
+        self.logs_dir: str | None = None  # from the first WriterReady
         self._roster: m.JobRoster | None = None
         self._marks: list[m.MarkAbandoned] = []
         self._ended: list[m.JobEnded] = []
@@ -69,15 +71,36 @@ class WriterLink:
     def open(self) -> str | None:
         """Fork the writer and have it create the logs dir. Returns the logs dir, or None with
         `failed` (the writer cannot write there) or `broken` (no writer process) set."""
-        while self.broken is None:
-            reply = self._spawn()
+        self.begin()
+        return self.ready()
+
+    def begin(self) -> None:
+        """Fork the writer and send it RunStarted, without waiting for its answer (`ready`): it makes
+        the logs dir, importing its code first, while the caller goes on. Records sent meanwhile
+        wait in the pipe, behind RunStarted. `broken` is set when no process can be forked."""
+        while self.broken is None and self.handle is None:
+            try:
+                self.handle = writer_process.spawn()
+            except OSError as exc:
+                self.broken = f"cannot start a writer process: {exc.strerror or exc}"
+                return
+            if not self._deliver_once(self.start):
+                self._buried()  # it died before RunStarted went in: count it, try again
+
+    def ready(self) -> str | None:
+        """The logs dir, once the writer answered RunStarted (a writer that died before answering is
+        replaced, as a death at any other moment); None with `failed` or `broken` set."""
+        while self.broken is None and self.logs_dir is None and self.failed is None:
+            if _FAULT:
+                self._inject("WriterReady")  # (a test: the writer dies before its answer is read)
+            reply = self._reply(READY_TIMEOUT_S)
             if isinstance(reply, m.WriterReady):
-                return reply.logs_dir
-            if isinstance(reply, m.WriterFailed):
+                self.logs_dir = reply.logs_dir
+            elif isinstance(reply, m.WriterFailed):
                 self.failed = reply.message
-                return None
-            self._buried()  # it died before answering: count it, try again
-        return None
+            else:
+                self.take_over()
+        return self.logs_dir
 
     def _spawn(self) -> Any:
         """Fork a writer and send it RunStarted: its answer (WriterReady, WriterFailed), or None when
@@ -90,6 +113,8 @@ class WriterLink:
         if not self._deliver_once(self.start):
             return None
         reply = self._reply(READY_TIMEOUT_S)
+        if isinstance(reply, m.WriterReady):
+            self.logs_dir = self.logs_dir or reply.logs_dir
         return reply if isinstance(reply, (m.WriterReady, m.WriterFailed)) else None
 
     # -- sending -------------------------------------------------------------------------------

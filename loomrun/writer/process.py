@@ -11,17 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Callable
-from multiprocessing import Pipe, reduction
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from loomrun.proctree import close_fds_except
 from loomrun.protocol import messages as m
 from loomrun.writer.events import emit
 from loomrun.writer.redact import Redactor
@@ -49,32 +47,6 @@ class OutputStream:
         self.partial = b""  # redacted bytes after the last newline
         self.held = b""  # raw bytes that may be the start of a secret value (see redact.Redactor.split)
         self.continued = False  # pieces of the current line were written already
-
-
-class WriterHandle(NamedTuple):
-    """The supervisor's side of the writer process."""
-
-    pid: int
-    conn: Connection
-    sentinel: int  # a pidfd: readable when the writer exits
-
-
-def spawn() -> WriterHandle:
-    parent, child = Pipe(duplex=True)
-    pid = os.fork()
-    if pid == 0:  # the writer
-        code = 1
-        try:
-            parent.close()
-            os.setpgid(0, 0)  # out of the terminal's foreground group: ^C never reaches it
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            close_fds_except(child.fileno())
-            code = Writer(child).run()
-        finally:
-            os._exit(code)
-    child.close()
-    return WriterHandle(pid, parent, os.pidfd_open(pid))
 
 
 class Writer:

@@ -145,7 +145,7 @@ def test_the_writer_redacts_sections_messages_documents_and_its_answers(tmp_path
     section lines (one line per record, as workers send them), in a section's error, a step's
     command and output, the job's message and the run's error; none of it is written or answered."""
     from loomrun.protocol import messages as m
-    from loomrun.writer import process as writer_process
+    from loomrun.writer import spawn as writer_process
 
     repo = tmp_path / "repo"
     (repo / ".loom").mkdir(parents=True)

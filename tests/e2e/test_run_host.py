@@ -721,3 +721,19 @@ def test_tools_that_honour_gitignore_see_the_workspace_as_a_repository_root(tmp_
     assert any("app.py:1:8: F401" in line for _, line in lines), lines
     [(_, top)] = output_events(result.logs_dir / "jobs/lint/user/script/01/events.jsonl")
     assert Path(top) == repo.resolve()
+
+
+@pytest.mark.parametrize("job", ["  target: linux\n  script: ['touch ran']\n", "  script: true\n"],
+                         ids=["valid", "invalid-workflow"])  # invalid: no target, a string script
+def test_a_writer_that_cannot_write_fails_the_run_first_whatever_the_load_found(tmp_path: Path, job: str) -> None:
+    """The supervisor reads the writer's answer to RunStarted only after the load (the two overlap):
+    a writer that cannot make the logs dir still decides the run's error, and nothing runs."""
+    repo = make_repo(tmp_path / "repo", f"version: v1\nstages: [s]\na:\n  stage: s\n{job}")
+    runtime = repo / ".loom" / ".runtime"
+    runtime.mkdir()
+    (runtime / "logs").write_text("not a folder")
+    result = run_loom(repo, "run", "--local")
+    assert result.code == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("loom run: cannot write logs: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((runtime / "workspaces").glob("*/ran")) and not (runtime / "receipts").exists()

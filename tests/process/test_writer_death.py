@@ -72,7 +72,7 @@ def _check(result: Result) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("where", [
-    "RunStarted:1", "RunPhase:1", "JobRoster:1", "AttachWorker:1", "AttachWorker:3", "JobEnded:1",
+    "RunStarted:1", "WriterReady:1", "RunPhase:1", "JobRoster:1", "AttachWorker:1", "AttachWorker:3", "JobEnded:1",
     "JobEnded:3", "RunPhase:6", "RunEnded:1", "MarkAbandoned:1",
 ])
 def test_writer_killed_before_each_kind_of_record(tmp_path: Path, where: str) -> None:

@@ -225,3 +225,24 @@ def _outside_writer() -> list[Path]:
 def test_only_the_writer_writes_logs_and_receipts(path: Path) -> None:
     lines = runtime_writes(path.read_text())
     assert not lines, f"{path.relative_to(ROOT)} writes under logs/ or receipts/ at lines {lines}"
+
+
+def test_a_whole_run_keeps_the_writers_code_out_of_the_supervisor(tmp_path: Path) -> None:
+    """The supervisor forks the writer with `writer/spawn.py` only; the writer imports its own code
+    after the fork (while the supervisor loads the workflow), so a `loom run`, start to end, never
+    has the rest of `loomrun.writer` in the supervisor (checked for real, in a `loom` process)."""
+    from tests.process.runner import loom_env, make_repo
+
+    repo = make_repo(tmp_path / "repo", "version: v1\nstages: [s]\na:\n  stage: s\n  target: linux\n"
+                                        "  script: ['echo hi']\n")
+    code = ("import json, os, sys\nsys.argv = ['loom', 'run', '--local', '-q']\nimport loomrun._entry as e\n"
+            "def leave(code):\n"
+            "    print(json.dumps([code, sorted(m for m in sys.modules if m.startswith('loomrun.writer'))]))\n"
+            "    sys.stdout.flush(); os._exit(0)\n"
+            "e._leave = leave\ne.main()\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
+                         check=False, env=loom_env())
+    assert out.returncode == 0, out.stderr
+    code_, modules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert code_ in (0, None), out.stderr
+    assert modules == ["loomrun.writer", "loomrun.writer.spawn"]
