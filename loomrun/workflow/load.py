@@ -151,18 +151,13 @@ def _compose_c_node(loader: Any, depth: int, end: int, flow: bool, file: str,
             if knode is None:
                 return None
             key: str = getattr(kev, "value", "")
-            if not isinstance(kev, yaml.ScalarEvent):
-                problem = ("mapping keys must be plain strings", "use a plain name as the key")
-            elif key in values:
-                problem = (f'duplicate key "{key}"', "remove one of the two entries")
-            else:
-                problem = None
+            problem = _key_problem(isinstance(kev, yaml.ScalarEvent), key, values, kline, kcol, file)
             # An entry in error is left out, and so are the errors of its value (as `_convert`).
             value = _compose_c_node(loader, depth + 1, end, inner, file, [] if problem else errors)
             if value is None:
                 return None
             if problem is not None:
-                errors.append(Diagnostic("WF_YAML", "", kline, kcol, problem[0], problem[1], file))
+                errors.append(problem)
                 continue
             keys[key] = knode if knode.kind == "string" else YNode(key, "string", kline, kcol, file)
             values[key] = value
@@ -270,14 +265,11 @@ def _convert(node: yaml.Node, file: str, errors: list[Diagnostic]) -> YNode:
         keys: dict[str, YNode] = {}
         for knode, vnode in node.value:
             kline, kcol = knode.start_mark.line + 1, knode.start_mark.column + 1
-            if not isinstance(knode, yaml.ScalarNode):
-                errors.append(Diagnostic("WF_YAML", "", kline, kcol, "mapping keys must be plain strings",
-                                         "use a plain name as the key", file))
-                continue
-            key = str(knode.value)
-            if key in values:
-                errors.append(Diagnostic("WF_YAML", "", kline, kcol, f'duplicate key "{key}"',
-                                         "remove one of the two entries", file))
+            scalar = isinstance(knode, yaml.ScalarNode)
+            key = str(knode.value) if scalar else ""
+            problem = _key_problem(scalar, key, values, kline, kcol, file)
+            if problem is not None:
+                errors.append(problem)
                 continue
             keys[key] = YNode(key, "string", kline, kcol, file)
             values[key] = _convert(vnode, file, errors)
@@ -285,6 +277,18 @@ def _convert(node: yaml.Node, file: str, errors: list[Diagnostic]) -> YNode:
     if isinstance(node, yaml.SequenceNode):
         return YNode([_convert(n, file, errors) for n in node.value], "sequence", line, col, file)
     return _scalar(node.tag, node.value, line, col, file)
+
+
+def _key_problem(scalar: bool, key: str, seen: dict[str, YNode], line: int, col: int,
+                 file: str) -> Diagnostic | None:
+    """Why a mapping's entry cannot be used (both composers): a key that is not a scalar, or one
+    the mapping has already; None when it can."""
+    if not scalar:
+        return Diagnostic("WF_YAML", "", line, col, "mapping keys must be plain strings", "use a plain name as the key",
+                          file)
+    if key in seen:
+        return Diagnostic("WF_YAML", "", line, col, f'duplicate key "{key}"', "remove one of the two entries", file)
+    return None
 
 
 def _scalar(tag: str, text: str, line: int, col: int, file: str) -> YNode:
