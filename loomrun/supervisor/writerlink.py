@@ -68,24 +68,12 @@ class WriterLink:
         return [] if self.handle is None else [self.handle.conn, self.handle.sentinel]
 
     # -- start ---------------------------------------------------------------------------------
-    def open(self) -> str | None:
-        """Fork the writer and have it create the logs dir. Returns the logs dir, or None with
-        `failed` (the writer cannot write there) or `broken` (no writer process) set."""
-        self.begin()
-        return self.ready()
-
     def begin(self) -> None:
         """Fork the writer and send it RunStarted, without waiting for its answer (`ready`): it makes
         the logs dir, importing its code first, while the caller goes on. Records sent meanwhile
         wait in the pipe, behind RunStarted. `broken` is set when no process can be forked."""
-        while self.broken is None and self.handle is None:
-            try:
-                self.handle = writer_process.spawn()
-            except OSError as exc:
-                self.broken = f"cannot start a writer process: {exc.strerror or exc}"
-                return
-            if not self._deliver_once(self.start):
-                self._buried()  # it died before RunStarted went in: count it, try again
+        while self.broken is None and not self._launch():
+            self._buried()  # it died before RunStarted went in: count it, try again
 
     def ready(self) -> str | None:
         """The logs dir, once the writer answered RunStarted (a writer that died before answering is
@@ -102,15 +90,20 @@ class WriterLink:
                 self.take_over()
         return self.logs_dir
 
-    def _spawn(self) -> Any:
-        """Fork a writer and send it RunStarted: its answer (WriterReady, WriterFailed), or None when
-        it died or did not answer (or, with `broken` set, when no process could be forked)."""
+    def _launch(self) -> bool:
+        """Fork a writer and send it RunStarted; False when it died first or (with `broken` set) when
+        no process could be forked."""
         try:
             self.handle = writer_process.spawn()
         except OSError as exc:
             self.broken = f"cannot start a writer process: {exc.strerror or exc}"
-            return None
-        if not self._deliver_once(self.start):
+            return False
+        return self._deliver_once(self.start)
+
+    def _spawn(self) -> Any:
+        """Fork a writer and send it RunStarted: its answer (WriterReady, WriterFailed), or None when
+        it died or did not answer (or, with `broken` set, when no process could be forked)."""
+        if not self._launch():
             return None
         reply = self._reply(READY_TIMEOUT_S)
         if isinstance(reply, m.WriterReady):

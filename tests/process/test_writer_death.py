@@ -129,7 +129,8 @@ def test_a_late_job_answer_does_not_take_the_place_of_the_receipt(tmp_path: Path
     now = time.time_ns()
     link = WriterLink(m.RunStarted(f"loom-run-local-{now}", f"loom-local-{now}", str(repo),
                                    str(repo / ".loom/workflow.yml"), ("loom", "run", "--local"), now))
-    assert link.open() is not None, link.failed
+    link.begin()
+    assert link.ready() is not None, link.failed
     try:
         link.send(m.JobRoster((("a", "s"),)))
         link.send(m.JobEnded("a", "s", "failed", 3, m.STEP_FAILED, "exit code 3", "host", None, now,
