@@ -21,7 +21,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -164,7 +164,11 @@ def _git(root: Path, *args: str, early: GitPrefetch | None = None) -> subprocess
             ["git", *args], cwd=root, env=_git_env(), capture_output=True, timeout=_GIT_TIMEOUT_S, check=False,
         )
     except subprocess.TimeoutExpired:
-        raise LoomError(f"git {args[0]} in {root} took longer than {_GIT_TIMEOUT_S}s") from None
+        raise _too_long(root, args) from None
+
+
+def _too_long(root: Path, args: Sequence[str]) -> LoomError:
+    return LoomError(f"git {args[0]} in {root} took longer than {_GIT_TIMEOUT_S}s")
 
 
 _FACTS = ("rev-parse", "--is-inside-work-tree", "HEAD^{commit}", "--abbrev-ref", "refs/remotes/origin/HEAD")
@@ -214,7 +218,7 @@ class GitPrefetch:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            raise LoomError(f"git {args[0]} in {root} took longer than {_GIT_TIMEOUT_S}s") from None
+            raise _too_long(root, args) from None
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def close(self) -> None:
