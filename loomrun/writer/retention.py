@@ -27,7 +27,7 @@ import select
 import signal
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -196,6 +196,7 @@ def within(paths: Iterable[str], limit: int) -> bool:
             continue
     return count <= limit
 
+
 def remove(runtime: Path, doomed: Iterable[Doomed]) -> tuple[list[Doomed], list[tuple[str, str]]]:
     """Remove every planned path of runs that are still not alive. Returns (the items passed over
     because their run is alive now, (path, why) for each path that could not go); a path another
@@ -273,8 +274,7 @@ class Retention:
         """A small plan (the usual one: an old run's snapshot) is removed here and now: forking the
         writer for it would cost more than the removal itself."""
         for item in self.doomed:
-            passed, failures = remove(runtime, (item,))
-            self._count(int(not passed and not failures), len(failures), failures)
+            self._count(*_remove_item(runtime, item))
 
     def _start(self, runtime: Path) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -302,7 +302,7 @@ class Retention:
             self._count(removed, failed, [(path, why) for path, why in listed])
         return True
 
-    def _count(self, removed: int, failed: int, failures: list[tuple[str, str]]) -> None:
+    def _count(self, removed: int, failed: int, failures: Sequence[tuple[str, str]]) -> None:
         self.removed += removed
         self.failed += failed
         self.failures += failures[:max(0, _MAX_LISTED - len(self.failures))]
@@ -342,6 +342,13 @@ class Retention:
         return block, warning
 
 
+def _remove_item(runtime: Path, item: Doomed) -> tuple[int, int, list[tuple[str, str]]]:
+    """Remove one planned item (in the writer or in its child): (1 when all of it went, else 0;
+    paths that could not go; (path, why) for each of them)."""
+    passed, failures = remove(runtime, (item,))
+    return int(not passed and not failures), len(failures), failures
+
+
 def _remove_in_child(runtime: Path, doomed: list[Doomed], out: int) -> NoReturn:
     """The retention child: remove `doomed` item by item, one line on `out` for each: [removed
     (0 or 1), paths that failed, the failures listed while fewer than _MAX_LISTED were]. It dies
@@ -357,10 +364,10 @@ def _remove_in_child(runtime: Path, doomed: list[Doomed], out: int) -> NoReturn:
         close_fds_except(out)
         listed = 0
         for item in doomed:
-            passed, failures = remove(runtime, (item,))
+            removed, failed, failures = _remove_item(runtime, item)
             shown = failures[:max(0, _MAX_LISTED - listed)]
             listed += len(shown)
-            line = json.dumps([int(not passed and not failures), len(failures), shown])
+            line = json.dumps([removed, failed, shown])
             os.write(out, line.encode() + b"\n")  # blocking: whole, unless killed in the middle
     except BaseException:
         code = 1
