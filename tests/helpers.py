@@ -31,6 +31,16 @@ def git(cwd: Path, *args: str) -> str:
     return out.stdout
 
 
+def run_python(code: str, cwd: Path, env: Mapping[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter (this one's) in `cwd`; the test fails with its stderr unless it
+    exits 0."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def init_repo(path: Path, files: Mapping[str, str] | None = None, commit: bool = True) -> Path:
     """A git repo at `path` holding `files` (relative path -> text), committed when `commit`."""
     path.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_python
+
 H = "version: v1\nstages: [build, test]\n"  # lines 1-2
 J = "build:\n  stage: build\n  target: linux\n  script: [echo hi]\n"  # lines 3-6 after H
 T = "test:\n  stage: test\n  target: linux\n  script: [echo t]\n"  # lines 7-10 after H + J
@@ -633,9 +635,7 @@ def test_check_path_never_imports_heavy_modules(tmp_path: Path) -> None:
             "r = CliRunner().invoke(cli, ['compile'])\nassert r.exit_code == 0, r.output\n"
             "bad = [m for m in ('docker', 'psutil', 'zstandard', 'loomrun.supervisor', 'filelock') "
             "if m in sys.modules]\nprint(','.join(bad))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60,
-                         check=False)
-    assert out.returncode == 0, out.stderr
+    out = run_python(code, repo)
     assert out.stdout.strip() == ""
 
 

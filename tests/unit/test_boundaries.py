@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITE_ATTRS = {"write_text", "write_bytes", "touch", "write_document", "copy", "copy2", "copyfile",
@@ -89,9 +89,7 @@ def test_importing_the_supervisor_and_cli_does_not_load_docker() -> None:
     code = ("import importlib, json, sys\n"
             f"for name in {names!r}: importlib.import_module(name)\n"
             "print(json.dumps(sorted(m for m in sys.modules if m == 'docker' or m.startswith('docker.'))))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         check=False)
-    assert out.returncode == 0, out.stderr
+    out = run_python(code, ROOT)
     assert json.loads(out.stdout) == []
 
 
@@ -99,9 +97,7 @@ def test_the_supervisor_path_does_not_load_filelock() -> None:
     """filelock's fork handlers cost about 1 ms per forked worker once imported (see locks.py)."""
     code = ("import json, sys\nimport loomrun.cli, loomrun.supervisor.run, loomrun.supervisor.cache_diff\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'filelock')))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         check=False)
-    assert out.returncode == 0, out.stderr
+    out = run_python(code, ROOT)
     assert json.loads(out.stdout) == []
 
 
@@ -118,9 +114,7 @@ def test_the_supervisor_and_worker_paths_do_not_load_ray() -> None:
     code = ("import importlib, json, sys\n"
             f"for name in {names!r}: importlib.import_module(name)\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'ray')))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         check=False)
-    assert out.returncode == 0, out.stderr
+    out = run_python(code, ROOT)
     assert json.loads(out.stdout) == []
 
 
@@ -240,9 +234,7 @@ def test_a_whole_run_keeps_the_writers_code_out_of_the_supervisor(tmp_path: Path
             "    print(json.dumps([code, sorted(m for m in sys.modules if m.startswith('loomrun.writer'))]))\n"
             "    sys.stdout.flush(); os._exit(0)\n"
             "e._leave = leave\ne.main()\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
-                         check=False, env=loom_env())
-    assert out.returncode == 0, out.stderr
+    out = run_python(code, repo, env=loom_env(), timeout=120)
     code_, modules = json.loads(out.stdout.strip().splitlines()[-1])
     assert code_ in (0, None), out.stderr
     assert modules == ["loomrun.writer", "loomrun.writer.spawn"]
