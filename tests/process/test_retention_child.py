@@ -5,6 +5,8 @@ writer, and what it had not removed is planned again. Real `loom` runs, a real r
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -38,15 +40,33 @@ def _repo(tmp_path: Path) -> tuple[Path, Path, list[str]]:
 
 
 def _writer_and_child(loom_pid: int, timeout: float = 30) -> tuple[psutil.Process, psutil.Process]:
-    """The writer and its retention child (the writer's only child)."""
+    """The writer and its retention child (the writer's only child), once the child is at work: it
+    has asked for its parent-death signal and then closed every fd of the writer's but its pipe
+    (`retention._remove_in_child`), so it holds no socket any more. Stopped before that, a child
+    caught just after the fork would never ask, and would outlive its writer because of the test."""
     writer = writer_of(loom_pid, timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         kids = writer.children()
-        if kids:
+        if kids and not _holds_a_socket(kids[0].pid):
             return writer, kids[0]
         time.sleep(0.002)
-    raise AssertionError("no writer with a retention child appeared")
+    raise AssertionError("no writer with a retention child at work appeared")
+
+
+def _holds_a_socket(pid: int) -> bool:
+    """The writer's sockets (to the supervisor, to its workers) are what a fresh child inherits;
+    the removal opens only folders and files, and reports on a pipe."""
+    folder = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(folder)
+    except OSError:
+        return True  # gone, or not readable yet: not at work
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(f"{folder}/{fd}").startswith("socket:"):
+                return True
+    return False
 
 
 def _gone(proc: psutil.Process, timeout: float) -> bool:
