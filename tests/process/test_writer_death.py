@@ -6,6 +6,7 @@ into real runs."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -115,6 +116,56 @@ def test_writer_killed_at_varied_moments(tmp_path: Path, delay: float) -> None:
         assert {j["status"] for j in receipt["jobs"]} == {"success"}  # type: ignore[union-attr]
     else:
         assert receipt["error"] == DEATH, err
+
+
+@pytest.mark.parametrize(("step", "code"), [
+    ("while :; do echo x; done", 141),  # sh itself dies of SIGPIPE
+    ("trap '' PIPE; while :; do echo x || exit 7; done 2>/dev/null", 7),  # one that gets EPIPE and exits 7
+])
+def test_a_step_that_fails_because_its_writer_died_is_canceled_not_failed(tmp_path: Path, step: str,
+                                                                          code: int) -> None:
+    """A step's output is read by the writer itself (its pipe's read end went there), so the
+    writer's death breaks the pipe of a step that is printing, and the step dies of it (or exits on
+    its EPIPE) before the supervisor's Cancel can reach the worker. The job was stopped by the run's
+    failure, so it is canceled, not failed: the supervisor looks at its writer before at what its
+    workers report. Made certain here: the supervisor is stopped (SIGSTOP) while the writer is
+    killed and the worker ends the job, and only then let go, so both wait for it at once."""
+    started = tmp_path / "started"
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        a:
+          stage: s
+          target: linux
+          script:
+            - touch {started}; {step}
+        """)
+    proc = subprocess.Popen([*LOOM, "run", "--local"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=loom_env())
+    loom = psutil.Process(proc.pid)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
+            time.sleep(0.01)
+        writer = writer_of(proc.pid)
+        worker = next(c for c in loom.children() if os.getsid(c.pid) == c.pid)
+        loom.suspend()
+        writer.kill()
+        deadline = time.monotonic() + 30  # the worker ends the job and exits, unreaped: no Cancel came
+        while worker.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the worker did not end its job"
+            time.sleep(0.01)
+    finally:
+        loom.resume()
+    out, err = proc.communicate(timeout=60)
+    result = Result(proc.returncode, out, err, repo)
+    assert result.code == 1, err
+    receipt = result.receipt
+    assert receipt["error"] == DEATH, err
+    assert [(j["id"], j["status"], j["exit_code"]) for j in receipt["jobs"]] == [("a", "canceled", code)], err
+    assert "Traceback" not in err
+    assert run_processes(str(receipt["run_id"])) == []
 
 
 def test_a_late_job_answer_does_not_take_the_place_of_the_receipt(tmp_path: Path) -> None:
