@@ -413,10 +413,13 @@ class Supervisor:
         self._complete(slot, status, exited=True)
 
     def _complete(self, slot: JobSlot, status: int, *, exited: bool) -> None:
-        if (slot.result is None or slot.result.failure_kind == m.WORKER_CRASHED) and self.writer.dead():
-            # A worker whose writer socket broke may report before the writer's pidfd is seen: the
-            # writer's death comes first, so the job is canceled (the run's failure), not "crashed".
-            self.writer.take_over()
+        if slot.result is None or slot.result.status != "success":
+            # The writer's death comes first, so a job that failed or crashed around it is canceled
+            # (the run's failure): a worker whose writer socket broke may report before the writer's
+            # pidfd is seen, and a step printing dies of its broken pipe (the writer reads its
+            # output) while a send in this very turn of the loop finds the writer dead.
+            if self.writer.dead():
+                self.writer.take_over()
             self._writer_check()
         if slot.result is None or slot.result.failure_kind == m.WORKER_CRASHED:
             self._sweep(slot)  # the worker died before stopping its job: whatever it left

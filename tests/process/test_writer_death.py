@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -165,6 +166,59 @@ def test_a_step_that_fails_because_its_writer_died_is_canceled_not_failed(tmp_pa
     assert receipt["error"] == DEATH, err
     assert [(j["id"], j["status"], j["exit_code"]) for j in receipt["jobs"]] == [("a", "canceled", code)], err
     assert "Traceback" not in err
+    assert run_processes(str(receipt["run_id"])) == []
+
+
+def test_a_job_failing_of_a_death_found_in_the_middle_of_a_turn_is_canceled(tmp_path: Path) -> None:
+    """The writer found dead by a send in the middle of a turn of the supervisor's loop (here the
+    first JobEnded, `a`'s), not by its pidfd at the turn's start: a printing job `c` dies of the
+    broken pipe while the link takes over, and its report is read later in the same turn. Seen as
+    `c` "failed (exit 141)" in 1 of ~45 runs of `test_writer_killed_before_each_kind_of_record
+    [JobEnded:1]`. Set up here: the supervisor is stopped while `a` ends and `c` starts printing,
+    so that both are read in the turn after it is let go, `a` first."""
+    marks = {name: tmp_path / name for name in ("a1", "c1", "go", "printing")}
+    wait_go = f'while [ ! -e {marks["go"]} ]; do sleep 0.01; done'
+    repo = make_repo(tmp_path / "repo", f"""
+        version: v1
+        stages: [s]
+        a:
+          stage: s
+          target: linux
+          script:
+            - touch {marks["a1"]}; {wait_go}
+        c:
+          stage: s
+          target: linux
+          script:
+            - touch {marks["c1"]}; {wait_go}
+            - touch {marks["printing"]}; while :; do echo x; done
+        """)
+    proc = subprocess.Popen([*LOOM, "run", "--local", "-j", "2"], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=loom_env(LOOM_FAULT_KILL_WRITER="JobEnded:1"))
+    loom = psutil.Process(proc.pid)
+
+    def wait_for(what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline and proc.poll() is None, f"{what}: {proc.stderr and proc.stderr.read()}"
+            time.sleep(0.01)
+
+    try:
+        wait_for("both jobs started", lambda: marks["a1"].exists() and marks["c1"].exists())
+        workers = [c for c in loom.children() if os.getsid(c.pid) == c.pid]
+        loom.suspend()
+        marks["go"].touch()
+        wait_for("a ended, c printing", lambda: marks["printing"].exists() and sorted(
+            w.status() == psutil.STATUS_ZOMBIE for w in workers) == [False, True])
+    finally:
+        loom.resume()
+    out, err = proc.communicate(timeout=60)
+    result = Result(proc.returncode, out, err, repo)
+    assert result.code == 1, err
+    receipt = result.receipt
+    assert receipt["error"] == DEATH, err
+    assert [(j["id"], j["status"]) for j in receipt["jobs"]] == [("a", "success"), ("c", "canceled")], err
+    assert_logs_valid(result)
     assert run_processes(str(receipt["run_id"])) == []
 
 
