@@ -145,28 +145,16 @@ def test_a_step_that_fails_because_its_writer_died_is_canceled_not_failed(tmp_pa
                             text=True, env=loom_env())
     loom = psutil.Process(proc.pid)
     try:
-        deadline = time.monotonic() + 30
-        while not started.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
-            time.sleep(0.01)
+        _wait_for(proc, "the step started", started.exists)
         writer = writer_of(proc.pid)
         worker = next(c for c in loom.children() if os.getsid(c.pid) == c.pid)
         loom.suspend()
-        writer.kill()
-        deadline = time.monotonic() + 30  # the worker ends the job and exits, unreaped: no Cancel came
-        while worker.status() != psutil.STATUS_ZOMBIE:
-            assert time.monotonic() < deadline, "the worker did not end its job"
-            time.sleep(0.01)
+        writer.kill()  # the worker ends the job and exits, unreaped: no Cancel came
+        _wait_for(proc, "the worker ended the job", lambda: worker.status() == psutil.STATUS_ZOMBIE)
     finally:
         loom.resume()
-    out, err = proc.communicate(timeout=60)
-    result = Result(proc.returncode, out, err, repo)
-    assert result.code == 1, err
-    receipt = result.receipt
-    assert receipt["error"] == DEATH, err
-    assert [(j["id"], j["status"], j["exit_code"]) for j in receipt["jobs"]] == [("a", "canceled", code)], err
-    assert "Traceback" not in err
-    assert run_processes(str(receipt["run_id"])) == []
+    jobs, err = _ended_by_the_death(proc, repo)
+    assert jobs == [("a", "canceled", code)], err
 
 
 def test_a_job_failing_of_a_death_found_in_the_middle_of_a_turn_is_canceled(tmp_path: Path) -> None:
@@ -196,30 +184,39 @@ def test_a_job_failing_of_a_death_found_in_the_middle_of_a_turn_is_canceled(tmp_
     proc = subprocess.Popen([*LOOM, "run", "--local", "-j", "2"], cwd=repo, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=loom_env(LOOM_FAULT_KILL_WRITER="JobEnded:1"))
     loom = psutil.Process(proc.pid)
-
-    def wait_for(what: str, done: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 30
-        while not done():
-            assert time.monotonic() < deadline and proc.poll() is None, f"{what}: {proc.stderr and proc.stderr.read()}"
-            time.sleep(0.01)
-
     try:
-        wait_for("both jobs started", lambda: marks["a1"].exists() and marks["c1"].exists())
+        _wait_for(proc, "both jobs started", lambda: marks["a1"].exists() and marks["c1"].exists())
         workers = [c for c in loom.children() if os.getsid(c.pid) == c.pid]
         loom.suspend()
         marks["go"].touch()
-        wait_for("a ended, c printing", lambda: marks["printing"].exists() and sorted(
+        _wait_for(proc, "a ended, c printing", lambda: marks["printing"].exists() and sorted(
             w.status() == psutil.STATUS_ZOMBIE for w in workers) == [False, True])
     finally:
         loom.resume()
+    jobs, err = _ended_by_the_death(proc, repo)
+    assert [(name, status) for name, status, _ in jobs] == [("a", "success"), ("c", "canceled")], err
+
+
+def _wait_for(proc: subprocess.Popen[str], what: str, done: Callable[[], bool]) -> None:
+    """Until `done()`, for 30 s at most, while `loom` runs."""
+    deadline = time.monotonic() + 30
+    while not done():
+        assert time.monotonic() < deadline and proc.poll() is None, f"{what}: {proc.stderr and proc.stderr.read()}"
+        time.sleep(0.01)
+
+
+def _ended_by_the_death(proc: subprocess.Popen[str], repo: Path) -> tuple[list[tuple[str, str, int | None]], str]:
+    """The end of a run whose writer was killed: failed for that death, with valid logs and nothing
+    left running. Returns each job's (id, status, exit code), and what `loom` printed."""
     out, err = proc.communicate(timeout=60)
     result = Result(proc.returncode, out, err, repo)
     assert result.code == 1, err
     receipt = result.receipt
     assert receipt["error"] == DEATH, err
-    assert [(j["id"], j["status"]) for j in receipt["jobs"]] == [("a", "success"), ("c", "canceled")], err
+    assert "Traceback" not in err
     assert_logs_valid(result)
     assert run_processes(str(receipt["run_id"])) == []
+    return [(j["id"], j["status"], j["exit_code"]) for j in receipt["jobs"]], err
 
 
 def test_a_late_job_answer_does_not_take_the_place_of_the_receipt(tmp_path: Path) -> None:
