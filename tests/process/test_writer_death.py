@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.helpers import workflow
 from tests.process.runner import (
     LOOM,
     Result,
@@ -132,15 +133,7 @@ def test_a_step_that_fails_because_its_writer_died_is_canceled_not_failed(tmp_pa
     workers report. Made certain here: the supervisor is stopped (SIGSTOP) while the writer is
     killed and the worker ends the job, and only then let go, so both wait for it at once."""
     started = tmp_path / "started"
-    repo = make_repo(tmp_path / "repo", f"""
-        version: v1
-        stages: [s]
-        a:
-          stage: s
-          target: linux
-          script:
-            - touch {started}; {step}
-        """)
+    repo = make_repo(tmp_path / "repo", workflow({"a": {"script": [f"touch {started}; {step}"]}}))
     proc = subprocess.Popen([*LOOM, "run", "--local"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=loom_env())
     loom = psutil.Process(proc.pid)
@@ -166,21 +159,10 @@ def test_a_job_failing_of_a_death_found_in_the_middle_of_a_turn_is_canceled(tmp_
     so that both are read in the turn after it is let go, `a` first."""
     marks = {name: tmp_path / name for name in ("a1", "c1", "go", "printing")}
     wait_go = f'while [ ! -e {marks["go"]} ]; do sleep 0.01; done'
-    repo = make_repo(tmp_path / "repo", f"""
-        version: v1
-        stages: [s]
-        a:
-          stage: s
-          target: linux
-          script:
-            - touch {marks["a1"]}; {wait_go}
-        c:
-          stage: s
-          target: linux
-          script:
-            - touch {marks["c1"]}; {wait_go}
-            - touch {marks["printing"]}; while :; do echo x; done
-        """)
+    repo = make_repo(tmp_path / "repo", workflow({
+        "a": {"script": [f'touch {marks["a1"]}; {wait_go}']},
+        "c": {"script": [f'touch {marks["c1"]}; {wait_go}', f'touch {marks["printing"]}; while :; do echo x; done']},
+    }))
     proc = subprocess.Popen([*LOOM, "run", "--local", "-j", "2"], cwd=repo, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=loom_env(LOOM_FAULT_KILL_WRITER="JobEnded:1"))
     loom = psutil.Process(proc.pid)
