@@ -165,9 +165,13 @@ class Supervisor:
             return self.writer.deaths[0]
         return None
 
-    def _writer_check(self) -> None:
-        """A writer that died since the last look (a send found it gone and the link took over):
-        the run fails, so every running job is canceled; the new writer records it all."""
+    def _writer_check(self, dead: bool = False) -> None:
+        """A writer that died since the last look: `dead` (its pidfd fired: the link takes over now),
+        or a send found it gone and the link took over then. The run fails, so every running job is
+        canceled; the new writer records it all."""
+        if dead:
+            self._release_all()  # the dead writer answers no more; its successor never answers replays
+            self.writer.take_over()
         if len(self.writer.deaths) > self.writer_deaths:
             self.writer_deaths = len(self.writer.deaths)
             self._release_all()  # what the dead writer did not answer, it never will
@@ -215,10 +219,7 @@ class Supervisor:
             self._signals()
         if self.writer.conn in ready:
             self._from_writer()
-        if self.writer.sentinel in ready and self.writer.dead():
-            self._release_all()  # the dead writer answers no more; its successor never answers replays
-            self.writer.take_over()
-        self._writer_check()
+        self._writer_check(self.writer.sentinel in ready and self.writer.dead())
         for slot in list(self.slots.values()):
             if slot.conn is not None and slot.conn in ready:
                 self._read_worker(slot)
@@ -418,9 +419,7 @@ class Supervisor:
             # (the run's failure): a worker whose writer socket broke may report before the writer's
             # pidfd is seen, and a step printing dies of its broken pipe (the writer reads its
             # output) while a send in this very turn of the loop finds the writer dead.
-            if self.writer.dead():
-                self.writer.take_over()
-            self._writer_check()
+            self._writer_check(self.writer.dead())
         if slot.result is None or slot.result.failure_kind == m.WORKER_CRASHED:
             self._sweep(slot)  # the worker died before stopping its job: whatever it left
         elif exited and not self.jobs[slot.name].limits.empty:
@@ -613,9 +612,7 @@ class Supervisor:
             if self.writer.conn in ready:
                 self._from_writer()
             if self.writer.sentinel in ready and self.writer.dead():
-                self._release_all()
-                self.writer.take_over()
-                self._writer_check()
+                self._writer_check(dead=True)
             if left <= 0:
                 break
         self._release_all()
