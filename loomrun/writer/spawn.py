@@ -3,7 +3,7 @@
 `spawn` forks; the child imports the writer's code (`process.py` and what it needs: the run log, its
 documents, events, redaction, tails) and runs it. The supervisor never imports that code, which cost
 its start-up ~2.5 ms (measured): the writer imports it instead, on the other core, while the
-supervisor loads the workflow (`WriterLink.start`, then `ready`).
+supervisor loads the workflow (`WriterLink.begin`, then `ready`).
 """
 
 from __future__ import annotations
