@@ -41,6 +41,13 @@ def run_python(code: str, cwd: Path, env: Mapping[str, str] | None = None,
     return out
 
 
+def git_children() -> list[str]:
+    """This process's `git` children, each as "pid status" (a zombie says so)."""
+    import psutil
+
+    return [f"{p.pid} {p.status()}" for p in psutil.Process().children() if p.name() == "git"]
+
+
 def init_repo(path: Path, files: Mapping[str, str] | None = None, commit: bool = True) -> Path:
     """A git repo at `path` holding `files` (relative path -> text), committed when `commit`."""
     path.mkdir(parents=True, exist_ok=True)

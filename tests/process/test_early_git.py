@@ -8,14 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import psutil
 import pytest
 
+from tests.helpers import git_children
 from tests.process.runner import make_repo
-
-
-def _git_children() -> list[str]:
-    return [f"{p.pid} {p.status()}" for p in psutil.Process().children() if p.name() == "git"]
 
 
 @pytest.mark.parametrize("workflow", [
@@ -42,4 +38,4 @@ def test_a_run_that_ends_before_its_snapshot_leaves_no_git_process(tmp_path: Pat
         assert result.exit_code == 0 and result.status == "success", result.error
     else:
         assert result.exit_code == 1 and result.error is not None and "invalid workflow" in result.error
-    assert _git_children() == []
+    assert git_children() == []

@@ -13,7 +13,7 @@ import pytest
 
 from loomrun.errors import LoomError
 from loomrun.workspace import make_snapshot, remove_snapshot
-from tests.helpers import git, init_repo, tree
+from tests.helpers import git, git_children, init_repo, tree
 
 NOBODY = 65534
 
@@ -306,12 +306,6 @@ def test_unreadable_git_repo_is_a_clear_error(world_dir: Path) -> None:
     assert "dubious ownership" in message
 
 
-def _git_children() -> list[int]:
-    import psutil
-
-    return [p.pid for p in psutil.Process().children() if p.name() == "git"]
-
-
 def test_git_asked_early_answers_as_git_asked_then_and_leaves_no_process(git_repo: Path, tmp_path: Path) -> None:
     """GitPrefetch (a run's `load` starts the git processes of `configure` and `snapshot`): the
     same facts and the same snapshot as asking then, whether the caller passes the repo's path as
@@ -323,11 +317,11 @@ def test_git_asked_early_answers_as_git_asked_then_and_leaves_no_process(git_rep
     early = GitPrefetch.of(git_repo)
     assert early is not None
     early.start()
-    assert sorted(early.procs) and len(_git_children()) == 3
+    assert sorted(early.procs) and len(git_children()) == 3
     facts = git_facts(git_repo, early)
     assert facts == git_facts(git_repo) and facts is not None and facts.tag == "v1.0"
     snap = make_snapshot(git_repo / "src" / "..", tmp_path / "early", facts, early)  # resolved there
-    assert early.procs == {} and _git_children() == []  # all three taken, each reaped
+    assert early.procs == {} and git_children() == []  # all three taken, each reaped
     assert tree(snap.path) == tree(plain.path)
     assert (snap.head_sha, snap.branch) == (plain.head_sha, plain.branch)
 
@@ -345,5 +339,5 @@ def test_git_asked_early_but_never_taken_is_killed_and_reaped(tmp_path: Path) ->
     assert facts is not None and (facts.head_sha, facts.branch) == (None, "main")
     assert len(early.procs) == 2  # for-each-ref and ls-files, not taken
     early.close()
-    assert early.procs == {} and _git_children() == []
+    assert early.procs == {} and git_children() == []
     assert GitPrefetch.of(tmp_path) is None  # not a git work tree: nothing is started
